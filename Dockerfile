@@ -1,0 +1,38 @@
+# The serving image: app code + one ONNX model, run by gunicorn as a non-root user.
+# Built with networking disabled: dependencies come from build/wheelhouse (prepared on the
+# host for the image's platform), the model from build/model (fetched and verified).
+ARG BASE_IMAGE=python:3.11-slim
+
+FROM ${BASE_IMAGE} AS dependencies
+COPY requirements/image.txt /tmp/requirements.txt
+COPY build/wheelhouse/ /tmp/wheelhouse/
+RUN python3 -m venv /opt/venv \
+ && /opt/venv/bin/pip install --no-cache-dir --no-index --disable-pip-version-check \
+      --find-links=/tmp/wheelhouse --requirement /tmp/requirements.txt \
+ && /opt/venv/bin/pip uninstall --yes pip setuptools \
+ && find /opt/venv -name '__pycache__' -prune -exec rm -rf {} +
+
+FROM ${BASE_IMAGE}
+# A fixed numeric uid lets Kubernetes' runAsNonRoot check the user without a passwd lookup.
+RUN groupadd --system --gid 10001 app \
+ && useradd --system --uid 10001 --gid app --no-create-home --home-dir /nonexistent app
+COPY --from=dependencies /opt/venv /opt/venv
+# Model before code: a code-only change reuses the model layer.
+COPY build/model/model.onnx build/model/metadata.json /opt/model/
+COPY app/ /opt/service/app/
+
+ARG GIT_REVISION=unknown
+ARG APP_VERSION=0.0.0
+ENV PATH=/opt/venv/bin:$PATH \
+    PYTHONDONTWRITEBYTECODE=1 \
+    PYTHONUNBUFFERED=1 \
+    MODEL_DIR=/opt/model \
+    GIT_REVISION=${GIT_REVISION} \
+    APP_VERSION=${APP_VERSION} \
+    PORT=8080
+WORKDIR /opt/service
+USER 10001:10001
+EXPOSE 8080
+HEALTHCHECK --interval=10s --timeout=3s --start-period=10s --retries=3 \
+  CMD ["python3", "-c", "import os,urllib.request; urllib.request.urlopen('http://127.0.0.1:%s/healthz' % os.environ.get('PORT', '8080'), timeout=2)"]
+CMD ["gunicorn", "--config", "/opt/service/app/gunicorn_conf.py", "app:create_app()"]

@@ -1,0 +1,97 @@
+"""`apply` for the local environment: run the pushed image, pulled from the registry.
+
+The previous container is stopped (not removed) while the new one starts on the same
+loopback port; only when the new one is ready is the old one removed. If the new one fails,
+it is removed and the old one started again: a failed deploy never leaves nothing serving.
+"""
+
+from __future__ import annotations
+
+from .container_test import container_logs, container_running
+from .errors import PipelineError
+from .service_checks import check_golden, wait_ready
+from .settings import Settings
+
+ROLE_LABEL = "ai.modelship.role"
+
+
+def container_name(settings: Settings) -> str:
+    return f"{settings.app_name}-{settings.env}"
+
+
+def _find(client, name: str):
+    import docker
+
+    try:
+        return client.containers.get(name)
+    except docker.errors.NotFound:
+        return None
+
+
+def pull(client, reference: str, auth: dict | None) -> None:
+    import docker
+
+    repository, _, digest = reference.partition("@")
+    try:
+        for chunk in client.api.pull(repository, tag=digest, stream=True, decode=True,
+                                     auth_config=auth):
+            if "error" in chunk:
+                raise PipelineError(
+                    f"Pulling {reference} failed: {chunk['error']}",
+                    "Check that the push succeeded and the registry runs (`invoke local.up`).",
+                )
+    except docker.errors.APIError as error:
+        raise PipelineError(
+            f"Pulling {reference} failed: {error.explanation}",
+            "Check that the push succeeded and the registry runs (`invoke local.up`).",
+        ) from None
+
+
+def deploy(client, settings: Settings, reference: str, auth: dict | None, metadata: dict,
+           echo) -> str:
+    pull(client, reference, auth)
+    port = int(settings.deployment["port"])
+    base_url = f"http://127.0.0.1:{port}"
+    name = container_name(settings)
+    previous_name = f"{name}-previous"
+
+    leftover = _find(client, previous_name)
+    if leftover is not None:
+        leftover.remove(force=True)
+    previous = _find(client, name)
+    if previous is not None:
+        previous.rename(previous_name)
+        previous.stop(timeout=20)
+
+    container = client.containers.run(
+        reference, name=name, detach=True, network_mode="host",
+        environment={"HOST": "127.0.0.1", "PORT": str(port)},
+        labels={ROLE_LABEL: "deployment", "ai.modelship.env": settings.env},
+        restart_policy={"Name": "unless-stopped"},
+    )
+    try:
+        wait_ready(base_url, 60, lambda: container_running(container),
+                   lambda: container_logs(container))
+        check_golden(base_url, metadata, limit=1)
+    except PipelineError as failure:
+        logs = container_logs(container)
+        container.remove(force=True)
+        if previous is not None:
+            previous.rename(name)
+            previous.start()
+            failure.fix += " The previous deployment was restored."
+        echo(f"  new container's last log lines: {logs}")
+        raise
+    if previous is not None:
+        previous.remove(force=True)
+    return base_url
+
+
+def remove(client, settings: Settings) -> bool:
+    removed = False
+    for name in (container_name(settings), f"{container_name(settings)}-previous"):
+        container = _find(client, name)
+        if container is not None:
+            container.remove(force=True)
+            removed = True
+    return removed

@@ -1,0 +1,323 @@
+"""The `local` environment's real services: Docker Engine, an authenticated registry, Azurite.
+
+Each service is started only when nothing answers on its address, bound to 127.0.0.1, and
+recorded with a PID file under `.local/run/` so `down()` stops exactly what this module
+started and nothing else. It must never open a port beyond loopback, create a docker bridge
+network, or stop a service somebody else started.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import secrets
+import shutil
+import signal
+import subprocess
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+import requests
+
+from .errors import PipelineError
+from .model_store import AZURITE_ACCOUNT, AZURITE_KEY
+from .settings import LOCAL_STATE_DIR, PROJECT_ROOT, LocalServiceSettings
+
+RUN_DIR = LOCAL_STATE_DIR / "run"
+LOG_DIR = LOCAL_STATE_DIR / "logs"
+REGISTRY_DIR = LOCAL_STATE_DIR / "registry"
+REGISTRY_CREDENTIALS = REGISTRY_DIR / "credentials.json"
+AZURITE_DIR = LOCAL_STATE_DIR / "azurite"
+TOOLS_DIR = LOCAL_STATE_DIR / "tools"
+AZURITE_PACKAGE = "azurite@3"
+
+
+Echo = Callable[[str], None]
+
+
+@dataclass(frozen=True)
+class RegistryLogin:
+    username: str
+    password: str
+
+
+def read_registry_login() -> RegistryLogin | None:
+    """The local registry's generated login, if `up()` created one."""
+    if not REGISTRY_CREDENTIALS.exists():
+        return None
+    data = json.loads(REGISTRY_CREDENTIALS.read_text())
+    return RegistryLogin(data["username"], data["password"])
+
+
+# --- probes -------------------------------------------------------------------------------
+
+
+def engine_answers() -> bool:
+    import docker
+
+    try:
+        client = docker.from_env(timeout=5)
+        client.ping()
+        client.close()
+        return True
+    except Exception:  # any failure to reach the daemon means "not answering"
+        return False
+
+
+def _http_status(url: str) -> int | None:
+    try:
+        return requests.get(url, timeout=2).status_code
+    except requests.RequestException:
+        return None
+
+
+def registry_answers(port: int) -> bool:
+    # An authenticated registry answers /v2/ with 401 until you log in.
+    return _http_status(f"http://127.0.0.1:{port}/v2/") in (200, 401)
+
+
+def azurite_answers(port: int) -> bool:
+    # Any HTTP answer from the blob endpoint means the emulator is up.
+    return _http_status(f"http://127.0.0.1:{port}/{AZURITE_ACCOUNT}?comp=list") is not None
+
+
+# --- process bookkeeping -----------------------------------------------------------------
+
+
+def _pid_file(name: str) -> Path:
+    return RUN_DIR / f"{name}.pid"
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def started_pid(name: str) -> int | None:
+    """PID of a service this module started and that still runs, else None."""
+    path = _pid_file(name)
+    if not path.exists():
+        return None
+    try:
+        pid = int(path.read_text().strip())
+    except ValueError:
+        return None
+    return pid if _pid_alive(pid) else None
+
+
+def _spawn(name: str, argv: list[str], cwd: Path | None = None) -> int:
+    RUN_DIR.mkdir(parents=True, exist_ok=True)
+    LOG_DIR.mkdir(parents=True, exist_ok=True)
+    log = open(LOG_DIR / f"{name}.log", "ab")
+    # A new session keeps the service alive after the invoke process exits.
+    process = subprocess.Popen(
+        argv, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+        cwd=cwd, start_new_session=True,
+    )
+    log.close()
+    _pid_file(name).write_text(f"{process.pid}\n")
+    return process.pid
+
+
+def _wait_until(ready: Callable[[], bool], name: str, pid: int, seconds: float) -> None:
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        if ready():
+            return
+        if not _pid_alive(pid):
+            break
+        time.sleep(0.25)
+    log = LOG_DIR / f"{name}.log"
+    tail = ""
+    if log.exists():
+        lines = log.read_text(errors="replace").strip().splitlines()[-3:]
+        tail = " Last log lines: " + " | ".join(line.strip()[:200] for line in lines)
+    raise PipelineError(
+        f"{name} did not become ready within {seconds:.0f} s.{tail}",
+        f"See {log.relative_to(PROJECT_ROOT)}; fix the cause, then run `invoke local.up` again.",
+    )
+
+
+def stop_started(name: str, seconds: float = 30) -> bool:
+    """Stop a service this module started (SIGTERM, then SIGKILL). True if one was running."""
+    pid = started_pid(name)
+    _pid_file(name).unlink(missing_ok=True)
+    if pid is None:
+        return False
+    os.kill(pid, signal.SIGTERM)
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline and _pid_alive(pid):
+        time.sleep(0.2)
+        _reap(pid)
+    # Whatever the service left in its session (dockerd's containerd, npm's node) goes too.
+    try:
+        os.killpg(pid, signal.SIGKILL)
+    except (ProcessLookupError, PermissionError):
+        pass
+    _reap(pid)
+    return True
+
+
+def _reap(pid: int) -> None:
+    try:
+        os.waitpid(pid, os.WNOHANG)
+    except ChildProcessError:
+        pass
+
+
+# --- installing from the distribution's packages ------------------------------------------
+
+
+def _ensure_command(command: str, package: str, echo: Echo) -> str:
+    found = shutil.which(command)
+    if found:
+        return found
+    if os.geteuid() != 0:
+        raise PipelineError(
+            f"`{command}` is not installed.",
+            f"Install it with `sudo apt-get install -y {package}`, then run the task again.",
+        )
+    echo(f"installing {package} from the distribution's packages")
+    env = dict(os.environ, DEBIAN_FRONTEND="noninteractive")
+    result = subprocess.run(
+        ["apt-get", "install", "-y", "-q", package], env=env, capture_output=True, text=True
+    )
+    if result.returncode != 0:
+        subprocess.run(["apt-get", "update", "-q"], env=env, capture_output=True)
+        result = subprocess.run(
+            ["apt-get", "install", "-y", "-q", package], env=env, capture_output=True, text=True
+        )
+    found = shutil.which(command)
+    if result.returncode != 0 or not found:
+        raise PipelineError(
+            f"Could not install {package}: {result.stderr.strip()[-300:]}",
+            f"Install it by hand (`apt-get install {package}`) and run the task again.",
+        )
+    return found
+
+
+# --- the services ------------------------------------------------------------------------
+
+
+def ensure_engine(echo: Echo) -> str:
+    if engine_answers():
+        return "Docker Engine: already answering"
+    dockerd = _ensure_command("dockerd", "docker.io", echo)
+    if os.geteuid() != 0:
+        raise PipelineError(
+            "No Docker Engine answers and starting one needs root.",
+            "Start Docker (or run this task as root), then run it again.",
+        )
+    # No default bridge and no iptables rules: containers use host networking only.
+    pid = _spawn("dockerd", [
+        dockerd, "--bridge=none", "--iptables=false", "--ip-masq=false",
+        "--host=unix:///var/run/docker.sock", f"--pidfile={RUN_DIR / 'dockerd.daemon.pid'}",
+    ])
+    _wait_until(engine_answers, "dockerd", pid, 60)
+    return f"Docker Engine: started (pid {pid})"
+
+
+def _write_registry_config(port: int, login: RegistryLogin) -> Path:
+    import bcrypt
+
+    REGISTRY_DIR.mkdir(parents=True, exist_ok=True)
+    htpasswd = REGISTRY_DIR / "htpasswd"
+    hashed = bcrypt.hashpw(login.password.encode(), bcrypt.gensalt(rounds=10)).decode()
+    htpasswd.write_text(f"{login.username}:{hashed}\n")
+    config = REGISTRY_DIR / "config.yml"
+    config.write_text(
+        "version: 0.1\n"
+        "log:\n  level: warn\n"
+        "storage:\n"
+        f"  filesystem:\n    rootdirectory: {REGISTRY_DIR / 'data'}\n"
+        "  delete:\n    enabled: true\n"
+        "http:\n"
+        f"  addr: 127.0.0.1:{port}\n"
+        "auth:\n"
+        f"  htpasswd:\n    realm: modelship-local\n    path: {htpasswd}\n"
+    )
+    return config
+
+
+def ensure_registry(port: int, echo: Echo) -> str:
+    if registry_answers(port):
+        return f"registry: already answering on 127.0.0.1:{port}"
+    binary = _ensure_command("docker-registry", "docker-registry", echo)
+    login = read_registry_login()
+    if login is None:
+        REGISTRY_DIR.mkdir(parents=True, exist_ok=True)
+        login = RegistryLogin("modelship", secrets.token_urlsafe(24))
+        REGISTRY_CREDENTIALS.write_text(json.dumps(login.__dict__))
+        REGISTRY_CREDENTIALS.chmod(0o600)
+    config = _write_registry_config(port, login)
+    pid = _spawn("registry", [binary, "serve", str(config)])
+    _wait_until(lambda: registry_answers(port), "registry", pid, 30)
+    return f"registry: started on 127.0.0.1:{port} with htpasswd auth (pid {pid})"
+
+
+def azurite_command() -> Path:
+    return TOOLS_DIR / "node_modules" / ".bin" / "azurite-blob"
+
+
+def _ensure_azurite_installed(echo: Echo) -> Path:
+    command = azurite_command()
+    if command.exists():
+        return command
+    npm = shutil.which("npm") or _ensure_command("npm", "npm", echo)
+    echo(f"installing {AZURITE_PACKAGE} with npm into {TOOLS_DIR.relative_to(PROJECT_ROOT)}")
+    TOOLS_DIR.mkdir(parents=True, exist_ok=True)
+    result = subprocess.run(
+        [npm, "install", "--no-audit", "--no-fund", "--prefix", str(TOOLS_DIR), AZURITE_PACKAGE],
+        capture_output=True, text=True,
+    )
+    if result.returncode != 0 or not command.exists():
+        raise PipelineError(
+            f"Could not install Azurite with npm: {result.stderr.strip()[-300:]}",
+            "Check that npm can reach its registry, then run `invoke local.up` again.",
+        )
+    return command
+
+
+def ensure_azurite(port: int, echo: Echo) -> str:
+    if azurite_answers(port):
+        return f"Azurite: already answering on 127.0.0.1:{port}"
+    command = _ensure_azurite_installed(echo)
+    AZURITE_DIR.mkdir(parents=True, exist_ok=True)
+    pid = _spawn("azurite", [
+        str(command), "--blobHost", "127.0.0.1", "--blobPort", str(port),
+        "--location", str(AZURITE_DIR), "--disableTelemetry", "--skipApiVersionCheck",
+    ])
+    _wait_until(lambda: azurite_answers(port), "azurite", pid, 60)
+    return f"Azurite: started on 127.0.0.1:{port} (pid {pid})"
+
+
+def all_answer(ports: LocalServiceSettings) -> bool:
+    return (
+        engine_answers()
+        and registry_answers(ports.registry_port)
+        and azurite_answers(ports.azurite_port)
+    )
+
+
+def up(ports: LocalServiceSettings, echo: Echo) -> list[str]:
+    return [
+        ensure_engine(echo),
+        ensure_registry(ports.registry_port, echo),
+        ensure_azurite(ports.azurite_port, echo),
+    ]
+
+
+def down() -> list[str]:
+    """Stop what `up()` started, newest first; the engine last so containers stop cleanly."""
+    stopped = []
+    for name in ("azurite", "registry", "dockerd"):
+        if stop_started(name):
+            stopped.append(name)
+    return stopped

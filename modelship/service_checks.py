@@ -1,0 +1,75 @@
+"""Checks against a running instance of the serving app, over HTTP.
+
+Shared by the container contract test, the local deployment and the post-rollout smoke
+test: readiness with a deadline, and the model's golden samples through `/score`. It must
+never send anything to an address the caller did not give it.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Callable
+
+import requests
+
+from .errors import PipelineError
+
+
+def wait_ready(base_url: str, seconds: float, still_running: Callable[[], bool],
+               logs: Callable[[], str]) -> None:
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        try:
+            if requests.get(f"{base_url}/readyz", timeout=2).status_code == 200:
+                return
+        except requests.RequestException:
+            pass
+        if not still_running():
+            raise PipelineError(
+                f"The service exited before it became ready. Its last log lines: {logs()}",
+                "Fix the cause shown in the log, rebuild and try again.",
+            )
+        time.sleep(0.2)
+    raise PipelineError(
+        f"The service did not become ready at {base_url}/readyz within {seconds:.0f} s. "
+        f"Its last log lines: {logs()}",
+        "Check the model and the app's start-up in the log above.",
+    )
+
+
+def check_golden(base_url: str, metadata: dict, limit: int | None = None) -> int:
+    """Score the model's golden samples; raise unless every prediction is the expected one."""
+    golden = metadata.get("golden") or []
+    if not golden:
+        raise PipelineError(
+            f"Model {metadata.get('name')} {metadata.get('version')} has no golden samples.",
+            "Publish it with golden samples (`invoke model.publish` adds them).",
+        )
+    samples = golden[:limit] if limit else golden
+    response = requests.post(
+        f"{base_url}/score", json={"instances": [s["instance"] for s in samples]}, timeout=10
+    )
+    if response.status_code != 200:
+        raise PipelineError(
+            f"/score answered {response.status_code} to the golden samples: {response.text[:200]}",
+            "The image does not serve its model correctly; check the app's logs.",
+        )
+    predictions = response.json().get("predictions", [])
+    expected = [s["label"] for s in samples]
+    if predictions != expected:
+        raise PipelineError(
+            f"/score predicted {predictions} for the golden samples; expected {expected}.",
+            "The served model is not the published one, or the app mangles input.",
+        )
+    return len(samples)
+
+
+def check_version(base_url: str, metadata: dict) -> dict:
+    version = requests.get(f"{base_url}/version", timeout=5).json()
+    served = version.get("model", {}).get("sha256")
+    if served != metadata.get("sha256"):
+        raise PipelineError(
+            f"/version reports model sha256 {served}, expected {metadata.get('sha256')}.",
+            "The image embeds another model than the one fetched; rebuild it.",
+        )
+    return version
