@@ -1,0 +1,149 @@
+"""Turn a /score request body into the input tensor the model expects, or say what is wrong.
+
+Everything a client can get wrong about a request is caught here and reported as a
+4xx with a message naming the row and column at fault, so a bad request never
+reaches onnxruntime (where it would surface as a 500). Messages describe values by
+type and position only: this module must never echo payload values back or into logs.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+
+import numpy as np
+from flask import Request
+
+from app.errors import ApiError
+from app.model import InputSpec
+
+_EXAMPLE_BODY = '{"instances": [[...], ...]}'
+
+
+def read_json_body(request: Request):
+    """The decoded JSON body; 415 if it is not declared as JSON, 400 if it does not parse."""
+    if not request.is_json:
+        raise ApiError(
+            415,
+            "unsupported_media_type",
+            "expected Content-Type: application/json, got "
+            f"{request.mimetype or 'no content type'}",
+        )
+    body = request.get_data(cache=False)  # a body over MAX_CONTENT_LENGTH raises 413 here
+    try:
+        return json.loads(body)
+    except RecursionError:
+        raise ApiError(
+            400, "malformed_json", f"request body is nested too deeply; expected {_EXAMPLE_BODY}"
+        ) from None
+    except ValueError as error:  # JSONDecodeError and undecodable bytes alike
+        raise ApiError(
+            400,
+            "malformed_json",
+            f"request body is not valid JSON ({error}); expected {_EXAMPLE_BODY}",
+        ) from None
+
+
+def parse_instances(payload, spec: InputSpec, max_batch: int) -> np.ndarray:
+    """A [rows, spec.feature_count] array of spec.dtype built from payload["instances"]."""
+    if not isinstance(payload, dict) or "instances" not in payload:
+        raise ApiError(
+            422,
+            "missing_instances",
+            f'expected a JSON object with an "instances" key: {_EXAMPLE_BODY}',
+        )
+    rows = payload["instances"]
+    if not isinstance(rows, list):
+        raise ApiError(
+            422,
+            "instances_not_a_list",
+            f'"instances" must be a list of rows, got {_json_type(rows)}: {_EXAMPLE_BODY}',
+        )
+    if not rows:
+        raise ApiError(422, "empty_batch", '"instances" is empty; send at least one row')
+    if len(rows) > max_batch:
+        raise ApiError(
+            422,
+            "batch_too_large",
+            f'"instances" has {len(rows)} rows; send at most {max_batch} per request',
+        )
+    for row_index, row in enumerate(rows):
+        _check_row(row_index, row, spec.feature_count)
+
+    with np.errstate(over="ignore", invalid="ignore"):  # reported below, row and column named
+        instances = np.asarray(rows, dtype=np.float64).astype(spec.dtype)
+    _check_representable(rows, instances, spec)
+    return instances
+
+
+def _check_row(row_index: int, row, feature_count: int) -> None:
+    if not isinstance(row, list):
+        raise ApiError(
+            422,
+            "row_not_a_list",
+            f"row {row_index} is {_json_type(row)}; expected a list of {feature_count} features",
+        )
+    if len(row) != feature_count:
+        raise ApiError(
+            422,
+            "wrong_feature_count",
+            f"row {row_index} has {len(row)} values; expected {feature_count} features",
+        )
+    for column, value in enumerate(row):
+        # bool is a subclass of int in Python, but true/false are not numbers in JSON.
+        if type(value) not in (int, float):
+            raise ApiError(
+                422,
+                "non_numeric_value",
+                f"row {row_index}, column {column} is {_json_type(value)}; expected a number",
+            )
+        try:
+            finite = math.isfinite(value)
+        except OverflowError:  # an integer beyond any float
+            finite = False
+        if not finite:
+            raise ApiError(
+                422,
+                "non_finite_value",
+                f"row {row_index}, column {column} is NaN or infinite; expected a finite number",
+            )
+
+
+def _check_representable(rows: list, instances: np.ndarray, spec: InputSpec) -> None:
+    """Catch values that are finite in JSON but not in the model's dtype (1e39 in float32)."""
+    if np.issubdtype(spec.dtype, np.floating):
+        bad = np.argwhere(~np.isfinite(instances))
+        if bad.size:
+            row_index, column = bad[0]
+            raise ApiError(
+                422,
+                "non_finite_value",
+                f"row {row_index}, column {column} does not fit in {spec.dtype.name}",
+            )
+    else:
+        as_float = np.asarray(rows, dtype=np.float64)
+        bad = np.argwhere(as_float != instances)
+        if bad.size:
+            row_index, column = bad[0]
+            raise ApiError(
+                422,
+                "non_integer_value",
+                f"row {row_index}, column {column} must be a whole number that fits in "
+                f"{spec.dtype.name}",
+            )
+
+
+def _json_type(value) -> str:
+    if value is None:
+        return "null"
+    if isinstance(value, bool):
+        return "a boolean"
+    if isinstance(value, (int, float)):
+        return "a number"
+    if isinstance(value, str):
+        return "a string"
+    if isinstance(value, list):
+        return "a list"
+    if isinstance(value, dict):
+        return "an object"
+    return type(value).__name__
