@@ -130,7 +130,12 @@ class AzureBlobStore(ModelStore):
         self.prefix = prefix.strip("/")
         self.uri = f"az://{container}/{self.prefix}".rstrip("/")
         self.account_url = account_url
-        options = dict(retry_total=3, connection_timeout=5, read_timeout=60)
+        from azure.storage.blob import ExponentialRetry
+
+        # The SDK's default backoff starts at 15 s: an unreachable store would hang for
+        # a minute and a half before saying so.
+        retry = ExponentialRetry(initial_backoff=1, increment_base=2, retry_total=3)
+        options = dict(retry_policy=retry, connection_timeout=5, read_timeout=60)
         connection_string = os.environ.get("AZURE_STORAGE_CONNECTION_STRING")
         sas = os.environ.get("AZURE_STORAGE_SAS_TOKEN")
         if connection_string:
