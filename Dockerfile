@@ -4,11 +4,11 @@
 ARG BASE_IMAGE=python:3.11-slim
 
 FROM ${BASE_IMAGE} AS dependencies
-COPY requirements/image.txt /tmp/requirements.txt
+COPY requirements/image.lock /tmp/image.lock
 COPY build/wheelhouse/ /tmp/wheelhouse/
 RUN python3 -m venv /opt/venv \
  && /opt/venv/bin/pip install --no-cache-dir --no-index --disable-pip-version-check \
-      --find-links=/tmp/wheelhouse --requirement /tmp/requirements.txt \
+      --require-hashes --find-links=/tmp/wheelhouse --requirement /tmp/image.lock \
  && /opt/venv/bin/pip uninstall --yes pip setuptools \
  && find /opt/venv -name '__pycache__' -prune -exec rm -rf {} +
 

@@ -44,8 +44,10 @@ def _settings(c, env: str | None) -> Settings:
     return load_settings(c.config, env)
 
 
-def _store(settings: Settings):
-    return model_store.open_store(settings.model_store.uri, settings.model_store.account_url)
+def _model_store(settings: Settings):
+    store_settings = settings.model_store
+    return model_store.open_store(store_settings.uri, store_settings.account_url,
+                                  store_settings.endpoint_url)
 
 
 def _docker():
@@ -57,17 +59,31 @@ def _docker():
 # --- pipeline stages ------------------------------------------------------------------------
 
 
-@task(help={"env": ENV_HELP, "version": "Model version to fetch, or 'latest' (default)."})
+@task(help={
+    "env": ENV_HELP,
+    "version": "Model version to fetch, or 'latest' (default).",
+    "locked": "Fetch exactly the version and sha256 the lock file names (reproducible rebuild).",
+    "lock_file": "Lock file for --locked (default: build/model/model.lock.json).",
+})
 @pipeline_task
-def fetch_model(c, env=None, version="latest"):
+def fetch_model(c, env=None, version=None, locked=False, lock_file=None):
     """Download the model from the model store into build/model and verify its sha256."""
+    from pathlib import Path
+
+    from modelship.transfer import console_progress
+
     settings = _settings(c, env)
-    store = _store(settings)
+    store = _model_store(settings)
+    version = version or "latest"
+    wanted = "the locked version" if locked else version
     if is_dry(c):
-        echo(f"[dry] would fetch {version} from {store.uri} into build/model")
+        echo(f"[dry] would fetch {wanted} from {store.uri} into build/model")
         return
-    result = model_store.fetch(store, BUILD_DIR / "model", version)
-    state = "downloaded" if result.downloaded else "already up to date"
+    result = model_store.fetch(store, BUILD_DIR / "model", version, locked=locked,
+                               lock_file=Path(lock_file) if lock_file else None,
+                               progress=console_progress)
+    state = ("downloaded and verified" if result.downloaded
+             else "already up to date, nothing downloaded")
     echo(f"model {result.version} ({result.size} bytes, sha256 {result.sha256[:12]}…): {state}")
 
 
@@ -89,23 +105,61 @@ def base_image(c, env=None):
 
 @task(help={"env": ENV_HELP})
 @pipeline_task
-def build(c, env=None):
+def lock(c, env=None):
+    """Resolve requirements/image.in into requirements/image.lock, hash-pinned for the image."""
+    from modelship.image import IMAGE_LOCK, IMAGE_REQUIREMENTS_IN
+    from modelship.wheelhouse import lock_requirements
+
+    settings = _settings(c, env)
+    if is_dry(c):
+        echo(f"[dry] would lock {IMAGE_REQUIREMENTS_IN.name} for {settings.image.platform}")
+        return
+    count = lock_requirements(IMAGE_REQUIREMENTS_IN, IMAGE_LOCK, settings.image.python_version,
+                              settings.image.platform)
+    echo(f"locked {count} packages into requirements/{IMAGE_LOCK.name}")
+
+
+@task(help={
+    "env": ENV_HELP,
+    "force": "Build even when the registry already holds an image with the same inputs.",
+    "no_cache": "Rebuild every layer (implies --force).",
+})
+@pipeline_task
+def build(c, env=None, force=False, no_cache=False):
     """Build the serving image (app + model) with networking disabled; writes build/record.json."""
+    from modelship import image
     from modelship.base_image import ensure_base_image
     from modelship.gitinfo import source_state
-    from modelship.image import IMAGE_REQUIREMENTS, WHEELHOUSE, build_image
+    from modelship.registry import login
     from modelship.wheelhouse import prepare_wheelhouse
 
     settings = _settings(c, env)
     if is_dry(c):
-        echo(f"[dry] would build {settings.image.repository} from {settings.image.base}")
+        echo(f"[dry] would build {settings.image.repository} from {settings.image.base} "
+             "(skipped if the registry holds the same inputs)")
         return
     client = _docker()
     if settings.image.offline_base:
         echo(ensure_base_image(client, settings.image.base, settings.image.python_version, echo))
-    echo(prepare_wheelhouse(IMAGE_REQUIREMENTS, WHEELHOUSE, settings.image.python_version,
+    echo(prepare_wheelhouse(image.IMAGE_LOCK, image.WHEELHOUSE, settings.image.python_version,
                             settings.image.platform))
-    record = build_image(client, settings, source_state(), echo)
+    plan = image.plan_build(client, settings, source_state())
+    cache_from = []
+    if settings.registry.host:
+        try:
+            auth = login(client, settings)
+        except PipelineError as error:
+            echo(f"warning: cannot check the registry for an up-to-date image ({error})")
+        else:
+            reference = f"{settings.image_repository}:{image.inputs_tag(plan.inputs)}"
+            digest = None if force or no_cache else image.registry_digest(client, reference, auth)
+            if digest:
+                record = image.record_up_to_date(plan, settings, digest)
+                echo(f"up to date: {record['image']['name']} has the same inputs; nothing built")
+                return
+            cache = image.pull_cache_image(client, settings.image_repository, auth)
+            cache_from = [cache] if cache else []
+    record = image.build_image(client, settings, plan, cache_from, echo, no_cache)
     size_mb = record["image"]["size_bytes"] / 1e6
     echo(f"built {record['image']['name']} ({size_mb:.0f} MB)")
 
@@ -113,11 +167,11 @@ def build(c, env=None):
 @task(help={"env": ENV_HELP, "unit": "Run the unit tests before the container test (default on)."})
 @pipeline_task
 def test(c, env=None, unit=True):
-    """Run the unit tests, then start the built image and check /healthz, /readyz and /score."""
+    """Run the unit tests, then start the built image and check /readyz, /score and /version."""
     from modelship.container_test import run_contract
     from modelship.image import read_model_metadata
 
-    _settings(c, env)
+    settings = _settings(c, env)
     if unit:
         result = c.run(f"{sys.executable} -m pytest -q -p no:cacheprovider tests/unit", warn=True,
                        pty=False)
@@ -127,7 +181,16 @@ def test(c, env=None, unit=True):
         echo("[dry] would run the container contract test")
         return
     record = build_record.read_record()
-    run_contract(_docker(), record["image"]["id"], read_model_metadata(), echo)
+    client = _docker()
+    image_ref = record["image"]["id"]
+    if image_ref is None:
+        # An up-to-date build was not rebuilt here: test the very image the registry holds.
+        from modelship import local_runtime
+        from modelship.registry import login
+
+        image_ref = record["image"]["name"]
+        local_runtime.pull(client, image_ref, login(client, settings))
+    run_contract(client, image_ref, read_model_metadata(), echo)
     echo(f"container test passed for {record['image']['name']}")
 
 
@@ -135,33 +198,68 @@ def test(c, env=None, unit=True):
 @pipeline_task
 def push(c, env=None):
     """Tag and push the built image to the environment's registry; records the digest."""
-    from modelship.registry import push_image
+    from modelship.registry import already_pushed, push_image
 
     settings = _settings(c, env)
     record = build_record.read_record()
+    pushed = already_pushed(record, settings.env)
+    if pushed:
+        echo(f"up to date: {pushed['reference']} is already in the registry")
+        return
     if is_dry(c):
         echo(f"[dry] would push {record['image']['name']} to {settings.image_repository}")
         return
     pushed = push_image(_docker(), settings, record, echo)
-    echo(f"pushed {pushed['reference']}")
+    echo(f"pushed {pushed['reference']} ({pushed['bytes_pushed'] / 1e6:.1f} MB uploaded)")
 
 
-@task(help={"env": ENV_HELP})
+def _shown(path) -> str:
+    """A path relative to the project when it is inside it (shorter in logs)."""
+    return str(path.relative_to(PROJECT_ROOT)) if path.is_relative_to(PROJECT_ROOT) else str(path)
+
+
+@task(help={
+    "env": ENV_HELP,
+    "check": "Render to a temporary folder and fail if it differs from the reviewed one.",
+    "against": "With --check: the folder to compare with (default: build/k8s/<env>).",
+    "require_checkov": "Fail when checkov is not installed instead of skipping it (CI).",
+})
 @pipeline_task
-def render(c, env=None):
-    """Render templates/k8s for the environment into build/k8s/<env>/, image pinned by digest."""
-    from modelship.manifests import render as render_manifests
+def render(c, env=None, check=False, against=None, require_checkov=False):
+    """Render templates/k8s into build/k8s/<env>/ (image by digest), validate, run checkov."""
+    from pathlib import Path
+
+    from modelship import manifest_checks, manifests
 
     settings = _settings(c, env)
     record = build_record.read_record()
     pushed = build_record.pushed_for(record, settings.env)
-    written = render_manifests(settings, record, pushed)
-    echo(f"rendered {len(written)} manifests into {settings.render_dir.relative_to(PROJECT_ROOT)}/")
+    if check:
+        expected = Path(against) if against else settings.render_dir
+        differences = manifests.check(settings, record, pushed, expected)
+        if differences:
+            echo("".join(differences).rstrip())
+            raise PipelineError(
+                f"The rendering for '{settings.env}' differs from {expected} (diff above).",
+                f"Review the diff; `invoke render --env={settings.env}` writes the new one.",
+            )
+        echo(f"rendering for '{settings.env}' matches {expected}")
+        return
+    written = manifests.render(settings, record, pushed)
+    echo(f"rendered {len(written)} manifests into {_shown(settings.render_dir)}/")
+    for line in manifest_checks.check_rendered(settings.render_dir,
+                                               settings.deployment["kubernetes_version"],
+                                               require_checkov):
+        echo(line)
 
 
-@task(help={"env": ENV_HELP})
+@task(help={
+    "env": ENV_HELP,
+    "yes": "Do not ask for confirmation where the environment asks for it (prod).",
+    "smoke": "After the rollout, check /readyz and one golden /score through the Service.",
+})
 @pipeline_task
-def apply(c, env=None):
+def apply(c, env=None, yes=False, smoke=True):
     """Roll out the pushed image: kubectl apply + rollout status, or run it on the local engine."""
     settings = _settings(c, env)
     record = build_record.read_record()
@@ -180,10 +278,66 @@ def apply(c, env=None):
         echo(f"serving {pushed['reference']} at {url} (try: curl {url}/version)")
         return
     from modelship import kube
+    from modelship.image import read_model_metadata
 
-    kube.apply(c, settings)
+    kube.require_current_render(settings, pushed["reference"])
+    if kube.needs_confirmation(settings, yes) and not is_dry(c):
+        kube.confirm(settings, pushed["reference"])
+    smoke_test = None
+    if smoke:
+        # A dry run has no rollout to test: the smoke step only says what it would do.
+        smoke_test = kube.smoke_step(c, settings, None if is_dry(c) else read_model_metadata(),
+                                     echo)
+    kube.apply(c, settings, smoke_test, echo)
     echo(f"rolled out {pushed['reference']} to {settings.kubernetes.context}/"
          f"{settings.kubernetes.namespace}")
+
+
+@task(help={"env": ENV_HELP})
+@pipeline_task
+def diff(c, env=None):
+    """Show what `apply` would change: kubectl diff of build/k8s/<env>/ against the cluster."""
+    from modelship import kube
+
+    settings = _settings(c, env)
+    if kube.diff(c, settings):
+        echo(f"the cluster differs from {_shown(settings.render_dir)}/ "
+             "(diff above); `invoke apply` would change it")
+    elif not is_dry(c):
+        echo(f"context '{settings.kubernetes.context}' already matches the rendered manifests")
+
+
+@task(help={"env": ENV_HELP})
+@pipeline_task
+def status(c, env=None):
+    """Show what runs in the environment: image digest, git revision, model, ready replicas."""
+    from modelship import kube
+
+    settings = _settings(c, env)
+    state = kube.status(c, settings)
+    if state is None:
+        return
+    echo(f"{settings.app_name} in {settings.kubernetes.context}/{settings.kubernetes.namespace}")
+    for key, value in state.items():
+        echo(f"  {key.replace('_', ' '):16} {value}")
+
+
+@task(name="credentials", help={"env": ENV_HELP})
+@pipeline_task
+def aks_credentials(c, env=None):
+    """Fetch the environment's AKS credentials into ~/.kube/config (az aks get-credentials)."""
+    from modelship import kube
+
+    settings = _settings(c, env)
+    command = kube.aks_credentials_command(settings)
+    if not is_dry(c) and not c.run("az version", warn=True, hide=True).ok:
+        raise PipelineError("The Azure CLI (az) is not installed or does not start.",
+                            "Install it (`pip install -e .[azure]`) and run `az login`.")
+    if not c.run(command, warn=True).ok:
+        raise PipelineError(f"az aks get-credentials failed for '{settings.env}'.",
+                            "Read az's message above; `az login` may be needed.")
+    if not is_dry(c):
+        echo(f"kube context '{settings.kubernetes.context}' is ready")
 
 
 @task(help={"env": ENV_HELP})
@@ -267,7 +421,8 @@ def local_status(c, env=None):
 
 @task(name="publish", help={
     "env": ENV_HELP,
-    "version": "Version to publish under (default: a UTC timestamp).",
+    "version": "Version to publish under (default: the model's own version with --model-dir, "
+               "else a UTC timestamp).",
     "model_dir": "Publish this folder (model.onnx + metadata.json) instead of training the sample.",
     "force": "Replace a version that is already published.",
 })
@@ -277,8 +432,10 @@ def model_publish(c, env=None, version=None, model_dir=None, force=False):
     from pathlib import Path
 
     settings = _settings(c, env)
+    if model_dir is not None and version is None:
+        version = str(model_store.read_model_dir(Path(model_dir))["version"])
     version = version or model_store.new_version()
-    store = _store(settings)
+    store = _model_store(settings)
     if is_dry(c):
         echo(f"[dry] would publish {settings.model_name} {version} to {store.uri}")
         return
@@ -293,8 +450,67 @@ def model_publish(c, env=None, version=None, model_dir=None, force=False):
          f"to {store.uri}")
 
 
+@task(name="check", help={"env": ENV_HELP})
+def model_check(c, env=None):
+    """Compare the latest published model with the one --env runs; exit 1 when they differ.
+
+    Under Azure Pipelines (TF_BUILD set) it exits 0 either way and sets the output variables
+    `changed` (true/false), `latestVersion`, `latestSha256` and `deployedSha256` instead, so a
+    stage condition decides. Exit 2 means it could not tell (store or cluster unreachable).
+    """
+    import os
+
+    from modelship import model_check as checks
+
+    try:
+        settings = _settings(c, env)
+        latest = checks.latest_published(_model_store(settings))
+        if settings.runtime == "docker":
+            from modelship.local_runtime import container_name
+
+            deployed = checks.deployed_locally(_docker(), container_name(settings))
+        else:
+            deployed = checks.deployed_on_kubernetes(c, settings)
+        comparison = checks.Comparison(settings.env, settings.model_name, latest, deployed)
+        variables = checks.pipeline_variables(comparison)
+    except PipelineError as error:
+        raise Exit(f"model.check failed: {error}", code=2)
+    echo(comparison.summary())
+    if checks.running_in_azure_pipelines(os.environ):
+        for line in variables:
+            echo(line)
+    elif comparison.differs:
+        raise Exit(code=1)
+
+
+# --- the pipeline definition ----------------------------------------------------------------
+
+
+@task(name="check")
+@pipeline_task
+def ci_check(c):
+    """Validate ci/ against the Azure Pipelines schema; every `invoke` call must name real tasks."""
+    from modelship import pipeline_check
+    from modelship.settings import known_environments
+
+    problems = pipeline_check.check(environments=known_environments(c.config))
+    files = pipeline_check.pipeline_files()
+    for problem in problems:
+        echo(str(problem))
+    if problems:
+        raise PipelineError(f"{len(problems)} problem(s) in the pipeline files (listed above).",
+                            "Fix them; a pipeline run would fail on each.")
+    echo(f"ci/: {len(files)} pipeline files valid; "
+         "every invoke call names existing tasks and flags")
+
+
 local = Collection("local", local_up, local_down, local_status)
-model = Collection("model", model_publish)
-namespace = Collection(fetch_model, base_image, build, test, push, render, apply, deploy)
+model = Collection("model", model_publish, model_check)
+aks = Collection("aks", aks_credentials)
+namespace = Collection(fetch_model, base_image, lock, build, test, push, render, apply, deploy)
+namespace.add_task(diff)
+namespace.add_task(status)
+namespace.add_collection(aks)
 namespace.add_collection(local)
 namespace.add_collection(model)
+namespace.add_collection(Collection("ci", ci_check))

@@ -27,6 +27,28 @@ TRIMMED = [
     "var/cache/apt", "var/lib/apt/lists", "var/log",
 ]
 SOURCE_FILES = [Path("/etc/apt/sources.list"), *sorted(Path("/etc/apt/sources.list.d").glob("*"))]
+IMPORT_CHANGES = [
+    "ENV LANG=C.UTF-8",
+    "ENV PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin",
+    'CMD ["python3"]',
+]
+
+
+def cache_dir() -> Path:
+    """Root filesystems kept across engine resets, so a wiped engine needs no debootstrap."""
+    base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
+    return Path(base) / "modelship" / "base-images"
+
+
+def _cached_tarball(name: str) -> Path:
+    return cache_dir() / (re.sub(r"[^A-Za-z0-9._-]", "_", name) + ".tar")
+
+
+def _import(client, tarball: Path, name: str) -> None:
+    repository, _, tag = name.rpartition(":") if ":" in name.split("/")[-1] else (name, "", "")
+    client.api.import_image_from_file(
+        str(tarball), repository=repository, tag=tag or "latest", changes=IMPORT_CHANGES
+    )
 
 
 def debian_mirror(suite: str, sources: list[Path] = SOURCE_FILES) -> str:
@@ -67,6 +89,10 @@ def base_image_present(client, name: str) -> bool:
 def ensure_base_image(client, name: str, python_version: str, echo) -> str:
     if base_image_present(client, name):
         return f"base image {name}: cached"
+    cached = _cached_tarball(name)
+    if cached.exists():
+        _import(client, cached, name)
+        return f"base image {name}: imported from {cached}"
     suite = DEBIAN_SUITE_FOR_PYTHON.get(python_version)
     if suite is None:
         raise PipelineError(
@@ -105,15 +131,11 @@ def ensure_base_image(client, name: str, python_version: str, echo) -> str:
         subprocess.run(
             ["tar", "--numeric-owner", "-C", str(rootfs), "-cf", str(tarball), "."], check=True
         )
-        repository, _, tag = name.rpartition(":") if ":" in name.split("/")[-1] else (name, "", "")
-        client.api.import_image_from_file(
-            str(tarball), repository=repository, tag=tag or "latest",
-            changes=[
-                "ENV LANG=C.UTF-8",
-                "ENV PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin",
-                'CMD ["python3"]',
-            ],
-        )
+        _import(client, tarball, name)
+        cached.parent.mkdir(parents=True, exist_ok=True)
+        partial = cached.with_suffix(".partial")
+        shutil.move(str(tarball), partial)
+        os.replace(partial, cached)
     finally:
         shutil.rmtree(workdir, ignore_errors=True)
     return f"base image {name}: built offline from {suite}"

@@ -34,7 +34,7 @@ def write_record(record: dict, path: Path = RECORD_PATH) -> None:
 
 def pushed_for(record: dict, env: str) -> dict:
     pushed = record.get("pushed", {}).get(env)
-    if not pushed or pushed.get("image_id") != record["image"]["id"]:
+    if not pushed or pushed.get("inputs") != record["image"].get("inputs"):
         raise PipelineError(
             f"The current build has not been pushed for environment '{env}'.",
             f"Run `invoke push --env={env}` first.",

@@ -1,15 +1,29 @@
 """The container contract test: start the built image, prove it serves its model, remove it.
 
-Runs before any push. The container uses host networking on a free loopback port and is
-removed afterwards, pass or fail. It must never leave a container behind.
+Runs before any push: readiness within a deadline, the model's golden samples through
+`/score`, `/version` against the image's own labels, a non-root process, and no secret-looking
+value in the image's history or environment. The container uses host networking on a free
+loopback port and is removed afterwards, pass or fail. It must never leave a container behind.
 """
 
 from __future__ import annotations
 
+import re
 import socket
 
 from .errors import PipelineError
 from .service_checks import check_golden, check_version, wait_ready
+
+# Shapes of credentials that must never be baked into an image.
+SECRET_PATTERNS = {
+    "an Azure storage account key": re.compile(r"AccountKey=[A-Za-z0-9+/=]{20,}"),
+    "a SAS token signature": re.compile(r"[?&]sig=[A-Za-z0-9%+/=]{20,}"),
+    "an AWS access key id": re.compile(r"\b(AKIA|ASIA)[A-Z0-9]{16}\b"),
+    "a private key": re.compile(r"-----BEGIN [A-Z ]*PRIVATE KEY-----"),
+    "a password or token assignment": re.compile(
+        r"\b[A-Z0-9_]*(PASSWORD|SECRET|TOKEN|API_KEY|ACCESS_KEY)[A-Z0-9_]*=\S+", re.I
+    ),
+}
 
 
 def free_loopback_port() -> int:
@@ -34,11 +48,51 @@ def container_running(container) -> bool:
     return container.status in ("created", "running")
 
 
-def run_contract(client, image_id: str, metadata: dict, echo) -> None:
+def find_secrets(image) -> list[str]:
+    """Where the image's history or environment holds something shaped like a credential."""
+    places = [("environment", entry) for entry in image.attrs["Config"].get("Env") or []]
+    places += [("history", layer.get("CreatedBy", "")) for layer in image.history()]
+    findings = []
+    for where, text in places:
+        for kind, pattern in SECRET_PATTERNS.items():
+            if pattern.search(text):
+                findings.append(f"{kind} in the image {where}")
+    return sorted(set(findings))
+
+
+def check_labels_match(version: dict, labels: dict) -> None:
+    expected = {
+        "git_revision": labels.get("org.opencontainers.image.revision"),
+        "model sha256": labels.get("ai.modelship.model.sha256"),
+        "model version": labels.get("ai.modelship.model.version"),
+    }
+    served = {
+        "git_revision": version.get("git_revision"),
+        "model sha256": (version.get("model") or {}).get("sha256"),
+        "model version": (version.get("model") or {}).get("version"),
+    }
+    wrong = [key for key in expected if expected[key] != served[key]]
+    if wrong:
+        details = ", ".join(f"{key} {served[key]!r} != label {expected[key]!r}" for key in wrong)
+        raise PipelineError(
+            f"/version disagrees with the image labels: {details}.",
+            "Rebuild the image: its labels and its content come from different inputs.",
+        )
+
+
+def run_contract(client, image_ref: str, metadata: dict, echo) -> None:
+    image = client.images.get(image_ref)
+    findings = find_secrets(image)
+    if findings:
+        raise PipelineError(
+            f"The image holds what looks like a secret: {'; '.join(findings)}.",
+            "Pass credentials at run time (Kubernetes Secrets, environment), never as build "
+            "arguments or ENV lines.",
+        )
     port = free_loopback_port()
     base_url = f"http://127.0.0.1:{port}"
     container = client.containers.run(
-        image_id, detach=True, network_mode="host",
+        image.id, detach=True, network_mode="host",
         environment={"HOST": "127.0.0.1", "PORT": str(port), "WEB_CONCURRENCY": "1"},
         labels={"ai.modelship.role": "contract-test"},
     )
@@ -52,7 +106,7 @@ def run_contract(client, image_id: str, metadata: dict, echo) -> None:
                 "Keep the Dockerfile's `USER` line (a non-root uid).",
             )
         echo(f"  ready on {base_url}, running as uid {uid}")
-        check_version(base_url, metadata)
+        check_labels_match(check_version(base_url, metadata), image.labels)
         count = check_golden(base_url, metadata)
         echo(f"  /score returned the expected label for {count} golden samples")
     finally:

@@ -1,14 +1,18 @@
 """Building the serving image with the Docker SDK: app code + the fetched model.
 
-The build runs with networking disabled; the base image is pulled only if configured so, or
-built offline. Output is an image tagged from the git commit and the model's sha256, with
-OCI labels, described in the build record. It must never send the build context anywhere
-but the local engine, nor put a secret in a build argument.
+The build runs with networking disabled against a context of exactly the files the
+Dockerfile copies. Its inputs (Dockerfile, lock, app code, model, base image) are hashed
+into an inputs digest, carried as a label and as an `inputs-…` tag in the registry: when
+the registry already holds that tag, nothing is rebuilt. Otherwise the last pushed image
+serves as layer cache. It must never send the build context anywhere but the local engine,
+nor put a secret in a build argument or label.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
+from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
 
@@ -20,7 +24,13 @@ from .settings import BUILD_DIR, PROJECT_ROOT, Settings
 
 MODEL_DIR = BUILD_DIR / "model"
 WHEELHOUSE = BUILD_DIR / "wheelhouse"
-IMAGE_REQUIREMENTS = PROJECT_ROOT / "requirements" / "image.txt"
+IMAGE_REQUIREMENTS_IN = PROJECT_ROOT / "requirements" / "image.in"
+IMAGE_LOCK = PROJECT_ROOT / "requirements" / "image.lock"
+# What the image is made of, besides the model and the wheels (covered by the lock).
+SOURCE_INPUTS = ("Dockerfile", ".dockerignore", "requirements/image.lock")
+SOURCE_TREES = ("app",)
+CACHE_TAG = "latest"
+INPUTS_LABEL = "ai.modelship.inputs"
 
 
 def docker_client():
@@ -41,7 +51,7 @@ def read_model_metadata(model_dir: Path = MODEL_DIR) -> dict:
     metadata = model_dir / "metadata.json"
     if not (metadata.exists() and (model_dir / "model.onnx").exists()):
         raise PipelineError(
-            f"No fetched model in {model_dir.relative_to(PROJECT_ROOT)}.",
+            f"No fetched model in {model_dir}.",
             "Run `invoke fetch-model` first.",
         )
     return json.loads(metadata.read_text())
@@ -52,7 +62,39 @@ def content_tag(source: SourceState, model_sha256: str) -> str:
     return f"{tag}-dirty" if source.dirty else tag
 
 
-def image_labels(settings: Settings, source: SourceState, model: dict) -> dict:
+def inputs_tag(inputs_digest: str) -> str:
+    return f"inputs-{inputs_digest[:20]}"
+
+
+def _source_files(root: Path) -> list[Path]:
+    files = [root / name for name in SOURCE_INPUTS]
+    for tree in SOURCE_TREES:
+        files += [
+            path for path in (root / tree).rglob("*")
+            if path.is_file() and "__pycache__" not in path.parts and path.suffix != ".pyc"
+        ]
+    return sorted(files)
+
+
+def inputs_digest(settings: Settings, model: dict, base_image_id: str,
+                  root: Path = PROJECT_ROOT) -> str:
+    """sha256 over everything that decides the image's content; not the build time."""
+    digest = hashlib.sha256()
+    for path in _source_files(root):
+        digest.update(str(path.relative_to(root)).encode() + b"\0")
+        digest.update(hashlib.sha256(path.read_bytes()).digest())
+    digest.update(json.dumps({
+        "model_sha256": model["sha256"],
+        "base": settings.image.base,
+        "base_id": base_image_id,
+        "platform": settings.image.platform,
+        "python": settings.image.python_version,
+        "app_version": __version__,
+    }, sort_keys=True).encode())
+    return digest.hexdigest()
+
+
+def image_labels(settings: Settings, source: SourceState, model: dict, inputs: str) -> dict:
     return {
         "org.opencontainers.image.title": settings.app_name,
         "org.opencontainers.image.revision": source.revision,
@@ -62,25 +104,97 @@ def image_labels(settings: Settings, source: SourceState, model: dict) -> dict:
         "ai.modelship.model.name": str(model.get("name", "")),
         "ai.modelship.model.version": str(model.get("version", "")),
         "ai.modelship.model.sha256": str(model.get("sha256", "")),
+        INPUTS_LABEL: inputs,
     }
 
 
-def _run_build(client, tag: str, buildargs: dict, labels: dict, echo) -> str:
+def base_image_id(client, name: str) -> str:
+    """The base image's layer digests: its content, unchanged by a re-import or re-tag."""
+    import docker
+
+    try:
+        layers = client.images.get(name).attrs.get("RootFS", {}).get("Layers", [])
+    except docker.errors.ImageNotFound:
+        # A pullable base the engine has not pulled yet: the name is all we know.
+        return ""
+    return hashlib.sha256("\n".join(layers).encode()).hexdigest()
+
+
+def registry_digest(client, reference: str, auth: dict | None) -> str | None:
+    """Manifest digest of `reference` in its registry, or None when it is not there."""
+    import docker
+
+    try:
+        answer = client.api.inspect_distribution(reference, auth_config=auth)
+    except docker.errors.APIError:
+        return None
+    return answer.get("Descriptor", {}).get("digest")
+
+
+def pull_cache_image(client, repository: str, auth: dict | None) -> str | None:
+    """Pull the last pushed image so its layers can serve as cache; None when there is none."""
+    import docker
+
+    reference = f"{repository}:{CACHE_TAG}"
+    try:
+        for chunk in client.api.pull(repository, tag=CACHE_TAG, stream=True, decode=True,
+                                     auth_config=auth):
+            if "error" in chunk:
+                return None
+    except docker.errors.APIError:
+        return None
+    return reference
+
+
+def build_context(root: Path = PROJECT_ROOT) -> Path:
+    """A folder holding only what the Dockerfile copies: small, and no secret can slip in."""
+    import shutil
+
+    context = BUILD_DIR / "context"
+    shutil.rmtree(context, ignore_errors=True)
+    (context / "build").mkdir(parents=True)
+    (context / "requirements").mkdir()
+    for name in ("Dockerfile", ".dockerignore", "requirements/image.lock"):
+        shutil.copy2(root / name, context / name)
+    shutil.copytree(root / "app", context / "app",
+                    ignore=shutil.ignore_patterns("__pycache__", "*.pyc"))
+    # Hard links: the wheels and the model are large and already verified.
+    shutil.copytree(WHEELHOUSE, context / "build" / "wheelhouse", copy_function=_link_or_copy)
+    (context / "build" / "model").mkdir()
+    for name in ("model.onnx", "metadata.json"):
+        _link_or_copy(MODEL_DIR / name, context / "build" / "model" / name)
+    return context
+
+
+def _link_or_copy(source, target):
+    import os
+    import shutil
+
+    try:
+        os.link(source, target)
+    except OSError:
+        shutil.copy2(source, target)
+
+
+def _run_build(client, context: Path, tag: str, buildargs: dict, labels: dict,
+               cache_from: list[str], echo, no_cache: bool = False) -> str:
     import docker
 
     image_id = None
     recent: list[str] = []
     try:
         stream = client.api.build(
-            path=str(PROJECT_ROOT), dockerfile="Dockerfile", tag=tag, buildargs=buildargs,
+            path=str(context), dockerfile="Dockerfile", tag=tag, buildargs=buildargs,
             labels=labels, network_mode="none", rm=True, forcerm=True, pull=False, decode=True,
+            cache_from=cache_from or None, nocache=no_cache,
         )
         for chunk in stream:
             if "error" in chunk:
                 detail = chunk.get("errorDetail", {}).get("message") or chunk["error"]
-                context = " | ".join(recent[-3:])
+                context_lines = " | ".join(recent[-3:])
                 raise PipelineError(
-                    f"The image build failed: {detail.strip()}" + (f" (after: {context})" if context else ""),
+                    f"The image build failed: {detail.strip()}"
+                    + (f" (after: {context_lines})" if context_lines else ""),
                     "Fix the Dockerfile step above; the build has no network, so every "
                     "dependency must be in build/wheelhouse.",
                 )
@@ -96,36 +210,72 @@ def _run_build(client, tag: str, buildargs: dict, labels: dict, echo) -> str:
             f"The Docker Engine refused the build: {error.explanation}",
             "Check that the base image exists locally (`docker images`).",
         ) from None
-    if image_id is None:
-        image_id = client.images.get(tag).id
-    return image_id
+    return image_id or client.images.get(tag).id
 
 
-def build_image(client, settings: Settings, source: SourceState, echo) -> dict:
+@dataclass(frozen=True)
+class BuildPlan:
+    tag: str
+    inputs: str
+    labels: dict
+    model: dict
+    source: SourceState
+
+
+def plan_build(client, settings: Settings, source: SourceState) -> BuildPlan:
     model = read_model_metadata()
-    tag = content_tag(source, model["sha256"])
-    local_name = f"{settings.image.repository}:{tag}"
-    labels = image_labels(settings, source, model)
-    buildargs = {
-        "BASE_IMAGE": settings.image.base,
-        "GIT_REVISION": source.revision,
-        "APP_VERSION": __version__,
-    }
-    image_id = _run_build(client, local_name, buildargs, labels, echo)
-    size = client.images.get(image_id).attrs.get("Size", 0)
-    record = {
+    inputs = inputs_digest(settings, model, base_image_id(client, settings.image.base))
+    return BuildPlan(
+        tag=content_tag(source, model["sha256"]), inputs=inputs,
+        labels=image_labels(settings, source, model, inputs), model=model, source=source,
+    )
+
+
+def _record(plan: BuildPlan, settings: Settings, image: dict) -> dict:
+    return {
         "image": {
-            "id": image_id,
-            "name": local_name,
             "repository": settings.image.repository,
-            "tag": tag,
-            "labels": labels,
-            "size_bytes": size,
+            "tag": plan.tag,
+            "inputs": plan.inputs,
             "base": settings.image.base,
+            **image,
         },
-        "model": {key: model.get(key) for key in ("name", "version", "sha256")},
-        "source": {"revision": source.revision, "dirty": source.dirty},
+        "model": {key: plan.model.get(key) for key in ("name", "version", "sha256")},
+        "source": {"revision": plan.source.revision, "dirty": plan.source.dirty},
         "pushed": {},
     }
+
+
+def record_up_to_date(plan: BuildPlan, settings: Settings, digest: str) -> dict:
+    """The build record for an image the registry already holds: nothing is built."""
+    repository = settings.image_repository
+    record = _record(plan, settings, {
+        "id": None, "name": f"{repository}@{digest}", "labels": plan.labels,
+        "size_bytes": None, "up_to_date": True,
+    })
+    record["pushed"][settings.env] = {
+        "repository": repository, "tag": plan.tag, "digest": digest,
+        "reference": f"{repository}@{digest}", "inputs": plan.inputs, "bytes_pushed": 0,
+    }
+    write_record(record)
+    return record
+
+
+def build_image(client, settings: Settings, plan: BuildPlan, cache_from: list[str],
+                echo, no_cache: bool = False) -> dict:
+    local_name = f"{settings.image.repository}:{plan.tag}"
+    buildargs = {
+        "BASE_IMAGE": settings.image.base,
+        "GIT_REVISION": plan.source.revision,
+        "APP_VERSION": __version__,
+    }
+    context = build_context()
+    image_id = _run_build(client, context, local_name, buildargs, plan.labels, cache_from, echo,
+                          no_cache)
+    image = client.images.get(image_id)
+    record = _record(plan, settings, {
+        "id": image_id, "name": local_name, "labels": image.labels,
+        "size_bytes": image.attrs.get("Size", 0), "up_to_date": False,
+    })
     write_record(record)
     return record

@@ -79,7 +79,12 @@ def deploy(client, settings: Settings, reference: str, auth: dict | None, metada
         if previous is not None:
             previous.rename(name)
             previous.start()
-            failure.fix += " The previous deployment was restored."
+            try:
+                wait_ready(base_url, 60, lambda: container_running(previous),
+                           lambda: container_logs(previous))
+                failure.fix += " The previous deployment was restored and serves again."
+            except PipelineError:
+                failure.fix += " The previous deployment was started again but is not ready."
         echo(f"  new container's last log lines: {logs}")
         raise
     if previous is not None:

@@ -1,24 +1,29 @@
 """Pushing the built image to the environment's private registry and recording its digest.
 
-Credentials come from the environment variables the settings name, or, for the local
-registry, the login `local.up` generated. The Docker SDK reports push failures inside its
-output stream, so every line is read. This module must never print or record a password.
+Credentials come from the environment variables the settings name, the login `local.up`
+generated for the local registry, `az acr login` for Azure Container Registry, or the Docker
+credential store. The Docker SDK reports push failures inside its output stream, so every
+line is read. This module must never print or record a password.
 """
 
 from __future__ import annotations
 
 import os
+import shutil
+import subprocess
 
 from .build_record import write_record
 from .errors import PipelineError
+from .image import CACHE_TAG, inputs_tag
 from .local_services import read_registry_login
 from .settings import Settings
 
 LOOPBACK_PREFIXES = ("127.", "localhost:", "[::1]:")
+ACR_SUFFIX = ".azurecr.io"
 
 
 def registry_auth(settings: Settings) -> dict | None:
-    """auth_config for the Docker SDK, or None to let the engine use ~/.docker/config.json."""
+    """auth_config for the Docker SDK, or None to let the SDK use ~/.docker/config.json."""
     username = os.environ.get(settings.registry.username_env)
     password = os.environ.get(settings.registry.password_env)
     if username is None and password is None and settings.registry.host.startswith(LOOPBACK_PREFIXES):
@@ -36,11 +41,33 @@ def registry_auth(settings: Settings) -> dict | None:
     return {"username": username, "password": password}
 
 
+def acr_login(host: str) -> None:
+    """`az acr login` writes a short-lived token into the Docker credential store."""
+    az = shutil.which("az")
+    if az is None:
+        raise PipelineError(
+            f"{host} is an Azure Container Registry, but the Azure CLI is not installed.",
+            "Install it (`pip install -e '.[azure]'`) and sign in with `az login`, or set "
+            "REGISTRY_USERNAME and REGISTRY_PASSWORD.",
+        )
+    name = host.removesuffix(ACR_SUFFIX)
+    result = subprocess.run([az, "acr", "login", "--name", name], capture_output=True, text=True)
+    if result.returncode != 0:
+        reason = (result.stderr.strip().splitlines() or ["no reason given"])[-1]
+        raise PipelineError(
+            f"`az acr login --name {name}` failed: {reason[:200]}",
+            "Sign in with `az login` (in Azure Pipelines: an AzureCLI step with the service "
+            "connection) and check the identity has AcrPush on the registry.",
+        )
+
+
 def login(client, settings: Settings) -> dict | None:
     import docker
 
     auth = registry_auth(settings)
     if auth is None:
+        if settings.registry.host.endswith(ACR_SUFFIX):
+            acr_login(settings.registry.host)
         return None
     try:
         client.login(registry=settings.registry.host, reauth=True, **auth)
@@ -60,9 +87,11 @@ def login(client, settings: Settings) -> dict | None:
     return auth
 
 
-def read_push_stream(stream) -> str:
-    """The pushed digest, or a PipelineError with the registry's own reason."""
+def read_push_stream(stream) -> tuple[str, int]:
+    """(digest, bytes uploaded) of a push, or a PipelineError with the registry's reason."""
     digest = None
+    uploaded: dict[str, int] = {}
+    pushed_layers: set[str] = set()
     for chunk in stream:
         if "error" in chunk or "errorDetail" in chunk:
             detail = chunk.get("errorDetail", {}).get("message") or chunk.get("error", "")
@@ -70,6 +99,12 @@ def read_push_stream(stream) -> str:
                 f"The push failed: {detail.strip()}",
                 "Check the registry credentials and that the repository accepts pushes.",
             )
+        status, layer = chunk.get("status", ""), chunk.get("id", "")
+        if status == "Pushing":
+            current = (chunk.get("progressDetail") or {}).get("current", 0)
+            uploaded[layer] = max(uploaded.get(layer, 0), current)
+        elif status == "Pushed":
+            pushed_layers.add(layer)
         aux = chunk.get("aux") or {}
         if "Digest" in aux:
             digest = aux["Digest"]
@@ -78,37 +113,56 @@ def read_push_stream(stream) -> str:
             "The push ended without a digest from the registry.",
             "Run `invoke push` again; if it persists, check the registry's logs.",
         )
-    return digest
+    return digest, sum(uploaded.get(layer, 0) for layer in pushed_layers)
 
 
-def push_image(client, settings: Settings, record: dict, echo) -> dict:
+def _push_tag(client, repository: str, tag: str, auth: dict | None) -> tuple[str, int]:
     import docker
 
-    repository = settings.image_repository
-    tag = record["image"]["tag"]
-    try:
-        image = client.images.get(record["image"]["id"])
-    except docker.errors.ImageNotFound:
-        raise PipelineError(
-            f"The built image {record['image']['name']} is no longer in the engine.",
-            "Run `invoke build` again.",
-        ) from None
-    image.tag(repository, tag)
-    auth = login(client, settings)
     try:
         stream = client.api.push(repository, tag=tag, stream=True, decode=True, auth_config=auth)
-        digest = read_push_stream(stream)
+        return read_push_stream(stream)
     except docker.errors.APIError as error:
         raise PipelineError(
             f"The Docker Engine could not push to {repository}: {error.explanation}",
             "Check that the registry runs and the credentials are right.",
         ) from None
+
+
+def already_pushed(record: dict, env: str) -> dict | None:
+    pushed = record.get("pushed", {}).get(env)
+    if pushed and pushed.get("inputs") == record["image"].get("inputs"):
+        return pushed
+    return None
+
+
+def push_image(client, settings: Settings, record: dict, echo) -> dict:
+    """Push the content tag, the inputs tag (for up-to-date checks) and the cache tag."""
+    import docker
+
+    repository = settings.image_repository
+    tag = record["image"]["tag"]
+    try:
+        image = client.images.get(record["image"]["id"] or "")
+    except docker.errors.ImageNotFound:
+        raise PipelineError(
+            f"The built image {record['image']['name']} is not in the engine.",
+            "Run `invoke build` again.",
+        ) from None
+    auth = login(client, settings)
+    tags = [tag, inputs_tag(record["image"]["inputs"]), CACHE_TAG]
+    for each in tags:
+        image.tag(repository, each)
+    digest, bytes_pushed = _push_tag(client, repository, tag, auth)
+    for extra in tags[1:]:
+        _push_tag(client, repository, extra, auth)
     pushed = {
         "repository": repository,
         "tag": tag,
         "digest": digest,
         "reference": f"{repository}@{digest}",
-        "image_id": record["image"]["id"],
+        "inputs": record["image"]["inputs"],
+        "bytes_pushed": bytes_pushed,
     }
     record.setdefault("pushed", {})[settings.env] = pushed
     write_record(record)

@@ -42,6 +42,8 @@ def _plain(value: Any) -> Any:
 class ModelStoreSettings:
     uri: str
     account_url: str = ""
+    # S3-compatible servers (MinIO, moto, …): their endpoint; empty for AWS itself.
+    endpoint_url: str = ""
 
 
 @dataclass(frozen=True)

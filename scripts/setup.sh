@@ -31,4 +31,9 @@ fi
 [ -x .venv/bin/python ] || "$python" -m venv .venv
 .venv/bin/python -m pip install --quiet --disable-pip-version-check --upgrade pip
 .venv/bin/python -m pip install --quiet --disable-pip-version-check -e '.[publish,serve,test]'
+# checkov pins older versions of packages the toolkit uses, so it gets a virtualenv of its own.
+if [ ! -x .local/tools/checkov/bin/checkov ]; then
+  "$python" -m venv .local/tools/checkov
+  .local/tools/checkov/bin/python -m pip install --quiet --disable-pip-version-check checkov
+fi
 echo "setup: done (.venv ready)"

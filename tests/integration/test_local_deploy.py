@@ -68,7 +68,7 @@ def test_a_failing_new_container_restores_the_previous_deployment(
     from modelship.registry import login, read_push_stream
 
     auth = login(docker_client, local_settings)
-    digest = read_push_stream(docker_client.api.push(
+    digest, _ = read_push_stream(docker_client.api.push(
         broken, stream=True, decode=True, auth_config=auth))
     reference = f"{local_settings.image_repository}@{digest}"
 
