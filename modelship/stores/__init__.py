@@ -1,0 +1,126 @@
+"""Model store backends behind one interface: Azure Blob, S3 and a plain folder.
+
+A backend knows how to read, write and download objects named by keys below its prefix,
+and turns its SDK's exceptions into `PipelineError`s a user can act on. Layout, versions,
+verification and locking live in `modelship.model_store`, never here. A backend must never
+put a credential into a message, and never talk plain http to anything but loopback.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+from pathlib import Path
+from urllib.parse import urlparse
+
+from ..errors import PipelineError
+
+COPY_CHUNK = 8 * 1024 * 1024
+
+
+class StoreObjectMissing(PipelineError):
+    """The container, bucket or object asked for does not exist."""
+
+    def __init__(self, problem: str, fix: str = "", *, whole_store: bool = False):
+        super().__init__(problem, fix)
+        # True when the container or bucket itself is missing, not just one object.
+        self.whole_store = whole_store
+
+
+def is_loopback(url: str) -> bool:
+    return urlparse(url).hostname in ("127.0.0.1", "localhost", "::1")
+
+
+def refuse_plain_http(url: str, setting: str) -> None:
+    """Plain http is only for emulators on this machine: anything else could leak the model."""
+    if url.lower().startswith("http://") and not is_loopback(url):
+        from ..redact import without_query
+
+        raise PipelineError(
+            f"Refusing plain http for the model store at {without_query(url)}.",
+            f"Use an https endpoint in {setting}; plain http is only allowed for a loopback "
+            "emulator.",
+        )
+
+
+class ModelStore:
+    """One backend's primitive operations on keys below the store's prefix."""
+
+    uri: str
+
+    def read_bytes(self, key: str) -> bytes:
+        raise NotImplementedError
+
+    def write_bytes(self, key: str, data: bytes) -> None:
+        raise NotImplementedError
+
+    def upload_file(self, key: str, path: Path) -> None:
+        raise NotImplementedError
+
+    def exists(self, key: str) -> bool:
+        raise NotImplementedError
+
+    def download(self, key: str, sink) -> str:
+        """Write the object into the seekable file object `sink`; return its etag."""
+        raise NotImplementedError
+
+    def prepare_publish(self) -> None:
+        """Make sure a publish can write (e.g. create the container); nothing by default."""
+
+    def read_json(self, key: str) -> dict:
+        try:
+            value = json.loads(self.read_bytes(key))
+        except ValueError:
+            value = None
+        if not isinstance(value, dict):
+            raise PipelineError(
+                f"{self.uri}/{key} is not a valid JSON object.",
+                "Publish the model again with `invoke model.publish --force`.",
+            )
+        return value
+
+
+class FileStore(ModelStore):
+    """A folder as a store: for tests, air-gapped builds and a shared network drive."""
+
+    def __init__(self, root: Path):
+        self.root = Path(root)
+        self.uri = f"file://{self.root}"
+
+    def _path(self, key: str) -> Path:
+        return self.root / key
+
+    def _existing(self, key: str) -> Path:
+        path = self._path(key)
+        if not path.is_file():
+            raise StoreObjectMissing(f"{self.uri}/{key} does not exist.")
+        return path
+
+    def read_bytes(self, key):
+        return self._existing(key).read_bytes()
+
+    def write_bytes(self, key, data):
+        path = self._path(key)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        temporary = path.with_name(f".{path.name}.partial")
+        temporary.write_bytes(data)
+        os.replace(temporary, path)
+
+    def upload_file(self, key, path):
+        target = self._path(key)
+        target.parent.mkdir(parents=True, exist_ok=True)
+        temporary = target.with_name(f".{target.name}.partial")
+        shutil.copyfile(path, temporary)
+        os.replace(temporary, target)
+
+    def exists(self, key):
+        return self._path(key).is_file()
+
+    def download(self, key, sink):
+        path = self._existing(key)
+        with open(path, "rb") as handle:
+            for block in iter(lambda: handle.read(COPY_CHUNK), b""):
+                sink.write(block)
+        stat = path.stat()
+        return f"{stat.st_mtime_ns:x}-{stat.st_size:x}"
