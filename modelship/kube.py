@@ -1,14 +1,33 @@
-"""`apply` for Kubernetes environments: kubectl apply, rollout status, undo on failure.
+"""Releasing to Kubernetes: diff, apply with rollout deadline and rollback, smoke test, status.
 
-Every kubectl call goes through the Invoke context, so `--dry` prints the exact sequence and
-tests can script kubectl's answers with MockContext. It must never apply anything but the
-reviewed folder that `render` wrote, and never to a context other than the environment's.
+Every kubectl call that reads or changes the cluster goes through the Invoke context, always
+with the environment's `--context` and `--namespace`, so `--dry` prints the exact sequence
+and tests can script kubectl's answers with MockContext or a stand-in `kubectl` on PATH.
+The smoke test reaches the Service through `kubectl port-forward` bound to 127.0.0.1. This
+module must never apply anything but the folder `render` wrote, never to a context other
+than the environment's, and never print or pass a secret's value.
 """
 
 from __future__ import annotations
 
+import base64
+import contextlib
+import json
+import os
+import shutil
+import subprocess
+from typing import Callable, Iterator, Mapping
+
+import requests
+import yaml
+
+from . import service_checks
 from .errors import PipelineError
 from .settings import Settings
+
+Echo = Callable[[str], None]
+# Where the smoke test looks for the API key before asking the cluster for the Secret.
+SMOKE_KEY_ENV = "MODELSHIP_API_KEY"
 
 
 def kubectl(settings: Settings, *args: str) -> str:
@@ -18,40 +37,307 @@ def kubectl(settings: Settings, *args: str) -> str:
     ])
 
 
+def _selector(settings: Settings) -> str:
+    return f"app.kubernetes.io/instance={settings.app_name}-{settings.env}"
+
+
 def apply_commands(settings: Settings) -> dict[str, str]:
     deployment = f"deployment/{settings.app_name}"
+    timeout = f"--timeout={settings.kubernetes.rollout_timeout}"
     return {
         "apply": kubectl(settings, "apply", f"--filename={settings.render_dir}"),
-        "rollout": kubectl(settings, "rollout", "status", deployment,
-                           f"--timeout={settings.kubernetes.rollout_timeout}"),
-        "undo": kubectl(settings, "rollout", "undo", deployment),
-        "undo_wait": kubectl(settings, "rollout", "status", deployment,
-                             f"--timeout={settings.kubernetes.rollout_timeout}"),
+        "rollout": kubectl(settings, "rollout", "status", deployment, timeout),
         "events": kubectl(settings, "get", "events", "--sort-by=.lastTimestamp",
-                          f"--field-selector=involvedObject.kind=Pod"),
+                          "--field-selector=involvedObject.kind=Pod,type!=Normal"),
+        "pods": kubectl(settings, "get", "pods", f"--selector={_selector(settings)}",
+                        "--output=wide"),
+        "undo": kubectl(settings, "rollout", "undo", deployment),
+        "undo_wait": kubectl(settings, "rollout", "status", deployment, timeout),
     }
 
 
-def apply(c, settings: Settings) -> None:
-    if not settings.render_dir.exists():
+def _ok(result) -> bool:
+    # MockContext and dry runs may hand back None for commands nobody scripted.
+    return result is None or result.ok
+
+
+def _stdout(result) -> str:
+    return "" if result is None else (result.stdout or "")
+
+
+def _require_rendered(settings: Settings) -> None:
+    if not (settings.render_dir / "deployment.yaml").is_file():
         raise PipelineError(
-            f"Nothing rendered for '{settings.env}' ({settings.render_dir} is missing).",
+            f"Nothing rendered for '{settings.env}' ({settings.render_dir} has no "
+            "deployment.yaml).",
             f"Run `invoke render --env={settings.env}` first.",
         )
+
+
+def rendered_image(settings: Settings) -> str:
+    _require_rendered(settings)
+    deployment = yaml.safe_load((settings.render_dir / "deployment.yaml").read_text())
+    return deployment["spec"]["template"]["spec"]["containers"][0]["image"]
+
+
+def require_current_render(settings: Settings, pushed_reference: str) -> None:
+    """Refuse to apply a folder rendered for another image than the one last pushed."""
+    image = rendered_image(settings)
+    if image != pushed_reference:
+        raise PipelineError(
+            f"{settings.render_dir} was rendered for {image}, but the last push for "
+            f"'{settings.env}' is {pushed_reference}.",
+            f"Run `invoke render --env={settings.env}`, review it, then apply.",
+        )
+
+
+def diff(c, settings: Settings) -> bool:
+    """`kubectl diff` of the rendered folder against the cluster; True when they differ."""
+    _require_rendered(settings)
+    result = c.run(kubectl(settings, "diff", f"--filename={settings.render_dir}"), warn=True)
+    if result is None or result.exited == 0:
+        return False
+    if result.exited == 1:  # kubectl diff's way of saying "there are differences"
+        return True
+    raise PipelineError(
+        f"kubectl diff against context '{settings.kubernetes.context}' failed "
+        f"(exit {result.exited}).",
+        f"Read kubectl's message above; `invoke aks.credentials --env={settings.env}` "
+        "fetches the cluster's credentials.",
+    )
+
+
+def _roll_back(c, commands: dict[str, str], echo: Echo) -> bool:
+    echo("rolling back to the previous revision")
+    undone = c.run(commands["undo"], warn=True)
+    if not _ok(undone):
+        return False
+    return _ok(c.run(commands["undo_wait"], warn=True))
+
+
+def apply(c, settings: Settings, smoke: Callable[[], None] | None = None,
+          echo: Echo = print) -> None:
+    """Apply the rendered folder, wait for the rollout, smoke test; undo on any failure."""
+    _require_rendered(settings)
     commands = apply_commands(settings)
-    result = c.run(commands["apply"], warn=True)
-    if result is not None and not result.ok:
+    if not _ok(c.run(commands["apply"], warn=True)):
         raise PipelineError(
             f"kubectl apply to context '{settings.kubernetes.context}' failed.",
-            "Read kubectl's message above; check `invoke aks.credentials` and the manifests.",
+            f"Read kubectl's message above; check `invoke aks.credentials --env={settings.env}`"
+            " and the manifests.",
         )
     rollout = c.run(commands["rollout"], warn=True)
-    if rollout is not None and not rollout.ok:
-        c.run(commands["undo"], warn=True)
-        c.run(commands["undo_wait"], warn=True)
-        c.run(commands["events"], warn=True)
+    if not _ok(rollout):
+        # Read the events before the undo replaces the failing pods.
+        events = c.run(commands["events"], warn=True, hide=True)
+        pods = c.run(commands["pods"], warn=True, hide=True)
+        rolled_back = _roll_back(c, commands, echo)
+        echo("pods of the failed rollout:\n" + (_stdout(pods).strip() or "(none listed)"))
+        echo("their warning events:\n" + (_stdout(events).strip() or "(none recorded)"))
         raise PipelineError(
-            f"The rollout of {settings.app_name} in '{settings.env}' did not finish; "
-            "it was rolled back to the previous revision.",
+            f"The rollout of {settings.app_name} in '{settings.env}' did not finish within "
+            f"{settings.kubernetes.rollout_timeout}; "
+            + ("it was rolled back to the previous revision." if rolled_back else
+               "the rollback failed too (is there an earlier revision?)."),
             "Read the pod events above, fix the cause, and deploy again.",
         )
+    if smoke is None:
+        return
+    try:
+        smoke()
+    except PipelineError as failure:
+        rolled_back = _roll_back(c, commands, echo)
+        raise PipelineError(
+            f"The smoke test after the rollout failed: {failure.problem} "
+            + ("The release was rolled back." if rolled_back else "The rollback failed too."),
+            failure.fix,
+        ) from None
+
+
+@contextlib.contextmanager
+def port_forward(settings: Settings, local_port: int) -> Iterator[tuple[str, Callable[[], bool],
+                                                                     Callable[[], str]]]:
+    """Forward 127.0.0.1:<local_port> to the Service; yields (base url, alive, log)."""
+    executable = shutil.which("kubectl")
+    if executable is None:
+        raise PipelineError("kubectl is not on PATH.", "Install kubectl and try again.")
+    command = kubectl(settings, "port-forward", "--address=127.0.0.1",
+                      f"service/{settings.app_name}",
+                      f"{local_port}:{settings.deployment['service']['port']}").split()
+    command[0] = executable
+    process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+                               text=True)
+
+    def log() -> str:
+        if process.poll() is None:
+            return "(kubectl port-forward still running)"
+        return (process.stderr.read() if process.stderr else "").strip()[-400:]
+
+    try:
+        yield f"http://127.0.0.1:{local_port}", lambda: process.poll() is None, log
+    finally:
+        process.terminate()
+        try:
+            process.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
+        if process.stderr:
+            process.stderr.close()
+
+
+def smoke_api_key(c, settings: Settings, environ: Mapping[str, str] = os.environ) -> str | None:
+    """The key the smoke test sends: $MODELSHIP_API_KEY, else the one in the cluster's Secret.
+
+    Read with output hidden and kept in memory only; None when neither is available (the
+    smoke test then finds out whether scoring is open).
+    """
+    if environ.get(SMOKE_KEY_ENV):
+        return environ[SMOKE_KEY_ENV]
+    secret = settings.deployment["api_key"]
+    result = c.run(kubectl(settings, "get", "secret", secret["secret_name"],
+                           f"--output=jsonpath='{{.data.{secret['key']}}}'"),
+                   warn=True, hide=True)
+    if result is None or not result.ok or not result.stdout.strip():
+        return None
+    return base64.b64decode(result.stdout.strip()).decode().strip() or None
+
+
+def check_one_golden(base_url: str, metadata: dict, api_key: str | None) -> None:
+    """POST the model's first golden sample to /score; raise unless it gets its label."""
+    golden = (metadata.get("golden") or [])[:1]
+    if not golden:
+        raise PipelineError(
+            f"Model {metadata.get('name')} {metadata.get('version')} has no golden samples.",
+            "Publish it with golden samples (`invoke model.publish` adds them).",
+        )
+    headers = {"X-API-Key": api_key} if api_key else {}
+    try:
+        response = requests.post(f"{base_url}/score", json={"instances": [golden[0]["instance"]]},
+                                 headers=headers, timeout=10)
+    except requests.RequestException as error:
+        raise PipelineError(f"/score did not answer through the Service: {error}.",
+                            "Check the pods' logs (`kubectl logs`).") from None
+    if response.status_code == 401:
+        raise PipelineError(
+            "/score refused the smoke test's request (401): no valid API key was sent.",
+            f"Set {SMOKE_KEY_ENV} to the key, or allow the deployer to read the API key "
+            "Secret (kubectl get secret).",
+        )
+    if response.status_code != 200:
+        raise PipelineError(
+            f"/score answered {response.status_code} to a golden sample: {response.text[:200]}",
+            "The release does not serve its model correctly; check the pods' logs.",
+        )
+    predictions = response.json().get("predictions")
+    if predictions != [golden[0]["label"]]:
+        raise PipelineError(
+            f"/score predicted {predictions} for a golden sample; expected "
+            f"{[golden[0]['label']]}.",
+            "The served model is not the published one, or the app mangles input.",
+        )
+
+
+def smoke_test(settings: Settings, metadata: dict, api_key: str | None = None,
+               echo: Echo = print, ready_seconds: float = 60) -> None:
+    """Readiness and one golden /score through the Service, via a local port-forward."""
+    local_port = int(settings.deployment["smoke_local_port"])
+    with port_forward(settings, local_port) as (base_url, alive, log):
+        service_checks.wait_ready(base_url, ready_seconds, alive, log)
+        check_one_golden(base_url, metadata, api_key)
+    echo(f"smoke test passed through service/{settings.app_name}: /readyz and one golden /score")
+
+
+def smoke_step(c, settings: Settings, metadata: dict | None,
+               echo: Echo = print) -> Callable[[], None]:
+    """The smoke test as `apply` runs it; without metadata (a dry run) it only says what."""
+    if metadata is None:
+        return lambda: echo(f"[dry] would port-forward service/{settings.app_name} to "
+                            "127.0.0.1 and check /readyz and one golden /score")
+    return lambda: smoke_test(settings, metadata, smoke_api_key(c, settings), echo)
+
+
+def status(c, settings: Settings) -> dict | None:
+    """What runs in the environment, from the Deployment's spec, annotations and status."""
+    result = c.run(kubectl(settings, "get", f"deployment/{settings.app_name}",
+                           f"service/{settings.app_name}", "--output=json"),
+                   warn=True, hide=True)
+    if result is not None and not result.ok:
+        raise PipelineError(
+            f"Could not read {settings.app_name} in context '{settings.kubernetes.context}', "
+            f"namespace '{settings.kubernetes.namespace}': {result.stderr.strip()[-300:]}",
+            f"Is it deployed (`invoke apply --env={settings.env}`) and are the credentials "
+            f"current (`invoke aks.credentials --env={settings.env}`)?",
+        )
+    if not _stdout(result).strip():
+        return None  # a dry run: the command was printed, nothing was read
+    return summarize(json.loads(result.stdout))
+
+
+def summarize(listing: dict) -> dict:
+    items = listing.get("items", [listing])
+    deployment = next(item for item in items if item.get("kind") == "Deployment")
+    service = next((item for item in items if item.get("kind") == "Service"), {})
+    annotations = deployment["metadata"].get("annotations", {})
+    image = deployment["spec"]["template"]["spec"]["containers"][0]["image"]
+    state = deployment.get("status", {})
+    ingress = service.get("status", {}).get("loadBalancer", {}).get("ingress") or [{}]
+    return {
+        "image": image,
+        "digest": image.split("@", 1)[1] if "@" in image else "(not pinned by digest)",
+        "git_revision": annotations.get("modelship.ai/git-revision", "unknown"),
+        "model_version": annotations.get("modelship.ai/model-version", "unknown"),
+        "model_sha256": annotations.get("modelship.ai/model-sha256", "unknown"),
+        "ready_replicas": int(state.get("readyReplicas", 0)),
+        "replicas": int(state.get("replicas", deployment["spec"].get("replicas", 0))),
+        "updated_replicas": int(state.get("updatedReplicas", 0)),
+        "address": ingress[0].get("hostname") or ingress[0].get("ip") or "(pending)",
+    }
+
+
+def aks_credentials_command(settings: Settings) -> str:
+    aks = settings.deployment.get("aks", {})
+    if not aks.get("resource_group") or not aks.get("cluster"):
+        raise PipelineError(
+            f"No AKS cluster is configured for '{settings.env}'.",
+            f"Set deployment.aks.resource_group and deployment.aks.cluster under "
+            f"modelship.environments.{settings.env} in invoke.yaml.",
+        )
+    # --context names the kubeconfig entry the way every other task expects to find it.
+    return " ".join([
+        "az", "aks", "get-credentials", f"--resource-group={aks['resource_group']}",
+        f"--name={aks['cluster']}", f"--context={settings.kubernetes.context}",
+        "--overwrite-existing",
+    ])
+
+
+def running_in_ci(environ: Mapping[str, str] = os.environ) -> bool:
+    """Azure Pipelines sets TF_BUILD; most other CI systems set CI."""
+    ci = environ.get("CI", "").strip().lower()
+    return bool(environ.get("TF_BUILD")) or ci not in ("", "0", "false", "no")
+
+
+def needs_confirmation(settings: Settings, yes: bool,
+                       environ: Mapping[str, str] = os.environ) -> bool:
+    return bool(settings.deployment.get("confirm")) and not yes and not running_in_ci(environ)
+
+
+def confirm(settings: Settings, image: str, ask: Callable[[str], str] = input,
+            interactive: bool | None = None) -> None:
+    """Ask the person at the terminal to type the environment's name; raise unless they do."""
+    if interactive is None:
+        import sys
+
+        interactive = sys.stdin.isatty()
+    refused = PipelineError(
+        f"Nothing was applied to '{settings.env}': it needs a confirmation.",
+        "Answer the prompt with the environment's name, or pass --yes.",
+    )
+    if not interactive:
+        raise refused
+    answer = ask(
+        f"Apply {image} to context '{settings.kubernetes.context}', namespace "
+        f"'{settings.kubernetes.namespace}'? Type '{settings.env}' to go on: "
+    )
+    if answer.strip() != settings.env:
+        raise refused

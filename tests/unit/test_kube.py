@@ -1,0 +1,433 @@
+"""The release sequence: apply, rollout deadline, rollback, smoke test, diff, status, AKS.
+
+Command order is checked with Invoke's MockContext; the whole `apply` task runs against a
+stand-in `kubectl` on PATH that logs its arguments, simulates a good or a failed rollout,
+and answers `port-forward` with a tiny HTTP server on 127.0.0.1 playing the Service.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import socket
+import stat
+import sys
+import textwrap
+import invoke
+import pytest
+from invoke import MockContext, Result
+
+import tasks
+from modelship import build_record, kube, manifests
+from modelship.errors import PipelineError
+from modelship.settings import PROJECT_ROOT, load_settings
+
+DIGEST = "sha256:" + "ab" * 32
+IMAGE_ID = "sha256:" + "cd" * 32
+GOLDEN_SAMPLE = {"instance": [0.0] * 64, "label": 7}
+
+
+def project_config(**dev_deployment) -> invoke.Config:
+    config = invoke.Config(project_location=str(PROJECT_ROOT))
+    config.load_project()
+    for key, value in dev_deployment.items():
+        config.modelship["environments"]["dev"]["deployment"][key] = value
+    return config
+
+
+def fake_record() -> dict:
+    repositories = {env: load_settings(project_config(), env).image_repository
+                    for env in ("dev", "prod")}
+    return {
+        "image": {"id": IMAGE_ID, "name": "digits-api:3f2a9c1", "repository": "digits-api",
+                  "tag": "3f2a9c1"},
+        "model": {"name": "digits", "version": "20260101.120000", "sha256": "f1962600" * 8},
+        "source": {"revision": "3f2a9c1e" * 5, "dirty": False},
+        "pushed": {env: {"image_id": IMAGE_ID, "digest": DIGEST, "repository": repo,
+                         "reference": f"{repo}@{DIGEST}"}
+                   for env, repo in repositories.items()},
+    }
+
+
+@pytest.fixture
+def build_dir(tmp_path, monkeypatch):
+    monkeypatch.setattr("modelship.settings.BUILD_DIR", tmp_path / "build")
+    return tmp_path / "build"
+
+
+@pytest.fixture
+def dev(build_dir):
+    """Settings for dev with a rendered review folder in the temporary build dir."""
+    settings = load_settings(project_config(), "dev")
+    record = fake_record()
+    manifests.render(settings, record, record["pushed"]["dev"])
+    return settings
+
+
+def ok(stdout="") -> Result:
+    return Result(stdout=stdout, exited=0)
+
+
+def failed(stdout="", exited=1) -> Result:
+    return Result(stdout=stdout, exited=exited)
+
+
+# --- the sequence, with MockContext -----------------------------------------------------
+
+
+def test_apply_then_rollout_then_smoke_in_the_environments_context(dev):
+    commands = kube.apply_commands(dev)
+    c = MockContext(run={commands["apply"]: ok(), commands["rollout"]: ok()})
+    smoked = []
+    kube.apply(c, dev, smoke=lambda: smoked.append(True), echo=lambda line: None)
+    assert [call.args[0] for call in c.run.call_args_list] == [
+        commands["apply"], commands["rollout"]]
+    assert smoked == [True]
+    for command in (commands["apply"], commands["rollout"]):
+        assert "--context=aks-modelship-dev --namespace=digits-dev" in command
+    assert f"--filename={dev.render_dir}" in commands["apply"]
+    assert "--timeout=300s" in commands["rollout"]
+
+
+def test_failed_rollout_is_undone_and_the_pod_events_are_shown(dev):
+    commands = kube.apply_commands(dev)
+    events = "Warning  BackOff  pod/digits-api-7d9  Back-off restarting failed container"
+    # Waiting for the undo is the same `rollout status` command: it fails, then succeeds.
+    assert commands["rollout"] == commands["undo_wait"]
+    c = MockContext(run={
+        commands["apply"]: ok(), commands["rollout"]: [failed(), ok()],
+        commands["events"]: ok(events), commands["pods"]: ok("digits-api-7d9 0/1 Error"),
+        commands["undo"]: ok(),
+    })
+    lines, smoked = [], []
+    with pytest.raises(PipelineError, match="did not finish.*rolled back to the previous"):
+        kube.apply(c, dev, smoke=lambda: smoked.append(True), echo=lines.append)
+    ran = [call.args[0] for call in c.run.call_args_list]
+    # Events are read before the undo replaces the failing pods.
+    assert ran == [commands[name] for name in
+                   ("apply", "rollout", "events", "pods", "undo", "undo_wait")]
+    assert any(events in line for line in lines)
+    assert smoked == []
+
+
+def test_a_rollback_that_fails_too_is_reported(dev):
+    commands = kube.apply_commands(dev)
+    c = MockContext(run={
+        commands["apply"]: ok(), commands["rollout"]: failed(), commands["events"]: ok(),
+        commands["pods"]: ok(), commands["undo"]: failed("no rollout history found"),
+    })
+    with pytest.raises(PipelineError, match="rollback failed too"):
+        kube.apply(c, dev, echo=lambda line: None)
+
+
+def test_failed_smoke_test_rolls_back(dev):
+    commands = kube.apply_commands(dev)
+    c = MockContext(run={commands["apply"]: ok(), commands["rollout"]: ok(),
+                         commands["undo"]: ok()})
+
+    def smoke():
+        raise PipelineError("/score predicted [3]; expected [7].", "Check the model.")
+
+    with pytest.raises(PipelineError, match=r"smoke test .* expected \[7\].*rolled back"):
+        kube.apply(c, dev, smoke=smoke, echo=lambda line: None)
+    assert [call.args[0] for call in c.run.call_args_list][-2:] == [
+        commands["undo"], commands["undo_wait"]]
+
+
+def test_a_refused_apply_stops_before_the_rollout(dev):
+    commands = kube.apply_commands(dev)
+    c = MockContext(run={commands["apply"]: failed(exited=1)})
+    with pytest.raises(PipelineError, match="kubectl apply .* failed"):
+        kube.apply(c, dev, echo=lambda line: None)
+    assert c.run.call_count == 1
+
+
+def test_apply_needs_a_rendered_folder(build_dir):
+    settings = load_settings(project_config(), "dev")
+    with pytest.raises(PipelineError, match="invoke render --env=dev"):
+        kube.apply(MockContext(), settings)
+
+
+def test_apply_refuses_a_folder_rendered_for_another_image(dev):
+    with pytest.raises(PipelineError, match="was rendered for .* but the last push"):
+        kube.require_current_render(dev, "crmodelshipdev.azurecr.io/digits-api@sha256:" + "0" * 64)
+
+
+# --- diff, status, AKS ----------------------------------------------------------------
+
+
+@pytest.mark.parametrize("exited, differs", [(0, False), (1, True)])
+def test_diff_reports_whether_the_cluster_differs(dev, exited, differs):
+    command = kube.kubectl(dev, "diff", f"--filename={dev.render_dir}")
+    assert kube.diff(MockContext(run={command: Result(exited=exited)}), dev) is differs
+
+
+def test_diff_error_is_a_pipeline_error(dev):
+    command = kube.kubectl(dev, "diff", f"--filename={dev.render_dir}")
+    with pytest.raises(PipelineError, match="kubectl diff .* failed"):
+        kube.diff(MockContext(run={command: Result(exited=2)}), dev)
+
+
+def deployed_listing(image: str) -> str:
+    return json.dumps({"kind": "List", "items": [
+        {"kind": "Deployment",
+         "metadata": {"annotations": {
+             "modelship.ai/git-revision": "3f2a9c1e", "modelship.ai/model-version": "20260101",
+             "modelship.ai/model-sha256": "f1962600"}},
+         "spec": {"replicas": 3, "template": {"spec": {"containers": [{"image": image}]}}},
+         "status": {"replicas": 3, "readyReplicas": 2, "updatedReplicas": 3}},
+        {"kind": "Service", "status": {"loadBalancer": {"ingress": [{"ip": "20.1.2.3"}]}}},
+    ]})
+
+
+def test_status_shows_digest_revision_model_and_ready_replicas(dev, capsys, monkeypatch):
+    image = f"crmodelshipdev.azurecr.io/digits-api@{DIGEST}"
+    command = kube.kubectl(dev, "get", "deployment/digits-api", "service/digits-api",
+                           "--output=json")
+    c = MockContext(config=project_config(), run={command: ok(deployed_listing(image))})
+    tasks.status(c, env="dev")
+    out = capsys.readouterr().out
+    assert f"digest           {DIGEST}" in out
+    assert "git revision     3f2a9c1e" in out
+    assert "model version    20260101" in out
+    assert "model sha256     f1962600" in out
+    assert "ready replicas   2" in out
+    assert "address          20.1.2.3" in out
+
+
+def test_status_of_an_environment_without_the_app_says_what_to_do(dev):
+    command = kube.kubectl(dev, "get", "deployment/digits-api", "service/digits-api",
+                           "--output=json")
+    c = MockContext(config=project_config(), run={
+        command: Result(stderr='deployments.apps "digits-api" not found', exited=1)})
+    with pytest.raises(invoke.Exit, match="not found.*invoke apply --env=dev"):
+        tasks.status(c, env="dev")
+
+
+def test_aks_credentials_fetches_the_environment_cluster_under_its_context_name(capsys):
+    command = ("az aks get-credentials --resource-group=rg-modelship-prod "
+               "--name=aks-modelship-prod --context=aks-modelship-prod --overwrite-existing")
+    c = MockContext(config=project_config(), run={"az version": ok(), command: ok()})
+    tasks.aks_credentials(c, env="prod")
+    assert "aks-modelship-prod' is ready" in capsys.readouterr().out
+
+
+def test_aks_credentials_without_a_configured_cluster_names_the_setting():
+    settings = load_settings(project_config(), "local")
+    with pytest.raises(PipelineError, match="deployment.aks.resource_group"):
+        kube.aks_credentials_command(settings)
+
+
+# --- confirmation ---------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("environ, yes, asks", [
+    ({}, False, True),
+    ({}, True, False),
+    ({"CI": "true"}, False, False),
+    ({"TF_BUILD": "True"}, False, False),
+    ({"CI": "false"}, False, True),
+])
+def test_prod_asks_unless_yes_or_ci(environ, yes, asks):
+    prod = load_settings(project_config(), "prod")
+    assert kube.needs_confirmation(prod, yes, environ) is asks
+    assert kube.needs_confirmation(load_settings(project_config(), "dev"), False, {}) is False
+
+
+def test_confirmation_needs_the_environment_name_typed():
+    prod = load_settings(project_config(), "prod")
+    kube.confirm(prod, "image", ask=lambda prompt: "prod", interactive=True)
+    with pytest.raises(PipelineError, match="Nothing was applied"):
+        kube.confirm(prod, "image", ask=lambda prompt: "y", interactive=True)
+    with pytest.raises(PipelineError, match="pass --yes"):
+        kube.confirm(prod, "image", ask=lambda prompt: "prod", interactive=False)
+
+
+# --- the apply task end to end, with a stand-in kubectl ---------------------------------
+
+STAND_IN_KUBECTL = textwrap.dedent('''\
+    #!{python}
+    """Plays kubectl for the tests: logs each call, answers per FAKE_KUBECTL_SCENARIO."""
+    import json, os, sys
+    from http.server import BaseHTTPRequestHandler, HTTPServer
+
+    args = sys.argv[1:]
+    with open(os.environ["FAKE_KUBECTL_LOG"], "a") as log:
+        log.write(" ".join(args) + "\\n")
+    scenario = os.environ.get("FAKE_KUBECTL_SCENARIO", "success")
+    words = [a for a in args if not a.startswith("--")]
+    if not any(a.startswith("--context=") for a in args):
+        sys.exit("error: no --context given")
+    if words[0] == "apply":
+        print("deployment.apps/digits-api configured")
+    elif words[:2] == ["rollout", "status"]:
+        state = os.environ["FAKE_KUBECTL_LOG"] + ".rollouts"
+        count = int(open(state).read()) if os.path.exists(state) else 0
+        open(state, "w").write(str(count + 1))
+        if scenario == "rollout-fails" and count == 0:
+            sys.exit('error: deployment "digits-api" exceeded its progress deadline')
+        print('deployment "digits-api" successfully rolled out')
+    elif words[:2] == ["rollout", "undo"]:
+        print("deployment.apps/digits-api rolled back")
+    elif words[:2] == ["get", "events"]:
+        print("Warning  BackOff  pod/digits-api-7d9  Back-off restarting failed container")
+    elif words[:2] == ["get", "pods"]:
+        print("digits-api-7d9   0/1   CrashLoopBackOff")
+    elif words[:3] == ["get", "secret", "digits-api-key"]:
+        if scenario == "secret-unreadable":
+            sys.exit('secrets "digits-api-key" is forbidden')
+        print("c21va2Uta2V5", end="")  # base64 of the key the Service expects
+    elif words[0] == "port-forward":
+        local_port = int(words[-1].split(":")[0])
+        label = 3 if scenario == "wrong-model" else 7
+
+        class Service(BaseHTTPRequestHandler):
+            def log_message(self, *args):
+                pass
+
+            def answer(self, body):
+                data = json.dumps(body).encode()
+                self.send_response(200)
+                self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Length", str(len(data)))
+                self.end_headers()
+                self.wfile.write(data)
+
+            def do_GET(self):
+                self.answer({{"status": "ready"}})
+
+            def do_POST(self):
+                self.rfile.read(int(self.headers["Content-Length"]))
+                if self.headers.get("X-API-Key") != "smoke-key":
+                    self.send_response(401)
+                    self.send_header("Content-Length", "0")
+                    self.end_headers()
+                    return
+                self.answer({{"predictions": [label]}})
+
+        HTTPServer(("127.0.0.1", local_port), Service).serve_forever()
+    else:
+        sys.exit("stand-in kubectl: unexpected call " + " ".join(args))
+''')
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+@pytest.fixture
+def stand_in_kubectl(tmp_path, monkeypatch, build_dir):
+    """A kubectl on PATH, a rendered dev folder, and the model's golden sample."""
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    script = bin_dir / "kubectl"
+    script.write_text(STAND_IN_KUBECTL.format(python=sys.executable))
+    script.chmod(script.stat().st_mode | stat.S_IEXEC)
+    log = tmp_path / "kubectl.log"
+    monkeypatch.setenv("PATH", f"{bin_dir}:{os.environ['PATH']}")
+    monkeypatch.setenv("FAKE_KUBECTL_LOG", str(log))
+    monkeypatch.delenv("FAKE_KUBECTL_SCENARIO", raising=False)
+    monkeypatch.delenv("MODELSHIP_API_KEY", raising=False)
+    record = fake_record()
+    monkeypatch.setattr(build_record, "read_record", lambda *args, **kwargs: record)
+    monkeypatch.setattr("modelship.image.read_model_metadata",
+                        lambda *args, **kwargs: {"name": "digits", "golden": [GOLDEN_SAMPLE]})
+    config = project_config(smoke_local_port=free_port())
+    manifests.render(load_settings(config, "dev"), record, record["pushed"]["dev"])
+
+    def calls() -> list[str]:
+        return log.read_text().splitlines() if log.exists() else []
+
+    config.run.in_stream = False  # pytest owns stdin; kubectl reads none here
+    return invoke.Context(config), calls
+
+
+def verbs(calls: list[str]) -> list[str]:
+    return [" ".join(w for w in call.split() if not w.startswith("--"))
+            for call in calls]
+
+
+def test_apply_task_rolls_out_and_smoke_tests_through_the_service(stand_in_kubectl, capsys):
+    c, calls = stand_in_kubectl
+    tasks.apply(c, env="dev")
+    assert verbs(calls())[:3] == ["apply", "rollout status deployment/digits-api",
+                                  "get secret digits-api-key"]
+    assert verbs(calls())[3].startswith("port-forward service/digits-api ")
+    assert len(calls()) == 4
+    assert all("--context=aks-modelship-dev --namespace=digits-dev" in call for call in calls())
+    assert "--address=127.0.0.1" in calls()[-1]
+    out = capsys.readouterr().out
+    assert "smoke test passed" in out
+    assert f"rolled out crmodelshipdev.azurecr.io/digits-api@{DIGEST}" in out
+
+
+def test_apply_task_undoes_a_failed_rollout_and_exits_non_zero(stand_in_kubectl, monkeypatch,
+                                                              capsys):
+    c, calls = stand_in_kubectl
+    monkeypatch.setenv("FAKE_KUBECTL_SCENARIO", "rollout-fails")
+    with pytest.raises(invoke.Exit) as failure:
+        tasks.apply(c, env="dev")
+    assert failure.value.code == 1
+    assert "rolled back to the previous revision" in str(failure.value.message)
+    assert verbs(calls()) == [
+        "apply", "rollout status deployment/digits-api", "get events", "get pods",
+        "rollout undo deployment/digits-api", "rollout status deployment/digits-api"]
+    assert "Back-off restarting failed container" in capsys.readouterr().out
+
+
+def test_apply_task_rolls_back_when_the_service_scores_wrong(stand_in_kubectl, monkeypatch):
+    c, calls = stand_in_kubectl
+    monkeypatch.setenv("FAKE_KUBECTL_SCENARIO", "wrong-model")
+    with pytest.raises(invoke.Exit, match=r"smoke test .*predicted \[3\].*rolled back"):
+        tasks.apply(c, env="dev")
+    assert verbs(calls())[-2:] == [
+        "rollout undo deployment/digits-api", "rollout status deployment/digits-api"]
+
+
+def test_dry_apply_prints_every_command_and_runs_none(stand_in_kubectl, capsys):
+    c, calls = stand_in_kubectl
+    c.config.run.dry = True
+    tasks.apply(c, env="dev")
+    out = capsys.readouterr().out
+    assert calls() == []
+    assert "kubectl --context=aks-modelship-dev --namespace=digits-dev apply" in out
+    assert "rollout status deployment/digits-api --timeout=300s" in out
+    assert "[dry] would port-forward service/digits-api" in out
+
+
+def test_prod_apply_without_yes_outside_ci_is_refused_when_nobody_can_answer(
+        stand_in_kubectl, monkeypatch):
+    c, calls = stand_in_kubectl
+    for name in ("CI", "TF_BUILD"):
+        monkeypatch.delenv(name, raising=False)
+    record = build_record.read_record()
+    manifests.render(load_settings(c.config, "prod"), record, record["pushed"]["prod"])
+    monkeypatch.setattr(sys, "stdin", io.StringIO())  # not a terminal: nobody to ask
+    with pytest.raises(invoke.Exit, match="needs a confirmation.*--yes"):
+        tasks.apply(c, env="prod")
+    assert calls() == []
+
+
+def test_smoke_key_from_the_environment_skips_reading_the_secret(stand_in_kubectl, monkeypatch):
+    c, calls = stand_in_kubectl
+    monkeypatch.setenv("MODELSHIP_API_KEY", "smoke-key")
+    tasks.apply(c, env="dev")
+    assert not any("secret" in call for call in calls())
+
+
+def test_without_a_key_the_smoke_test_says_how_to_give_one(stand_in_kubectl, monkeypatch):
+    c, calls = stand_in_kubectl
+    monkeypatch.setenv("FAKE_KUBECTL_SCENARIO", "secret-unreadable")
+    with pytest.raises(invoke.Exit, match="401.*rolled back.*Set MODELSHIP_API_KEY"):
+        tasks.apply(c, env="dev")
+
+
+def test_the_secret_value_is_never_printed(stand_in_kubectl, monkeypatch, capsys):
+    c, calls = stand_in_kubectl
+    tasks.apply(c, env="dev")
+    out = capsys.readouterr()
+    assert "smoke-key" not in out.out + out.err
+    assert "c21va2Uta2V5" not in out.out + out.err

@@ -1,0 +1,348 @@
+"""Rendering, golden files, schema validation, checkov and `render --check`.
+
+Renders use a fixed fake build record, so they are byte-for-byte reproducible. After an
+intended template or config change, refresh the golden folders with
+`MODELSHIP_UPDATE_GOLDEN=1 .venv/bin/python -m pytest tests/unit/test_manifests.py` and
+review the diff like any other change.
+"""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+import os
+import shutil
+from pathlib import Path
+
+import invoke
+import pytest
+import yaml
+
+import tasks
+from modelship import build_record, manifest_checks, manifests
+from modelship.errors import PipelineError
+from modelship.settings import PROJECT_ROOT, load_settings
+
+GOLDEN_DIR = Path(__file__).parent / "golden"
+ENVIRONMENTS = ["local", "dev", "staging", "prod"]
+DIGEST = "sha256:" + "ab" * 32
+IMAGE_ID = "sha256:" + "cd" * 32
+
+
+def project_config() -> invoke.Config:
+    config = invoke.Config(project_location=str(PROJECT_ROOT))
+    config.load_project()
+    return config
+
+
+def fake_record(envs=ENVIRONMENTS) -> dict:
+    config = project_config()
+    return {
+        "image": {"id": IMAGE_ID, "name": "digits-api:3f2a9c1-f1962600",
+                  "repository": "digits-api", "tag": "3f2a9c1-f1962600"},
+        "model": {"name": "digits", "version": "20260101.120000", "sha256": "f1962600" * 8},
+        "source": {"revision": "3f2a9c1e" * 5, "dirty": False},
+        "pushed": {
+            env: {
+                "image_id": IMAGE_ID, "digest": DIGEST,
+                "repository": f"{load_settings(config, env).image_repository}",
+                "reference": f"{load_settings(config, env).image_repository}@{DIGEST}",
+            }
+            for env in envs
+        },
+    }
+
+
+@pytest.fixture
+def record():
+    return fake_record()
+
+
+def settings_for(env: str, **deployment_overrides):
+    settings = load_settings(project_config(), env)
+    if deployment_overrides:
+        deployment = copy.deepcopy(settings.deployment)
+        deployment.update(deployment_overrides)
+        settings = dataclasses.replace(settings, deployment=deployment)
+    return settings
+
+
+def render_env(env: str, record: dict, output_dir: Path, **overrides) -> dict[str, dict]:
+    settings = settings_for(env, **overrides)
+    manifests.render(settings, record, record["pushed"][env], output_dir=output_dir)
+    return {path.name: yaml.safe_load(path.read_text()) for path in output_dir.glob("*.yaml")}
+
+
+@pytest.fixture
+def build_dir(tmp_path, monkeypatch):
+    """settings.render_dir points into a temporary build folder, never the real one."""
+    monkeypatch.setattr("modelship.settings.BUILD_DIR", tmp_path / "build")
+    return tmp_path / "build"
+
+
+# --- golden renders ---------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("env", ENVIRONMENTS)
+def test_render_matches_the_golden_files(env, record, tmp_path):
+    rendered = tmp_path / env
+    render_env(env, record, rendered)
+    golden = GOLDEN_DIR / env
+    if os.environ.get("MODELSHIP_UPDATE_GOLDEN"):
+        shutil.rmtree(golden, ignore_errors=True)
+        shutil.copytree(rendered, golden)
+    differences = manifests.drift(golden, rendered)
+    assert not differences, "rendering changed:\n" + "".join(differences)
+
+
+def test_render_is_byte_for_byte_reproducible(record, tmp_path):
+    render_env("prod", record, tmp_path / "first")
+    render_env("prod", record, tmp_path / "second")
+    assert manifests.drift(tmp_path / "first", tmp_path / "second") == []
+
+
+def test_each_object_gets_its_own_file_with_a_header_naming_revision_and_model(record,
+                                                                                tmp_path):
+    objects = render_env("prod", record, tmp_path / "prod")
+    assert set(objects) == {
+        "configmap.yaml", "deployment.yaml", "horizontalpodautoscaler.yaml", "ingress.yaml",
+        "networkpolicy.yaml", "poddisruptionbudget.yaml", "service.yaml",
+        "serviceaccount.yaml",
+    }
+    for path in (tmp_path / "prod").glob("*.yaml"):
+        head = path.read_text().splitlines()[:2]
+        assert record["source"]["revision"] in head[0], path.name
+        assert f"digits 20260101.120000 sha256:{record['model']['sha256']}" in head[1], path.name
+        assert len(list(yaml.safe_load_all(path.read_text()))) == 1, path.name
+
+
+def test_optional_objects_follow_the_environment_config(record, tmp_path):
+    dev = render_env("dev", record, tmp_path / "dev")
+    assert "ingress.yaml" not in dev and "horizontalpodautoscaler.yaml" not in dev
+    assert dev["deployment.yaml"]["spec"]["replicas"] == 1
+    prod = render_env("prod", record, tmp_path / "prod")
+    # With an HPA the replica count is the HPA's: apply must not reset it every release.
+    assert "replicas" not in prod["deployment.yaml"]["spec"]
+    hpa = prod["horizontalpodautoscaler.yaml"]["spec"]
+    assert (hpa["minReplicas"], hpa["maxReplicas"]) == (3, 10)
+    ingress = prod["ingress.yaml"]["spec"]
+    assert [rule["host"] for rule in ingress["rules"]] == ["digits.example.com"]
+    assert ingress["tls"] == [{"hosts": ["digits.example.com"],
+                               "secretName": "digits-example-com-tls"}]
+
+
+def test_service_is_a_load_balancer_with_the_azure_dns_label_when_configured(record, tmp_path):
+    prod = render_env("prod", record, tmp_path / "prod")["service.yaml"]
+    assert prod["spec"]["type"] == "LoadBalancer"
+    assert prod["metadata"]["annotations"] == {
+        "service.beta.kubernetes.io/azure-dns-label-name": "modelship-digits"}
+    local = render_env("local", record, tmp_path / "local")["service.yaml"]
+    assert "annotations" not in local["metadata"]
+
+
+# --- the Deployment ---------------------------------------------------------------------
+
+
+@pytest.fixture
+def prod_deployment(record, tmp_path):
+    return render_env("prod", record, tmp_path / "prod")["deployment.yaml"]
+
+
+def test_image_is_pinned_by_the_pushed_digest(prod_deployment, record):
+    container = prod_deployment["spec"]["template"]["spec"]["containers"][0]
+    assert container["image"] == record["pushed"]["prod"]["reference"]
+    assert container["image"].endswith("@" + DIGEST)
+
+
+def test_a_reference_without_digest_is_refused(record, tmp_path):
+    pushed = dict(record["pushed"]["dev"], reference="crmodelshipdev.azurecr.io/digits-api:v1")
+    with pytest.raises(PipelineError, match="not pinned by digest"):
+        manifests.render(settings_for("dev"), record, pushed, output_dir=tmp_path / "dev")
+
+
+def test_labels_and_release_annotations(prod_deployment, record):
+    metadata = prod_deployment["metadata"]
+    assert metadata["labels"]["app.kubernetes.io/name"] == "digits-api"
+    assert metadata["labels"]["app.kubernetes.io/instance"] == "digits-api-prod"
+    assert metadata["labels"]["app.kubernetes.io/version"] == "3f2a9c1-f1962600"
+    assert metadata["labels"]["app.kubernetes.io/managed-by"] == "modelship"
+    assert metadata["annotations"]["modelship.ai/git-revision"] == record["source"]["revision"]
+    assert metadata["annotations"]["modelship.ai/model-version"] == "20260101.120000"
+    assert metadata["annotations"]["modelship.ai/model-sha256"] == record["model"]["sha256"]
+
+
+def test_rolling_update_keeps_capacity_and_probes_use_the_app_endpoints(prod_deployment):
+    spec = prod_deployment["spec"]
+    assert spec["strategy"]["rollingUpdate"]["maxUnavailable"] == 0
+    container = spec["template"]["spec"]["containers"][0]
+    assert container["readinessProbe"]["httpGet"]["path"] == "/readyz"
+    assert container["startupProbe"]["httpGet"]["path"] == "/readyz"
+    assert container["livenessProbe"]["httpGet"]["path"] == "/healthz"
+    assert container["ports"] == [{"name": "http", "containerPort": 8080, "protocol": "TCP"}]
+    assert container["resources"]["limits"]["cpu"] == "2"
+    assert container["resources"]["limits"]["memory"] == "1Gi"
+    assert container["resources"]["requests"]["memory"] == "256Mi"
+
+
+def test_pod_meets_the_restricted_pod_security_standard(prod_deployment):
+    pod = prod_deployment["spec"]["template"]["spec"]
+    assert pod["securityContext"]["runAsNonRoot"] is True
+    assert pod["securityContext"]["seccompProfile"] == {"type": "RuntimeDefault"}
+    assert pod["automountServiceAccountToken"] is False
+    container = pod["containers"][0]["securityContext"]
+    assert container["allowPrivilegeEscalation"] is False
+    assert container["readOnlyRootFilesystem"] is True
+    assert container["capabilities"] == {"drop": ["ALL"]}
+    mounts = {mount["name"]: mount["mountPath"] for mount in pod["containers"][0]["volumeMounts"]}
+    assert mounts["tmp"] == "/tmp"
+    assert {"name": "tmp", "emptyDir": {"sizeLimit": "64Mi"}} in pod["volumes"]
+
+
+def test_api_key_is_a_mounted_secret_reference_never_a_value(record, tmp_path):
+    objects = render_env("prod", record, tmp_path / "prod")
+    assert all(obj["kind"] != "Secret" for obj in objects.values())
+    pod = objects["deployment.yaml"]["spec"]["template"]["spec"]
+    volume = next(v for v in pod["volumes"] if v["name"] == "api-key")
+    assert volume["secret"]["secretName"] == "digits-api-key"
+    env = {item["name"]: item["value"] for item in pod["containers"][0]["env"]}
+    assert env["API_KEY_FILE"] == "/var/run/secrets/modelship/api-key"
+
+
+def test_service_account_and_network_policy(record, tmp_path):
+    objects = render_env("dev", record, tmp_path / "dev")
+    assert objects["serviceaccount.yaml"]["automountServiceAccountToken"] is False
+    policy = objects["networkpolicy.yaml"]["spec"]
+    assert policy["policyTypes"] == ["Ingress", "Egress"]
+    assert policy["egress"] == []
+    assert policy["ingress"] == [{"ports": [{"port": "http", "protocol": "TCP"}]}]
+    assert objects["poddisruptionbudget.yaml"]["spec"]["maxUnavailable"] == 1
+
+
+def test_a_config_change_restarts_the_pods(record, tmp_path):
+    before = render_env("dev", record, tmp_path / "a")["deployment.yaml"]
+    after = render_env("dev", record, tmp_path / "b", max_batch=10)["deployment.yaml"]
+    key = "modelship.ai/config-sha256"
+    assert before["spec"]["template"]["metadata"]["annotations"][key] != \
+        after["spec"]["template"]["metadata"]["annotations"][key]
+
+
+# --- strictness -------------------------------------------------------------------------
+
+
+def test_a_value_missing_from_the_config_is_an_error_naming_it(record, tmp_path):
+    settings = settings_for("dev")
+    deployment = {k: v for k, v in settings.deployment.items() if k != "cpu_limit"}
+    settings = dataclasses.replace(settings, deployment=deployment)
+    with pytest.raises(PipelineError, match="deployment.yaml.j2 needs.*cpu_limit"):
+        manifests.render(settings, record, record["pushed"]["dev"], output_dir=tmp_path / "x")
+    assert not (tmp_path / "x").exists()
+
+
+def test_a_failed_render_keeps_the_previous_folder(record, tmp_path):
+    output = tmp_path / "dev"
+    render_env("dev", record, output)
+    before = sorted(p.name for p in output.iterdir())
+    settings = settings_for("dev")
+    broken = dataclasses.replace(settings, deployment={
+        k: v for k, v in settings.deployment.items() if k != "service"})
+    with pytest.raises(PipelineError, match="service"):
+        manifests.render(broken, record, record["pushed"]["dev"], output_dir=output)
+    assert sorted(p.name for p in output.iterdir()) == before
+
+
+# --- validation -------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("env", ENVIRONMENTS)
+def test_every_object_is_valid_for_the_configured_kubernetes_version(env, record, tmp_path):
+    render_env(env, record, tmp_path / env)
+    version = settings_for(env).deployment["kubernetes_version"]
+    assert manifest_checks.schema_problems(tmp_path / env, version) == []
+
+
+def test_schema_validation_is_strict_about_misspelt_fields(record, tmp_path):
+    folder = tmp_path / "dev"
+    objects = render_env("dev", record, folder)
+    deployment = objects["deployment.yaml"]
+    deployment["spec"]["template"]["spec"]["containers"][0]["readinesProbe"] = {}
+    (folder / "deployment.yaml").write_text(yaml.safe_dump(deployment))
+    with pytest.raises(PipelineError, match="deployment.yaml: .*readinesProbe"):
+        manifest_checks.validate_schemas(folder, "1.31")
+
+
+needs_checkov = pytest.mark.skipif(
+    manifest_checks.find_checkov() is None,
+    reason="checkov is not installed; " + manifest_checks.CHECKOV_INSTALL_HINT,
+)
+
+
+@needs_checkov
+def test_checkov_passes_on_every_rendering_and_the_dockerfile(record, tmp_path):
+    for env in ENVIRONMENTS:
+        render_env(env, record, tmp_path / "all" / env)
+    report = manifest_checks.run_checkov(tmp_path / "all")
+    assert report.failed == [] and report.passed > 100
+
+
+@needs_checkov
+def test_checkov_fails_a_privileged_container(record, tmp_path):
+    folder = tmp_path / "dev"
+    objects = render_env("dev", record, folder)
+    deployment = objects["deployment.yaml"]
+    container = deployment["spec"]["template"]["spec"]["containers"][0]
+    container["securityContext"].update(privileged=True, allowPrivilegeEscalation=True)
+    (folder / "deployment.yaml").write_text(yaml.safe_dump(deployment))
+    with pytest.raises(PipelineError, match="checkov failed .*CKV_K8S_16"):
+        manifest_checks.run_checkov(folder)
+
+
+# --- render --check and the task -------------------------------------------------------
+
+
+def test_check_reports_no_drift_for_the_same_inputs_and_a_diff_otherwise(record, tmp_path):
+    reviewed = tmp_path / "reviewed"
+    render_env("staging", record, reviewed)
+    settings = settings_for("staging")
+    assert manifests.check(settings, record, record["pushed"]["staging"], reviewed) == []
+    changed = settings_for("staging", memory_limit="768Mi")
+    differences = "".join(
+        manifests.check(changed, record, record["pushed"]["staging"], reviewed))
+    assert "-            memory: 512Mi" in differences
+    assert "+            memory: 768Mi" in differences
+
+
+@pytest.fixture
+def task_context(record, build_dir, monkeypatch):
+    monkeypatch.setattr(build_record, "read_record", lambda *args, **kwargs: record)
+    monkeypatch.setattr(manifest_checks, "find_checkov", lambda: None)
+    return invoke.Context(project_config())
+
+
+def test_render_task_writes_the_review_folder_and_validates_it(task_context, build_dir, capsys):
+    tasks.render(task_context, env="dev")
+    assert (build_dir / "k8s" / "dev" / "deployment.yaml").is_file()
+    out = capsys.readouterr().out
+    assert "valid against the Kubernetes 1.31 schemas" in out
+    assert "checkov skipped: not installed" in out
+
+
+def test_render_task_requires_checkov_when_asked(task_context):
+    with pytest.raises(invoke.Exit, match="checkov is not installed"):
+        tasks.render(task_context, env="dev", require_checkov=True)
+
+
+def test_render_check_passes_on_the_golden_folder_and_fails_on_drift(task_context, record,
+                                                                     tmp_path, capsys):
+    tasks.render(task_context, env="prod", check=True, against=str(GOLDEN_DIR / "prod"))
+    assert "matches" in capsys.readouterr().out
+    with pytest.raises(invoke.Exit, match="differs from"):
+        tasks.render(task_context, env="dev", check=True, against=str(GOLDEN_DIR / "prod"))
+    assert "+++ rendered/deployment.yaml" in capsys.readouterr().out
+
+
+def test_checkov_runs_without_calling_home(monkeypatch):
+    monkeypatch.setenv("BC_API_KEY", "would-upload-results")
+    environment = manifest_checks._checkov_environment()
+    assert environment["CKV_SKIP_PACKAGE_UPDATE_CHECK"] == "true"
+    assert environment["BC_SKIP_MAPPING"] == "TRUE"
+    assert "BC_API_KEY" not in environment
