@@ -13,7 +13,7 @@ import os
 
 from flask import Flask
 
-from app import errors, model, request_log
+from app import auth, errors, metrics, model, request_log
 from app.routes import api
 
 DEFAULTS = {
@@ -22,8 +22,15 @@ DEFAULTS = {
     "APP_VERSION": "unknown",
     "MAX_BATCH": 1000,
     "MAX_CONTENT_LENGTH": 1024 * 1024,
+    "API_KEY": "",
+    "API_KEY_FILE": "",
+    # Where gunicorn workers share their counters; empty keeps them in this process.
+    "METRICS_DIR": "",
+    # Set by gunicorn_conf.py: check the model here, open it in each forked worker.
+    "OPEN_MODEL_IN_WORKERS": False,
 }
 _INTEGER_SETTINGS = {"MAX_BATCH", "MAX_CONTENT_LENGTH"}
+_BOOLEAN_SETTINGS = {"OPEN_MODEL_IN_WORKERS"}
 
 
 def settings_from_environment(environ=os.environ) -> dict:
@@ -33,7 +40,9 @@ def settings_from_environment(environ=os.environ) -> dict:
         raw = environ.get(key)
         if raw is None or raw == "":
             continue
-        if key in _INTEGER_SETTINGS:
+        if key in _BOOLEAN_SETTINGS:
+            settings[key] = raw.strip().lower() in ("1", "true", "yes", "on")
+        elif key in _INTEGER_SETTINGS:
             try:
                 settings[key] = int(raw)
             except ValueError:
@@ -55,7 +64,9 @@ def create_app(test_config=None) -> Flask:
         app.config.from_mapping(test_config)
 
     errors.init_app(app)
-    request_log.init_app(app)
+    request_log.init_app(app)  # first, so what the others log at start comes out as JSON
+    auth.init_app(app)
+    metrics.init_app(app)
     model.init_app(app)
     app.register_blueprint(api)
     return app

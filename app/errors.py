@@ -19,6 +19,7 @@ logger = logging.getLogger(__name__)
 # Codes for the HTTP errors Flask and Werkzeug raise themselves (routing, body size).
 _HTTP_ERROR_CODES = {
     400: "bad_request",
+    401: "unauthorized",
     404: "not_found",
     405: "method_not_allowed",
     413: "payload_too_large",
@@ -29,11 +30,12 @@ _HTTP_ERROR_CODES = {
 class ApiError(Exception):
     """An error the client can act on; raised anywhere in a request, rendered as JSON."""
 
-    def __init__(self, status: int, code: str, message: str):
+    def __init__(self, status: int, code: str, message: str, headers=None):
         super().__init__(message)
         self.status = status
         self.code = code
         self.message = message
+        self.headers = headers
 
 
 def error_response(status: int, code: str, message: str, headers=None):
@@ -49,13 +51,16 @@ def _snake_case(name: str) -> str:
 
 
 def _handle_api_error(error: ApiError):
-    return error_response(error.status, error.code, error.message)
+    return error_response(error.status, error.code, error.message, error.headers)
 
 
 def _handle_http_exception(error: HTTPException):
     code = _HTTP_ERROR_CODES.get(error.code) or _snake_case(error.name)
     if error.code == 404:
-        message = "no such endpoint; see /healthz, /readyz, /version and POST /score"
+        message = (
+            "no such endpoint; see POST /score, /healthz, /readyz, /version, /metrics "
+            "and /openapi.json"
+        )
     elif error.code == 405 and getattr(error, "valid_methods", None):
         message = f"{request.method} is not allowed here; use {', '.join(error.valid_methods)}"
     elif error.code == 413:

@@ -1,11 +1,17 @@
 """Gunicorn settings for the serving container: `gunicorn -c app/gunicorn_conf.py`.
 
-Everything that differs between environments comes from environment variables, so
-one image runs anywhere. This file only configures the server; it must never import
-the app or load the model (that happens in each worker, see `preload_app`).
+Everything that differs between environments comes from environment variables, so one
+image runs anywhere. The master loads the app and checks the model files once, then
+forks the workers; each worker builds its own onnxruntime session from the bytes it
+inherited, warms it up and replays the golden samples before it serves. This file must
+never bind anything but the address it is given, and never write outside the temporary
+directory (the container's root file system is read-only).
 """
 
 import os
+import shutil
+import tempfile
+from pathlib import Path
 
 wsgi_app = "app:create_app()"
 
@@ -25,18 +31,21 @@ workers = int(os.environ.get("WEB_CONCURRENCY") or _default_workers())
 worker_class = "gthread"
 threads = int(os.environ.get("GUNICORN_THREADS") or 2)
 
-# Each worker loads its own model after the fork. onnxruntime starts thread pools
-# when a session is created, and threads do not survive fork(): a session built in
-# the master and inherited by workers can hang on locks held by threads that no
-# longer exist. The price is one model copy per worker, fine for models this size.
-preload_app = False
+# Load the app in the master before forking: Flask, numpy and the app's code are
+# imported once, and the model files are read and their sha256 checked once, so a
+# corrupt model stops nothing but readiness and workers share those pages. What is
+# not safe before fork is onnxruntime itself (its import starts a native thread that
+# a forked worker aborts on at exit), so each worker imports it and opens the
+# session in post_worker_init below.
+preload_app = True
+os.environ["OPEN_MODEL_IN_WORKERS"] = "1"
 
 timeout = 30
 graceful_timeout = 20  # below Kubernetes' default 30 s termination grace period
 keepalive = 5
 
 # Reject oversized request lines and headers before the app sees them; bodies are
-# bounded by the app's MAX_CONTENT_LENGTH.
+# bounded by the app's MAX_CONTENT_LENGTH (413).
 limit_request_line = 4094
 limit_request_fields = 100
 limit_request_field_size = 8190
@@ -54,3 +63,27 @@ if os.path.isdir("/dev/shm"):
 # read-only or missing home directory in the container must not matter.
 # (Older gunicorn versions ignore settings they do not know.)
 control_socket_disable = True
+
+# Workers share their metric counters through files in one directory (app.metrics).
+# It must exist before the app is preloaded, which happens before any server hook
+# runs, hence here. A directory the operator chose is emptied of old counters; one
+# we made is removed when the master exits.
+_METRICS_FILE_GLOB = "worker-*.metrics"
+if os.environ.get("METRICS_DIR"):
+    _made_metrics_dir = None
+    for stale in Path(os.environ["METRICS_DIR"]).glob(_METRICS_FILE_GLOB):
+        stale.unlink(missing_ok=True)
+else:
+    _made_metrics_dir = tempfile.mkdtemp(prefix="modelship-metrics-")
+    os.environ["METRICS_DIR"] = _made_metrics_dir
+
+
+def post_worker_init(worker):
+    from app.model import open_in_worker
+
+    open_in_worker(worker.wsgi)
+
+
+def on_exit(server):
+    if _made_metrics_dir:
+        shutil.rmtree(_made_metrics_dir, ignore_errors=True)

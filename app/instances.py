@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import math
+from itertools import chain
 
 import numpy as np
 from flask import Request
@@ -18,6 +19,7 @@ from app.errors import ApiError
 from app.model import InputSpec
 
 _EXAMPLE_BODY = '{"instances": [[...], ...]}'
+_NUMBER_TYPES = {int, float}
 
 
 def read_json_body(request: Request):
@@ -67,13 +69,39 @@ def parse_instances(payload, spec: InputSpec, max_batch: int) -> np.ndarray:
             "batch_too_large",
             f'"instances" has {len(rows)} rows; send at most {max_batch} per request',
         )
-    for row_index, row in enumerate(rows):
-        _check_row(row_index, row, spec.feature_count)
+    as_float = _fast_float_array(rows, spec.feature_count)
+    if as_float is None:
+        # Something is wrong; walk the rows to name the first bad row and column.
+        for row_index, row in enumerate(rows):
+            _check_row(row_index, row, spec.feature_count)
+        as_float = np.asarray(rows, dtype=np.float64)
 
+    if spec.dtype == np.float64:
+        return as_float  # already checked finite
     with np.errstate(over="ignore", invalid="ignore"):  # reported below, row and column named
-        instances = np.asarray(rows, dtype=np.float64).astype(spec.dtype)
-    _check_representable(rows, instances, spec)
+        instances = as_float.astype(spec.dtype)
+    _check_representable(as_float, instances, spec)
     return instances
+
+
+def _fast_float_array(rows: list, feature_count: int) -> np.ndarray | None:
+    """The rows as float64 when every check passes, else None; C loops only.
+
+    Most requests are valid, so they are checked in bulk; the per-value walk that
+    explains a failure runs only when this says no.
+    """
+    if not all(type(row) is list and len(row) == feature_count for row in rows):
+        return None
+    # bool is a subclass of int, but true/false are not numbers in JSON: compare exact types.
+    if not set(map(type, chain.from_iterable(rows))) <= _NUMBER_TYPES:
+        return None
+    try:
+        as_float = np.array(rows, dtype=np.float64)
+    except OverflowError:  # an integer beyond any float
+        return None
+    if not np.isfinite(as_float).all():
+        return None
+    return as_float
 
 
 def _check_row(row_index: int, row, feature_count: int) -> None:
@@ -109,9 +137,11 @@ def _check_row(row_index: int, row, feature_count: int) -> None:
             )
 
 
-def _check_representable(rows: list, instances: np.ndarray, spec: InputSpec) -> None:
+def _check_representable(as_float: np.ndarray, instances: np.ndarray, spec: InputSpec) -> None:
     """Catch values that are finite in JSON but not in the model's dtype (1e39 in float32)."""
     if np.issubdtype(spec.dtype, np.floating):
+        if np.isfinite(instances).all():
+            return
         bad = np.argwhere(~np.isfinite(instances))
         if bad.size:
             row_index, column = bad[0]
@@ -121,7 +151,6 @@ def _check_representable(rows: list, instances: np.ndarray, spec: InputSpec) -> 
                 f"row {row_index}, column {column} does not fit in {spec.dtype.name}",
             )
     else:
-        as_float = np.asarray(rows, dtype=np.float64)
         bad = np.argwhere(as_float != instances)
         if bad.size:
             row_index, column = bad[0]

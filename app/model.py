@@ -2,10 +2,12 @@
 
 `init_app` loads the model from `MODEL_DIR` (`model.onnx` + `metadata.json`) when the
 app is created, warms it up and replays the golden samples the metadata carries; only
-then is the process ready. Requests reach the model through `get_model()` and nothing
-else. The input signature comes from the ONNX session itself, so this module knows
-nothing about any particular model, and it must never load a model per request or
-serve a model whose bytes do not match the sha256 its metadata declares.
+then is the process ready. Under gunicorn the master reads and verifies the files and
+each forked worker opens the session (`open_in_worker`). Requests reach the model
+through `get_model()` and nothing else. The input signature comes from the ONNX session
+itself, so this module knows nothing about any particular model, and it must never load
+a model per request or serve a model whose bytes do not match the sha256 its metadata
+declares.
 """
 
 from __future__ import annotations
@@ -13,12 +15,12 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import math
 import time
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-import onnxruntime
 from flask import Flask, current_app
 
 from app.errors import ApiError
@@ -28,7 +30,6 @@ logger = logging.getLogger(__name__)
 MODEL_FILENAME = "model.onnx"
 METADATA_FILENAME = "metadata.json"
 _EXTENSION_KEY = "modelship.model"
-_HASH_CHUNK_BYTES = 1024 * 1024
 
 _NUMPY_DTYPES = {
     "tensor(float)": np.float32,
@@ -36,6 +37,14 @@ _NUMPY_DTYPES = {
     "tensor(float16)": np.float16,
     "tensor(int64)": np.int64,
     "tensor(int32)": np.int32,
+}
+
+
+# JSON type of each prediction, for the API description.
+_JSON_TYPES = {
+    "tensor(string)": "string",
+    "tensor(int64)": "integer",
+    "tensor(int32)": "integer",
 }
 
 
@@ -61,29 +70,58 @@ class OnnxModel:
         model_path = model_dir / MODEL_FILENAME
         if not model_path.is_file():
             raise ModelLoadError(f"{model_path} not found")
-        self.sha256 = _file_sha256(model_path)
+        # The bytes stay in memory: under gunicorn they are read and checked once in the
+        # master and shared copy-on-write; each worker builds its session from them.
+        self._model_bytes = model_path.read_bytes()
+        self.sha256 = hashlib.sha256(self._model_bytes).hexdigest()
         declared_sha256 = self.metadata.get("sha256")
         if declared_sha256 and declared_sha256 != self.sha256:
             raise ModelLoadError(
                 f"{model_path} has sha256 {self.sha256} but {METADATA_FILENAME} declares "
                 f"{declared_sha256}; the model directory is corrupt or mixed up"
             )
+        self._session = None
+
+    @property
+    def is_open(self) -> bool:
+        return self._session is not None
+
+    def open(self) -> None:
+        """Build this process's inference session, warm it up and replay the golden samples."""
+        # Imported here, not at the top: importing onnxruntime starts a native thread,
+        # and a process forked after that aborts at exit trying to join a thread it
+        # does not have. The gunicorn master checks the model without ever importing it.
+        import onnxruntime
 
         options = onnxruntime.SessionOptions()
         # One thread per inference: gunicorn workers already use every CPU the pod has,
         # and onnxruntime's default pool per worker would oversubscribe them.
         options.intra_op_num_threads = 1
         options.inter_op_num_threads = 1
+        options.execution_mode = onnxruntime.ExecutionMode.ORT_SEQUENTIAL
         self._session = onnxruntime.InferenceSession(
-            str(model_path), sess_options=options, providers=["CPUExecutionProvider"]
+            self._model_bytes, sess_options=options, providers=["CPUExecutionProvider"]
         )
         self.input = self._read_input_spec()
 
         outputs = self._session.get_outputs()
         self._prediction_output = outputs[0].name
+        self.prediction_type = _JSON_TYPES.get(outputs[0].type, "number")
         # Classifiers exported without zipmap emit labels, then a [batch, classes] tensor.
-        has_probabilities = len(outputs) > 1 and len(outputs[1].shape or []) == 2
+        has_probabilities = (
+            len(outputs) > 1
+            and outputs[1].type.startswith("tensor(")
+            and len(outputs[1].shape or []) == 2
+        )
         self._probability_output = outputs[1].name if has_probabilities else None
+        self._output_names = [self._prediction_output]
+        if self._probability_output:
+            self._output_names.append(self._probability_output)
+        self.warm_up()
+
+    @property
+    def is_classifier(self) -> bool:
+        return self._probability_output is not None
 
     @property
     def name(self) -> str:
@@ -95,16 +133,13 @@ class OnnxModel:
 
     def predict(self, instances: np.ndarray) -> dict:
         """Predictions (and class probabilities for classifiers) as plain Python lists."""
-        output_names = [self._prediction_output]
-        if self._probability_output:
-            output_names.append(self._probability_output)
-        outputs = self._session.run(output_names, {self.input.name: instances})
+        outputs = self._session.run(self._output_names, {self.input.name: instances})
         predictions = outputs[0]
         if predictions.ndim == 2 and predictions.shape[1] == 1:
             predictions = predictions[:, 0]  # regressors emit one column per row
-        result = {"predictions": predictions.tolist()}
+        result = {"predictions": _json_ready(predictions)}
         if self._probability_output:
-            result["probabilities"] = outputs[1].tolist()
+            result["probabilities"] = _json_ready(outputs[1])
         return result
 
     def warm_up(self) -> None:
@@ -131,7 +166,7 @@ class OnnxModel:
             )
         predicted = self.predict(instances)["predictions"]
         for index, (want, got) in enumerate(zip(expected, predicted)):
-            if want != got:
+            if not _same_prediction(want, got):
                 raise ModelLoadError(
                     f"golden sample {index}: expected {want!r}, the model predicted {got!r}"
                 )
@@ -166,34 +201,63 @@ class _LoadedModel:
     problem: str | None = None
 
 
+_WAITING_FOR_WORKER = (
+    "the model is checked but opened only in forked workers (OPEN_MODEL_IN_WORKERS is set); "
+    "this process is not one"
+)
+
+
 def init_app(app: Flask) -> None:
-    """Load, check and warm up the model once for this process."""
-    started = time.perf_counter()
+    """Load and check the model; open it here too unless workers forked later will.
+
+    With `OPEN_MODEL_IN_WORKERS` (set by gunicorn_conf.py), this process only reads
+    and verifies the files, and `open_in_worker` finishes the job after each fork.
+    """
     model_dir = app.config["MODEL_DIR"]
     try:
         model = OnnxModel(model_dir)
-        model.warm_up()
     except Exception as error:
-        # Stay up but unready rather than crash: during a rollout Kubernetes keeps the
-        # old pods serving, and /readyz tells the operator what is wrong.
-        logger.exception("model not loaded", extra={"fields": {"model_dir": str(model_dir)}})
-        problem = str(error)
-        if not isinstance(error, ModelLoadError):
-            problem = f"{type(error).__name__}: {problem}"
-        app.extensions[_EXTENSION_KEY] = _LoadedModel(None, problem)
+        _mark_unready(app, error, model_dir)
+        return
+    if app.config["OPEN_MODEL_IN_WORKERS"]:
+        app.extensions[_EXTENSION_KEY] = _LoadedModel(model, _WAITING_FOR_WORKER)
+        logger.info("model checked", extra={"fields": _identity(model)})
+        return
+    _open(app, model)
+
+
+def open_in_worker(app: Flask) -> None:
+    """Open, in a freshly forked worker, the model its master loaded and checked."""
+    loaded = app.extensions.get(_EXTENSION_KEY)
+    if loaded is None or loaded.model is None:  # not this app, or nothing to open
+        return
+    _open(app, loaded.model)
+
+
+def _open(app: Flask, model: OnnxModel) -> None:
+    started = time.perf_counter()
+    try:
+        model.open()
+    except Exception as error:
+        _mark_unready(app, error, app.config["MODEL_DIR"])
         return
     app.extensions[_EXTENSION_KEY] = _LoadedModel(model)
-    logger.info(
-        "model loaded",
-        extra={
-            "fields": {
-                "model_name": model.name,
-                "model_version": model.version,
-                "sha256": model.sha256,
-                "load_ms": round((time.perf_counter() - started) * 1000, 1),
-            }
-        },
-    )
+    load_ms = round((time.perf_counter() - started) * 1000, 1)
+    logger.info("model loaded", extra={"fields": {**_identity(model), "load_ms": load_ms}})
+
+
+def _identity(model: OnnxModel) -> dict:
+    return {"model_name": model.name, "model_version": model.version, "sha256": model.sha256}
+
+
+def _mark_unready(app: Flask, error: Exception, model_dir) -> None:
+    # Stay up but unready rather than crash: during a rollout Kubernetes keeps the
+    # old pods serving, and /readyz tells the operator what is wrong.
+    logger.exception("model not loaded", extra={"fields": {"model_dir": str(model_dir)}})
+    problem = str(error)
+    if not isinstance(error, ModelLoadError):
+        problem = f"{type(error).__name__}: {problem}"
+    app.extensions[_EXTENSION_KEY] = _LoadedModel(None, problem)
 
 
 def model_problem() -> str | None:
@@ -204,7 +268,7 @@ def model_problem() -> str | None:
 def get_model() -> OnnxModel:
     """The process's model; a 503 for the client when it did not load."""
     loaded = current_app.extensions[_EXTENSION_KEY]
-    if loaded.model is None:
+    if loaded.problem is not None:
         raise ApiError(503, "model_not_ready", "the model is not loaded; see /readyz")
     return loaded.model
 
@@ -224,9 +288,22 @@ def _read_metadata(path: Path) -> dict:
     return metadata
 
 
-def _file_sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as stream:
-        for chunk in iter(lambda: stream.read(_HASH_CHUNK_BYTES), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
+def _same_prediction(expected, predicted) -> bool:
+    # Regressors' outputs pass through float32; labels must match exactly.
+    if isinstance(expected, float) or isinstance(predicted, float):
+        try:
+            return math.isclose(expected, predicted, rel_tol=1e-4, abs_tol=1e-6)
+        except TypeError:
+            return False
+    return expected == predicted
+
+
+def _json_ready(values: np.ndarray) -> list:
+    """Plain lists, with null where the model produced NaN or infinity.
+
+    Inputs far outside the training range can overflow inside a model; JSON has no
+    NaN, and emitting Python's bare NaN token would break every strict client.
+    """
+    if values.dtype.kind == "f" and not np.isfinite(values).all():
+        return np.where(np.isfinite(values), values, None).tolist()
+    return values.tolist()

@@ -66,18 +66,20 @@ def _start_request() -> None:
 
 
 def _finish_request(response):
-    response.headers[REQUEST_ID_HEADER] = g.request_id
-    latency_ms = (time.perf_counter() - g.request_started) * 1000
+    context = g._get_current_object()  # one proxy lookup each, not several
+    current = request._get_current_object()
+    response.headers[REQUEST_ID_HEADER] = context.request_id
+    latency_ms = (time.perf_counter() - context.request_started) * 1000
     request_logger.info(
         "request",
         extra={
             "fields": {
-                "method": request.method,
+                "method": current.method,
                 # The route pattern, not the path: paths of unknown URLs are client input.
-                "route": request.url_rule.rule if request.url_rule else None,
+                "route": current.url_rule.rule if current.url_rule else None,
                 "status": response.status_code,
                 "latency_ms": round(latency_ms, 2),
-                "request_id": g.request_id,
+                "request_id": context.request_id,
             }
         },
     )

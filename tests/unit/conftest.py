@@ -3,7 +3,8 @@ import json
 import pytest
 
 from app import DEFAULTS, create_app
-from modelship.sample_model import train_digits_model
+from modelship.sample_model import describe_model, train_digits_model
+
 
 @pytest.fixture(scope="session")
 def sample_model_version():
@@ -14,6 +15,31 @@ def sample_model_version():
 def sample_model_dir(tmp_path_factory, sample_model_version):
     """The digits model, trained once per test run; treat it as read-only."""
     return train_digits_model(tmp_path_factory.mktemp("sample-model"), version=sample_model_version)
+
+
+@pytest.fixture(scope="session")
+def regressor_model_dir(tmp_path_factory):
+    """A 3-feature linear regressor named "line": proves the app is not digits-specific."""
+    import numpy as np
+    import onnxruntime
+    from skl2onnx import convert_sklearn
+    from skl2onnx.common.data_types import FloatTensorType
+    from sklearn.linear_model import LinearRegression
+
+    model_dir = tmp_path_factory.mktemp("regressor")
+    features = np.array([[0, 0, 1], [1, 2, 0], [3, 1, 1], [2, 2, 2]], dtype=np.float32)
+    regressor = LinearRegression().fit(features, [1.0, 4.5, 7.25, 6.0])
+    onnx_model = convert_sklearn(regressor, initial_types=[("x", FloatTensorType([None, 3]))])
+    model_path = model_dir / "model.onnx"
+    model_path.write_bytes(onnx_model.SerializeToString())
+    session = onnxruntime.InferenceSession(str(model_path), providers=["CPUExecutionProvider"])
+    predicted = session.run(None, {"x": features})[0][:, 0]
+    golden = [
+        {"instance": row.tolist(), "label": float(value)} for row, value in zip(features, predicted)
+    ]
+    metadata = describe_model(model_path, "line", "0.1", golden, task="regression")
+    (model_dir / "metadata.json").write_text(json.dumps(metadata))
+    return model_dir
 
 
 @pytest.fixture

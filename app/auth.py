@@ -1,0 +1,101 @@
+"""The optional API key that guards scoring: `Authorization: Bearer <key>` or `X-API-Key`.
+
+The key comes from `API_KEY`, or from the file `API_KEY_FILE` names (a mounted
+Kubernetes secret). Without either, scoring is open and the app says so once at
+start. Only endpoints decorated with `requires_api_key` are guarded: probes, metrics
+and the API description must stay reachable by the platform. This module must never
+log or echo a key, offered or configured, and never compare keys in a way whose
+timing depends on how much of the key a caller guessed right.
+"""
+
+from __future__ import annotations
+
+import functools
+import hashlib
+import hmac
+import logging
+from pathlib import Path
+
+from flask import Flask, current_app, request
+
+from app.errors import ApiError
+
+logger = logging.getLogger(__name__)
+
+_EXTENSION_KEY = "modelship.api_key"
+API_KEY_HEADER = "X-API-Key"
+_CHALLENGE = {"WWW-Authenticate": "Bearer"}
+
+
+class ApiKeyConfigError(ValueError):
+    """The API key settings are contradictory or point at nothing usable."""
+
+
+def configured_key(config) -> str | None:
+    """The API key the settings ask for, or None when scoring is meant to be open."""
+    key, key_file = config.get("API_KEY") or "", config.get("API_KEY_FILE") or ""
+    if key and key_file:
+        raise ApiKeyConfigError("set API_KEY or API_KEY_FILE, not both")
+    if key_file:
+        try:
+            key = Path(key_file).read_text().strip()
+        except OSError as error:
+            raise ApiKeyConfigError(
+                f"API_KEY_FILE {key_file} cannot be read: {error.strerror}"
+            ) from None
+        if not key:
+            raise ApiKeyConfigError(f"API_KEY_FILE {key_file} is empty")
+    return key or None
+
+
+def _digest(key: str) -> bytes:
+    # Comparing digests keeps the comparison's length fixed, so not even the key's
+    # length leaks through timing.
+    return hashlib.sha256(key.encode("utf-8", "surrogatepass")).digest()
+
+
+def _offered_key() -> str | None:
+    authorization = request.headers.get("Authorization", "")
+    scheme, _, credentials = authorization.partition(" ")
+    if scheme.lower() == "bearer" and credentials.strip():
+        return credentials.strip()
+    return request.headers.get(API_KEY_HEADER) or None
+
+
+def key_required() -> bool:
+    return current_app.extensions[_EXTENSION_KEY] is not None
+
+
+def requires_api_key(view):
+    """Answer 401 unless the request carries the configured key (no-op without one)."""
+
+    @functools.wraps(view)
+    def guarded(*args, **kwargs):
+        expected = current_app.extensions[_EXTENSION_KEY]
+        if expected is not None:
+            offered = _offered_key()
+            if offered is None:
+                raise ApiError(
+                    401,
+                    "missing_api_key",
+                    f"this endpoint needs an API key: send Authorization: Bearer <key> "
+                    f"or {API_KEY_HEADER}: <key>",
+                    _CHALLENGE,
+                )
+            if not hmac.compare_digest(_digest(offered), expected):
+                raise ApiError(
+                    401, "invalid_api_key", "the API key sent is not valid", _CHALLENGE
+                )
+        return view(*args, **kwargs)
+
+    return guarded
+
+
+def init_app(app: Flask) -> None:
+    key = configured_key(app.config)
+    app.extensions[_EXTENSION_KEY] = _digest(key) if key else None
+    if key is None:
+        logger.warning(
+            "no API key configured: POST /score answers anyone who can reach it; "
+            "set API_KEY or API_KEY_FILE to require one"
+        )

@@ -1,0 +1,116 @@
+"""Property-based checks: whatever a client sends, /score answers a JSON 4xx or 200, never 5xx.
+
+Also replays the app's own OpenAPI description against it (schemathesis, in process).
+"""
+
+import json
+
+import pytest
+import schemathesis
+from schemathesis import GenerationMode
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from app import create_app
+
+FEATURES = 64
+API_KEY = "property-key"
+
+json_values = st.recursive(
+    st.none()
+    | st.booleans()
+    | st.integers()
+    | st.floats(allow_nan=True, allow_infinity=True)
+    | st.text(max_size=20),
+    lambda children: st.lists(children, max_size=70)
+    | st.dictionaries(st.text(max_size=10), children, max_size=5),
+    max_leaves=200,
+)
+# Bodies shaped like a request, so the checks past "is it an object" get exercised too.
+almost_valid = st.fixed_dictionaries(
+    {"instances": st.lists(st.lists(json_values, min_size=62, max_size=66), max_size=3)}
+)
+numeric_rows = st.fixed_dictionaries(
+    {
+        "instances": st.lists(
+            st.lists(
+                st.floats(allow_nan=True, allow_infinity=True) | st.integers(),
+                min_size=FEATURES,
+                max_size=FEATURES,
+            ),
+            max_size=4,
+        )
+    }
+)
+
+PROPERTY_SETTINGS = settings(
+    max_examples=100, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
+
+
+@pytest.fixture(scope="module")
+def property_client(sample_model_dir):
+    app = create_app(
+        {"TESTING": True, "MODEL_DIR": str(sample_model_dir), "MAX_CONTENT_LENGTH": 64 * 1024}
+    )
+    return app.test_client()
+
+
+def assert_client_error_or_success(response):
+    assert response.status_code < 500, response.get_data(as_text=True)
+    assert response.is_json
+    body = response.get_json()
+    if response.status_code == 200:
+        assert len(body["predictions"]) >= 1
+    else:
+        assert set(body["error"]) == {"code", "message"} and body["error"]["message"]
+
+
+@PROPERTY_SETTINGS
+@given(body=json_values | almost_valid | numeric_rows)
+def test_any_json_body_is_never_a_server_error(property_client, body):
+    data = json.dumps(body)  # NaN and Infinity included, as Python clients send them
+    response = property_client.post("/score", data=data, content_type="application/json")
+    assert_client_error_or_success(response)
+
+
+@PROPERTY_SETTINGS
+@given(
+    data=st.binary(max_size=2000),
+    content_type=st.sampled_from(
+        ["application/json", "application/json; charset=latin-1", "text/plain", "", "x/y+json"]
+    ),
+)
+def test_any_bytes_are_never_a_server_error(property_client, data, content_type):
+    headers = {"Content-Type": content_type} if content_type else {}
+    response = property_client.post("/score", data=data, headers=headers)
+    assert_client_error_or_success(response)
+
+
+# --- the app against its own OpenAPI description (schemathesis, in process) ----------
+
+
+@pytest.fixture(scope="module")
+def described_app(sample_model_dir):
+    return create_app({"MODEL_DIR": str(sample_model_dir), "MAX_BATCH": 20, "API_KEY": API_KEY})
+
+
+def check_operation_conforms(operation, generation_mode) -> None:
+    @settings(max_examples=25, deadline=None, suppress_health_check=list(HealthCheck))
+    @given(case=operation.as_strategy(generation_mode))
+    def conforms(case):
+        case.call_and_validate(headers={"Authorization": f"Bearer {API_KEY}"})
+
+    conforms()
+
+
+@pytest.mark.parametrize("generation_mode", [GenerationMode.POSITIVE, GenerationMode.NEGATIVE])
+def test_the_app_conforms_to_its_openapi_description(described_app, generation_mode):
+    """Valid requests get the documented success; invalid ones a documented 4xx."""
+    schema = schemathesis.openapi.from_wsgi("/openapi.json", described_app)
+    operations = [result.ok() for result in schema.get_all_operations()]
+    assert {operation.path for operation in operations} >= {"/score", "/readyz", "/metrics"}
+    for operation in operations:
+        if generation_mode is GenerationMode.NEGATIVE and operation.path != "/score":
+            continue  # nothing to get wrong in a GET without parameters
+        check_operation_conforms(operation, generation_mode)
