@@ -194,15 +194,18 @@ def test(c, env=None, unit=True):
     echo(f"container test passed for {record['image']['name']}")
 
 
-@task(help={"env": ENV_HELP})
+@task(help={
+    "env": ENV_HELP,
+    "force": "Push even when the build record says this image is already in the registry.",
+})
 @pipeline_task
-def push(c, env=None):
+def push(c, env=None, force=False):
     """Tag and push the built image to the environment's registry; records the digest."""
     from modelship.registry import already_pushed, push_image
 
     settings = _settings(c, env)
     record = build_record.read_record()
-    pushed = already_pushed(record, settings.env)
+    pushed = None if force else already_pushed(record, settings.env)
     if pushed:
         echo(f"up to date: {pushed['reference']} is already in the registry")
         return

@@ -10,30 +10,19 @@ network (the digits data set ships inside scikit-learn).
 
 from __future__ import annotations
 
-import hashlib
 import json
 from datetime import datetime, timezone
 from pathlib import Path
 
 import numpy as np
 
+from .model_store import sha256_of
+
 MODEL_FILENAME = "model.onnx"
 METADATA_FILENAME = "metadata.json"
 INPUT_NAME = "input"
 GOLDEN_SAMPLE_COUNT = 5
 RANDOM_STATE = 0
-
-_HASH_CHUNK_BYTES = 1024 * 1024
-
-
-def file_sha256(path: Path) -> str:
-    """Hex sha256 of a file, read in chunks so large models do not fill memory."""
-    digest = hashlib.sha256()
-    with open(path, "rb") as stream:
-        for chunk in iter(lambda: stream.read(_HASH_CHUNK_BYTES), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
-
 
 def describe_model(
     model_path: Path,
@@ -56,7 +45,7 @@ def describe_model(
     metadata = {
         "name": name,
         "version": version,
-        "sha256": file_sha256(model_path),
+        "sha256": sha256_of(model_path),
         "size": model_path.stat().st_size,
         "created": created.astimezone(timezone.utc).isoformat(),
         "framework": "onnx",

@@ -113,7 +113,14 @@ class AzureBlobStore(ModelStore):
                 "Check AZURE_STORAGE_CONNECTION_STRING / AZURE_STORAGE_SAS_TOKEN (not expired, "
                 "right account) or `az login`.",
             ) from None
-        except (ServiceRequestError, ServiceResponseError, IncompleteReadError):
+        except ServiceRequestError:
+            # The request never got through: nothing listens there, or the name is wrong.
+            raise PipelineError(
+                f"Cannot reach the model store at {self.endpoint}.",
+                "Check the network and model_store.account_url; for --env=local run "
+                "`invoke local.up` to start Azurite.",
+            ) from None
+        except (ServiceResponseError, IncompleteReadError):
             raise self._connection_lost(where) from None
         except HttpResponseError as error:
             if error.status_code is None:

@@ -90,8 +90,8 @@ def _one_clear_line(result, expected: str) -> None:
 
 def test_wrong_registry_password_is_one_clear_line(run_invoke, published_model):
     assert run_invoke("fetch-model").returncode == 0
-    assert run_invoke("build").returncode == 0
-    result = run_invoke("push", env={"REGISTRY_USERNAME": "modelship",
+    assert run_invoke("build", "--force").returncode == 0
+    result = run_invoke("push", "--force", env={"REGISTRY_USERNAME": "modelship",
                                      "REGISTRY_PASSWORD": "not-the-password"})
     _one_clear_line(result, "refused the login")
     assert "not-the-password" not in result.stdout + result.stderr
