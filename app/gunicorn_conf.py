@@ -8,6 +8,7 @@ never bind anything but the address it is given, and never write outside the tem
 directory (the container's root file system is read-only).
 """
 
+import gc
 import os
 import shutil
 import tempfile
@@ -19,17 +20,20 @@ bind = f"{os.environ.get('HOST', '0.0.0.0')}:{os.environ.get('PORT', '8080')}"
 
 
 def _default_workers() -> int:
-    # CPUs this process may run on; a container's CPU quota is not visible here, so
-    # cap the guess and let the manifest set WEB_CONCURRENCY to match its CPU limit.
+    # One single-threaded worker per CPU: scoring is CPU-bound Python holding the GIL,
+    # so more processes or threads than CPUs only add context switches and cache
+    # misses (measured with benchmarks/bench_serving.py). A container's CPU quota is
+    # not visible here, so cap the guess and let the manifest set WEB_CONCURRENCY to
+    # match its CPU limit.
     cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
-    return min(2 * (cpus or 1) + 1, 4)
+    return min(cpus or 1, 4)
 
 
 workers = int(os.environ.get("WEB_CONCURRENCY") or _default_workers())
-# Threads let a worker hold keep-alive connections and overlap slow clients; one
-# onnxruntime session is safe to call from several threads.
+# gthread even with one thread: unlike the sync worker it keeps connections alive, so
+# a client (or ingress) does not pay a TCP handshake per request.
 worker_class = "gthread"
-threads = int(os.environ.get("GUNICORN_THREADS") or 2)
+threads = int(os.environ.get("GUNICORN_THREADS") or 1)
 
 # Load the app in the master before forking: Flask, numpy and the app's code are
 # imported once, and the model files are read and their sha256 checked once, so a
@@ -82,6 +86,10 @@ def post_worker_init(worker):
     from app.model import open_in_worker
 
     open_in_worker(worker.wsgi)
+    # Everything alive now (Flask, numpy, the session) lives as long as the worker:
+    # keep it out of the collector's full passes, which otherwise walk it all again
+    # every few thousand requests.
+    gc.freeze()
 
 
 def on_exit(server):

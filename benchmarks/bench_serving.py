@@ -113,9 +113,10 @@ def wrk_script(directory: Path, name: str, body: str, headers: dict) -> Path:
 _UNITS_MS = {"us": 0.001, "ms": 1.0, "s": 1000.0}
 
 
-def run_wrk(url: str, script: Path, duration: int, connections: int) -> dict:
+def run_wrk(url: str, script: Path, duration: int, connections: int, threads: int) -> dict:
     result = subprocess.run(
-        ["wrk", "-t2", f"-c{connections}", f"-d{duration}s", "--latency", "-s", str(script), url],
+        ["wrk", f"-t{threads}", f"-c{connections}", f"-d{duration}s", "--latency"]
+        + ["-s", str(script), url],
         capture_output=True,
         text=True,
         check=True,
@@ -135,6 +136,19 @@ def run_wrk(url: str, script: Path, duration: int, connections: int) -> dict:
         "non_2xx": int(errors.group(1)) if errors else 0,
         "socket_errors": socket_errors.group(0) if socket_errors else "",
     }
+
+
+def gunicorn_sizing() -> str:
+    """Workers and threads as app/gunicorn_conf.py sets them in this environment."""
+    code = (
+        "import runpy, sys; s = runpy.run_path(sys.argv[1]); s['on_exit'](None); "
+        "print(f\"{s['workers']} {s['worker_class']} workers x {s['threads']} threads\")"
+    )
+    environment = {key: value for key, value in os.environ.items() if key != "METRICS_DIR"}
+    return subprocess.run(
+        [sys.executable, "-c", code, str(GUNICORN_CONF)],
+        capture_output=True, text=True, check=True, env=environment,
+    ).stdout.strip()
 
 
 def raw_onnxruntime_rate(model_path: Path, rows: np.ndarray, seconds: float = 2.0) -> float:
@@ -160,6 +174,9 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--duration", type=int, default=10, help="seconds per wrk run")
     parser.add_argument("--connections", type=int, default=16)
+    # wrk shares the machine's CPUs with the server; one thread drives 16 connections
+    # at these rates and leaves the server more of them.
+    parser.add_argument("--wrk-threads", type=int, default=1)
     args = parser.parse_args()
     if not shutil.which("wrk"):
         print("wrk not found: apt-get install -y wrk", file=sys.stderr)
@@ -180,7 +197,12 @@ def main() -> int:
             for size, batch in rows.items()
         }
 
-        figures = {"cpus": os.cpu_count(), "connections": args.connections}
+        figures = {
+            "cpus": os.cpu_count(),
+            "connections": args.connections,
+            "wrk_threads": args.wrk_threads,
+            "gunicorn": gunicorn_sizing(),
+        }
         ready_seconds = []
         for attempt in range(3):  # launch time is noisy; report the worst of three
             with Server("app:create_app()", app_environment, scratch / "ready.log") as server:
@@ -195,9 +217,13 @@ def main() -> int:
                 server.wait_ready()
                 for size, script in scripts.items():
                     # A short warm-up run so both servers start from warm workers.
-                    run_wrk(f"{server.url}/score", script, 2, args.connections)
+                    run_wrk(f"{server.url}/score", script, 2, args.connections, args.wrk_threads)
                     figures[f"{label}_{size}_row"] = run_wrk(
-                        f"{server.url}/score", script, args.duration, args.connections
+                        f"{server.url}/score",
+                        script,
+                        args.duration,
+                        args.connections,
+                        args.wrk_threads,
                     )
             if label == "app":
                 served = subprocess.run(
@@ -218,6 +244,10 @@ def main() -> int:
 def report(figures: dict) -> None:
     print(json.dumps(figures, indent=2))
     print()
+    print(
+        f"gunicorn: {figures['gunicorn']}; wrk: {figures['connections']} connections, "
+        f"{figures['wrk_threads']} thread(s); {figures['cpus']} CPUs shared by both"
+    )
     for size in (1, 100):
         floor, app = figures[f"floor_{size}_row"], figures[f"app_{size}_row"]
         share = app["requests_per_second"] / floor["requests_per_second"]

@@ -302,12 +302,14 @@ def test_gunicorn_config_sizes_workers_from_cpus_and_limits_requests(clean_envir
 
     # setenv (not delenv) so the variables the config file sets are restored afterwards.
     clean_environ.setenv("WEB_CONCURRENCY", "")
+    clean_environ.setenv("GUNICORN_THREADS", "")
     clean_environ.setenv("METRICS_DIR", "")
     clean_environ.setenv("OPEN_MODEL_IN_WORKERS", "")
     settings = runpy.run_path(str(REPO / "app" / "gunicorn_conf.py"))
     try:
         cpus = len(os.sched_getaffinity(0))
-        assert settings["workers"] == min(2 * cpus + 1, 4)
+        assert settings["workers"] == min(cpus, 4)
+        assert (settings["worker_class"], settings["threads"]) == ("gthread", 1)
         assert settings["preload_app"] is True
         assert settings["timeout"] > 0 and 0 < settings["graceful_timeout"] < 30
         assert settings["limit_request_line"] > 0
