@@ -18,7 +18,6 @@ import shutil
 import subprocess
 from typing import Callable, Iterator, Mapping
 
-import requests
 import yaml
 
 from . import service_checks
@@ -203,48 +202,17 @@ def smoke_api_key(c, settings: Settings, environ: Mapping[str, str] = os.environ
     return base64.b64decode(result.stdout.strip()).decode().strip() or None
 
 
-def check_one_golden(base_url: str, metadata: dict, api_key: str | None) -> None:
-    """POST the model's first golden sample to /score; raise unless it gets its label."""
-    golden = (metadata.get("golden") or [])[:1]
-    if not golden:
-        raise PipelineError(
-            f"Model {metadata.get('name')} {metadata.get('version')} has no golden samples.",
-            "Publish it with golden samples (`invoke model.publish` adds them).",
-        )
-    headers = {"X-API-Key": api_key} if api_key else {}
-    try:
-        response = requests.post(f"{base_url}/score", json={"instances": [golden[0]["instance"]]},
-                                 headers=headers, timeout=10)
-    except requests.RequestException as error:
-        raise PipelineError(f"/score did not answer through the Service: {error}.",
-                            "Check the pods' logs (`kubectl logs`).") from None
-    if response.status_code == 401:
-        raise PipelineError(
-            "/score refused the smoke test's request (401): no valid API key was sent.",
-            f"Set {SMOKE_KEY_ENV} to the key, or allow the deployer to read the API key "
-            "Secret (kubectl get secret).",
-        )
-    if response.status_code != 200:
-        raise PipelineError(
-            f"/score answered {response.status_code} to a golden sample: {response.text[:200]}",
-            "The release does not serve its model correctly; check the pods' logs.",
-        )
-    predictions = response.json().get("predictions")
-    if predictions != [golden[0]["label"]]:
-        raise PipelineError(
-            f"/score predicted {predictions} for a golden sample; expected "
-            f"{[golden[0]['label']]}.",
-            "The served model is not the published one, or the app mangles input.",
-        )
-
-
 def smoke_test(settings: Settings, metadata: dict, api_key: str | None = None,
                echo: Echo = print, ready_seconds: float = 60) -> None:
     """Readiness and one golden /score through the Service, via a local port-forward."""
     local_port = int(settings.deployment["smoke_local_port"])
     with port_forward(settings, local_port) as (base_url, alive, log):
         service_checks.wait_ready(base_url, ready_seconds, alive, log)
-        check_one_golden(base_url, metadata, api_key)
+        service_checks.check_golden(
+            base_url, metadata, limit=1, api_key=api_key,
+            key_fix=f"Set {SMOKE_KEY_ENV} to the key, or allow the deployer to read the API key "
+                    "Secret (kubectl get secret).",
+        )
     echo(f"smoke test passed through service/{settings.app_name}: /readyz and one golden /score")
 
 

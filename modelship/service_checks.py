@@ -37,7 +37,8 @@ def wait_ready(base_url: str, seconds: float, still_running: Callable[[], bool],
     )
 
 
-def check_golden(base_url: str, metadata: dict, limit: int | None = None) -> int:
+def check_golden(base_url: str, metadata: dict, limit: int | None = None,
+                 api_key: str | None = None, key_fix: str = "Send the service's API key.") -> int:
     """Score the model's golden samples; raise unless every prediction is the expected one."""
     golden = metadata.get("golden") or []
     if not golden:
@@ -46,13 +47,23 @@ def check_golden(base_url: str, metadata: dict, limit: int | None = None) -> int
             "Publish it with golden samples (`invoke model.publish` adds them).",
         )
     samples = golden[:limit] if limit else golden
-    response = requests.post(
-        f"{base_url}/score", json={"instances": [s["instance"] for s in samples]}, timeout=10
-    )
+    headers = {"X-API-Key": api_key} if api_key else {}
+    try:
+        response = requests.post(
+            f"{base_url}/score", json={"instances": [s["instance"] for s in samples]},
+            headers=headers, timeout=10,
+        )
+    except requests.RequestException as error:
+        raise PipelineError(f"/score at {base_url} did not answer: {error}.",
+                            "Check the service's logs.") from None
+    if response.status_code == 401:
+        raise PipelineError(
+            "/score refused the golden samples (401): no valid API key was sent.", key_fix
+        )
     if response.status_code != 200:
         raise PipelineError(
             f"/score answered {response.status_code} to the golden samples: {response.text[:200]}",
-            "The image does not serve its model correctly; check the app's logs.",
+            "The service does not serve its model correctly; check its logs.",
         )
     predictions = response.json().get("predictions", [])
     expected = [s["label"] for s in samples]
