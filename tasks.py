@@ -314,13 +314,21 @@ def diff(c, env=None):
 @pipeline_task
 def status(c, env=None):
     """Show what runs in the environment: image digest, git revision, model, ready replicas."""
-    from modelship import kube
+    from modelship import kube, local_runtime
 
     settings = _settings(c, env)
-    state = kube.status(c, settings)
-    if state is None:
-        return
-    echo(f"{settings.app_name} in {settings.kubernetes.context}/{settings.kubernetes.namespace}")
+    if settings.runtime == "docker":
+        state = local_runtime.status(_docker(), settings)
+        if state is None:
+            raise PipelineError(f"Nothing is deployed in '{settings.env}'.",
+                                f"Run `invoke deploy --env={settings.env}`.")
+        where = "the local Docker Engine"
+    else:
+        state = kube.status(c, settings)
+        if state is None:
+            return  # a dry run printed the kubectl command
+        where = f"{settings.kubernetes.context}/{settings.kubernetes.namespace}"
+    echo(f"{settings.app_name} in {where}")
     for key, value in state.items():
         echo(f"  {key.replace('_', ' '):16} {value}")
 

@@ -100,3 +100,32 @@ def remove(client, settings: Settings) -> bool:
             container.remove(force=True)
             removed = True
     return removed
+
+
+def status(client, settings: Settings) -> dict | None:
+    """What the local deployment runs, in the same terms `kube.status` uses; None if nothing."""
+    container = _find(client, container_name(settings))
+    if container is None:
+        return None
+    image = container.attrs["Config"]["Image"]
+    labels = container.image.labels
+    return {
+        "image": image,
+        "digest": image.split("@", 1)[1] if "@" in image else "(not pinned by digest)",
+        "git_revision": labels.get("org.opencontainers.image.revision", "unknown"),
+        "model_version": labels.get("ai.modelship.model.version", "unknown"),
+        "model_sha256": labels.get("ai.modelship.model.sha256", "unknown"),
+        "ready_replicas": 1 if container.status == "running" and container_ready(settings) else 0,
+        "replicas": 1,
+        "address": f"http://127.0.0.1:{settings.deployment['port']}",
+    }
+
+
+def container_ready(settings: Settings) -> bool:
+    import requests
+
+    try:
+        url = f"http://127.0.0.1:{settings.deployment['port']}/readyz"
+        return requests.get(url, timeout=2).status_code == 200
+    except requests.RequestException:
+        return False

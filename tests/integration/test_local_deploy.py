@@ -50,6 +50,11 @@ def test_deploy_twice_serves_the_published_model_pulled_from_the_registry(
         version = requests.get(f"{base_url}/version", timeout=5).json()
         assert version["model"]["sha256"] == metadata["sha256"]
 
+    status = run_invoke("status", "--env=local")
+    assert status.returncode == 0, status.stderr
+    assert pushed["digest"] in status.stdout and metadata["sha256"] in status.stdout
+    assert "ready replicas   1" in status.stdout
+
     # Nothing left behind: no contract-test containers, no previous deployment.
     leftovers = docker_client.containers.list(
         all=True, filters={"label": f"{local_runtime.ROLE_LABEL}=contract-test"}
