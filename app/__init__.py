@@ -14,6 +14,7 @@ import os
 from flask import Flask
 
 from app import auth, errors, metrics, model, request_log
+from app.front import ServiceFront
 from app.routes import api
 
 DEFAULTS = {
@@ -69,4 +70,5 @@ def create_app(test_config=None) -> Flask:
     metrics.init_app(app)
     model.init_app(app)
     app.register_blueprint(api)
+    app.wsgi_app = ServiceFront(app)  # ids, logs and metrics for all; answers POST /score
     return app

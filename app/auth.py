@@ -2,7 +2,7 @@
 
 The key comes from `API_KEY`, or from the file `API_KEY_FILE` names (a mounted
 Kubernetes secret). Without either, scoring is open and the app says so once at
-start. Only endpoints decorated with `requires_api_key` are guarded: probes, metrics
+start. Only /score is guarded (by `check_api_key` in app.scoring): probes, metrics
 and the API description must stay reachable by the platform. This module must never
 log or echo a key, offered or configured, and never compare keys in a way whose
 timing depends on how much of the key a caller guessed right.
@@ -10,13 +10,12 @@ timing depends on how much of the key a caller guessed right.
 
 from __future__ import annotations
 
-import functools
 import hashlib
 import hmac
 import logging
 from pathlib import Path
 
-from flask import Flask, current_app, request
+from flask import Flask, current_app
 
 from app.errors import ApiError
 
@@ -55,43 +54,39 @@ def _digest(key: str) -> bytes:
     return hashlib.sha256(key.encode("utf-8", "surrogatepass")).digest()
 
 
-def _offered_key() -> str | None:
+def _offered_key(environ: dict) -> str | None:
     # Read from the WSGI environ: the same values request.headers gives, at a third of
     # the cost on the scoring hot path.
-    environ = request.environ
     scheme, _, credentials = environ.get("HTTP_AUTHORIZATION", "").partition(" ")
     if scheme.lower() == "bearer" and credentials.strip():
         return credentials.strip()
     return environ.get(_API_KEY_ENVIRON_KEY) or None
 
 
+def expected_key_digest(app: Flask) -> bytes | None:
+    """The configured key's digest, or None when scoring is open."""
+    return app.extensions[_EXTENSION_KEY]
+
+
 def key_required() -> bool:
-    return current_app.extensions[_EXTENSION_KEY] is not None
+    return expected_key_digest(current_app) is not None
 
 
-def requires_api_key(view):
-    """Answer 401 unless the request carries the configured key (no-op without one)."""
-
-    @functools.wraps(view)
-    def guarded(*args, **kwargs):
-        expected = current_app.extensions[_EXTENSION_KEY]
-        if expected is not None:
-            offered = _offered_key()
-            if offered is None:
-                raise ApiError(
-                    401,
-                    "missing_api_key",
-                    f"this endpoint needs an API key: send Authorization: Bearer <key> "
-                    f"or {API_KEY_HEADER}: <key>",
-                    _CHALLENGE,
-                )
-            if not hmac.compare_digest(_digest(offered), expected):
-                raise ApiError(
-                    401, "invalid_api_key", "the API key sent is not valid", _CHALLENGE
-                )
-        return view(*args, **kwargs)
-
-    return guarded
+def check_api_key(environ: dict, expected: bytes | None) -> None:
+    """Raise a 401 ApiError unless the request carries the key (no-op when `expected` is None)."""
+    if expected is None:
+        return
+    offered = _offered_key(environ)
+    if offered is None:
+        raise ApiError(
+            401,
+            "missing_api_key",
+            f"this endpoint needs an API key: send Authorization: Bearer <key> "
+            f"or {API_KEY_HEADER}: <key>",
+            _CHALLENGE,
+        )
+    if not hmac.compare_digest(_digest(offered), expected):
+        raise ApiError(401, "invalid_api_key", "the API key sent is not valid", _CHALLENGE)
 
 
 def init_app(app: Flask) -> None:

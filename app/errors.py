@@ -11,8 +11,11 @@ from __future__ import annotations
 import logging
 import re
 
-from flask import Flask, g, jsonify, request
+import orjson
+from flask import Flask, jsonify, request
 from werkzeug.exceptions import HTTPException
+
+from app.request_log import request_id_of
 
 logger = logging.getLogger(__name__)
 
@@ -46,6 +49,11 @@ def error_response(status: int, code: str, message: str, headers=None):
     return response
 
 
+def error_body(code: str, message: str) -> bytes:
+    """The JSON body of an error, for responses built without Flask (app.front)."""
+    return orjson.dumps({"error": {"code": code, "message": message}})
+
+
 def _snake_case(name: str) -> str:
     return re.sub(r"[^a-z0-9]+", "_", name.lower()).strip("_")
 
@@ -54,7 +62,8 @@ def _handle_api_error(error: ApiError):
     return error_response(error.status, error.code, error.message, error.headers)
 
 
-def _handle_http_exception(error: HTTPException):
+def http_error_as_api_error(error: HTTPException, method: str, body_limit) -> ApiError:
+    """What a Werkzeug HTTP error (routing, body size) says to the client, in our terms."""
     code = _HTTP_ERROR_CODES.get(error.code) or _snake_case(error.name)
     if error.code == 404:
         message = (
@@ -62,21 +71,33 @@ def _handle_http_exception(error: HTTPException):
             "and /openapi.json"
         )
     elif error.code == 405 and getattr(error, "valid_methods", None):
-        message = f"{request.method} is not allowed here; use {', '.join(error.valid_methods)}"
+        message = f"{method} is not allowed here; use {', '.join(error.valid_methods)}"
     elif error.code == 413:
-        message = f"request body is larger than the limit of {request.max_content_length} bytes"
+        message = f"request body is larger than the limit of {body_limit} bytes"
     else:
         message = error.description
     # Keep headers such as Allow (405) but not the HTML content type.
     headers = [(key, value) for key, value in error.get_headers() if key.lower() != "content-type"]
-    return error_response(error.code, code, message, headers)
+    return ApiError(error.code, code, message, headers)
+
+
+def _handle_http_exception(error: HTTPException):
+    return _handle_api_error(
+        http_error_as_api_error(error, request.method, request.max_content_length)
+    )
+
+
+INTERNAL_ERROR_MESSAGE = "internal error; quote the X-Request-ID response header when reporting it"
+
+
+def log_unexpected_error(request_id) -> None:
+    """Log the exception being handled, with its traceback: a 500 is always our bug."""
+    logger.exception("unhandled error", extra={"fields": {"request_id": request_id}})
 
 
 def _handle_unexpected_error(error: Exception):
-    logger.exception("unhandled error", extra={"fields": {"request_id": g.get("request_id")}})
-    return error_response(
-        500, "internal", "internal error; quote the X-Request-ID response header when reporting it"
-    )
+    log_unexpected_error(request_id_of(request.environ))
+    return error_response(500, "internal", INTERNAL_ERROR_MESSAGE)
 
 
 def init_app(app: Flask) -> None:

@@ -16,12 +16,11 @@ import mmap
 import os
 import struct
 import threading
-import time
 from bisect import bisect_left
 from collections import defaultdict
 from pathlib import Path
 
-from flask import Flask, current_app, g, request
+from flask import Flask, current_app
 
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 FILE_PREFIX = "worker-"
@@ -251,32 +250,15 @@ def store() -> MetricStore:
     return current_app.extensions[_EXTENSION_KEY]
 
 
-def count_predictions(rows: int) -> None:
-    store().add(PREDICTIONS, (), rows)
+def store_of(app: Flask) -> MetricStore:
+    """The app's store, for code running outside a Flask request (app.front)."""
+    return app.extensions[_EXTENSION_KEY]
 
 
-def _request_recorder(metric_store: MetricStore):
-    """The after-request hook counting each request into `metric_store`.
-
-    The store is bound here rather than looked up per request: the hook runs on every
-    request, and each context-local lookup costs about a microsecond.
-    """
-
-    def record_request(response):
-        started = g.get("request_started")
-        if started is None:  # a request that failed before the request log saw it
-            return response
-        seconds = time.perf_counter() - started
-        current = request._get_current_object()  # one proxy lookup, not four
-        route = current.url_rule.rule if current.url_rule else UNMATCHED_ROUTE
-        method = current.method if current.method in _KNOWN_METHODS else "other"
-        metric_store.record_request(method, route, str(response.status_code), seconds)
-        return response
-
-    return record_request
+def method_label(method: str) -> str:
+    return method if method in _KNOWN_METHODS else "other"
 
 
 def init_app(app: Flask) -> None:
-    metric_store = MetricStore(app.config.get("METRICS_DIR") or None)
-    app.extensions[_EXTENSION_KEY] = metric_store
-    app.after_request(_request_recorder(metric_store))
+    # Requests are counted by app.front, around Flask; /score adds its rows itself.
+    app.extensions[_EXTENSION_KEY] = MetricStore(app.config.get("METRICS_DIR") or None)

@@ -266,12 +266,21 @@ def model_problem() -> str | None:
     return current_app.extensions[_EXTENSION_KEY].problem
 
 
-def get_model() -> OnnxModel:
-    """The process's model; a 503 for the client when it did not load."""
-    loaded = current_app.extensions[_EXTENSION_KEY]
+def model_of(app: Flask) -> OnnxModel:
+    """`app`'s model, ready to predict; a 503 for the client when it is not.
+
+    Looked up on every request rather than kept: a gunicorn worker opens the model
+    after the app (and its front) were built in the master.
+    """
+    loaded = app.extensions[_EXTENSION_KEY]
     if loaded.problem is not None:
         raise ApiError(503, "model_not_ready", "the model is not loaded; see /readyz")
     return loaded.model
+
+
+def get_model() -> OnnxModel:
+    """The process's model; a 503 for the client when it did not load."""
+    return model_of(current_app)
 
 
 def _read_metadata(path: Path) -> dict:

@@ -1,5 +1,8 @@
 """One JSON log line per request, tied to the caller by an X-Request-ID.
 
+`app.front` calls `request_id_for` as a request arrives and `log_request` once it is
+answered; this module only decides the id and writes the line.
+
 The line carries method, route, status, latency and request id: enough to follow a
 request through the ingress, the pod and the client's own logs. It must never carry
 request or response bodies, query strings or headers other than the request id,
@@ -16,10 +19,12 @@ import sys
 import time
 from datetime import datetime, timezone
 
-from flask import Flask, g, request
+from flask import Flask
 
 REQUEST_ID_HEADER = "X-Request-ID"
 _REQUEST_ID_ENVIRON_KEY = "HTTP_X_REQUEST_ID"
+# Where the request's id is kept in the WSGI environ for everything after the front.
+REQUEST_ID_KEY = "modelship.request_id"
 _SANE_REQUEST_ID = re.compile(r"[A-Za-z0-9._-]{1,128}")
 _APP_LOGGER_NAME = "app"
 
@@ -57,14 +62,35 @@ class JsonStreamHandler(logging.StreamHandler):
     def write_line(self, line: str) -> None:
         with self.lock:
             try:
-                self.stream.write(line)
-                self.flush()
+                stream = self.stream
+                stream.write(line)
+                # sys.stderr is line-buffered (Python 3.9+): the newline has already
+                # sent the line on, and a second flush per request is measurable.
+                if not getattr(stream, "line_buffering", False):
+                    stream.flush()
             except Exception:  # same contract as emit(): logging never fails a request
                 self.handleError(None)
 
 
+# (whole second, its "YYYY-MM-DDTHH:MM:SS" text), replaced whole so threads never
+# see the second of one pair with the text of another.
+_formatted_second = (None, "")
+
+
 def _iso_time(created: float) -> str:
-    return datetime.fromtimestamp(created, timezone.utc).isoformat()
+    """ISO 8601 in UTC with microseconds, e.g. 2026-11-21T06:35:52.418962+00:00.
+
+    The date and time of day are formatted once per second: building a datetime per
+    request line cost more than the rest of the line.
+    """
+    global _formatted_second
+    second = int(created)
+    cached_second, text = _formatted_second
+    if cached_second != second:
+        text = datetime.fromtimestamp(second, timezone.utc).strftime("%Y-%m-%dT%H:%M:%S")
+        _formatted_second = (second, text)
+    micros = min(int((created - second) * 1_000_000), 999_999)
+    return f"{text}.{micros:06d}+00:00"
 
 
 def ensure_log_output(logger: logging.Logger, stream=None) -> None:
@@ -105,50 +131,48 @@ def _sole_json_handler() -> JsonStreamHandler | None:
     return handler
 
 
-def _start_request() -> None:
-    context = g._get_current_object()  # one proxy lookup, not two
-    context.request_started = time.perf_counter()
-    offered = request.environ.get(_REQUEST_ID_ENVIRON_KEY, "")
+def request_id_for(environ: dict) -> str:
+    """The caller's X-Request-ID when it is sane, else a fresh one; kept in `environ`."""
+    offered = environ.get(_REQUEST_ID_ENVIRON_KEY, "")
     # 32 random hex characters, as long as a uuid4's hex, without building a UUID.
-    context.request_id = offered if _SANE_REQUEST_ID.fullmatch(offered) else os.urandom(16).hex()
+    request_id = offered if _SANE_REQUEST_ID.fullmatch(offered) else os.urandom(16).hex()
+    environ[REQUEST_ID_KEY] = request_id
+    return request_id
 
 
-def _finish_request(response):
-    context = g._get_current_object()  # one proxy lookup each, not several
-    current = request._get_current_object()
-    request_id = context.request_id
-    response.headers[REQUEST_ID_HEADER] = request_id
-    latency_ms = round((time.perf_counter() - context.request_started) * 1000, 2)
-    # The route pattern, not the path: paths of unknown URLs are client input.
-    route = current.url_rule.rule if current.url_rule else None
+def request_id_of(environ: dict) -> str | None:
+    """The id `request_id_for` gave this request, for log lines written along the way."""
+    return environ.get(REQUEST_ID_KEY)
+
+
+def log_request(method: str, route: str | None, status: int, seconds: float, request_id: str):
+    """Write the request's one log line. `route` is the matched route pattern or None."""
+    latency_ms = round(seconds * 1000, 2)
     handler = _sole_json_handler()
     if handler is None:
         fields = {
-            "method": current.method,
+            "method": method,
             "route": route,
-            "status": response.status_code,
+            "status": status,
             "latency_ms": latency_ms,
             "request_id": request_id,
         }
         request_logger.info("request", extra={"fields": fields})
-        return response
+        return
     # The same line JsonLogFormatter would write. Route patterns are ours, request ids
     # match _SANE_REQUEST_ID and a matched route's method is one of its own, so only
     # the method of an unmatched request (client input) needs escaping.
     if route is None:
-        method, route = json.dumps(current.method), "null"
+        method, route = json.dumps(method), "null"
     else:
-        method, route = f'"{current.method}"', f'"{route}"'
+        method, route = f'"{method}"', f'"{route}"'
     handler.write_line(
         f'{{"time": "{_iso_time(time.time())}", "level": "INFO", '
         f'"logger": "{request_logger.name}", "message": "request", "method": {method}, '
-        f'"route": {route}, "status": {response.status_code}, '
+        f'"route": {route}, "status": {status}, '
         f'"latency_ms": {latency_ms!r}, "request_id": "{request_id}"}}\n'
     )
-    return response
 
 
 def init_app(app: Flask) -> None:
     ensure_log_output(logging.getLogger(_APP_LOGGER_NAME))
-    app.before_request(_start_request)
-    app.after_request(_finish_request)

@@ -1,0 +1,118 @@
+"""The WSGI layer in front of Flask: each request's id, log line and metrics, and /score.
+
+Every request passes through `ServiceFront`, which gives it a request id, times it,
+and once it is answered writes its one log line and counts it in the metrics. POST
+/score is answered right here by `app.scoring`; everything else (probes, version,
+metrics, the API description, routing errors such as a GET on /score) goes on to
+Flask. Scoring skips Flask because, on a 1-row request, Flask's request context,
+hooks and response object cost more than parsing, validating and predicting
+together. The two paths must answer alike: the same error shape, the same
+X-Request-ID header, one log line and one metrics count each.
+"""
+
+from __future__ import annotations
+
+import time
+from http import HTTPStatus
+
+from flask import Flask, request
+from werkzeug.exceptions import HTTPException
+
+from app import metrics, scoring
+from app.errors import (
+    INTERNAL_ERROR_MESSAGE,
+    ApiError,
+    error_body,
+    http_error_as_api_error,
+    log_unexpected_error,
+)
+from app.request_log import REQUEST_ID_HEADER, log_request, request_id_for
+
+_JSON_CONTENT_TYPE = "application/json"
+_ROUTE_KEY = "modelship.route"
+_STATUS_LINES = {status.value: f"{status.value} {status.phrase}" for status in HTTPStatus}
+
+
+class ServiceFront:
+    """The app's WSGI callable; `create_app` installs it as `app.wsgi_app`."""
+
+    def __init__(self, app: Flask):
+        self._app = app
+        self.flask_wsgi_app = app.wsgi_app  # public: tests compare answers without the front
+        self._metric_store = metrics.store_of(app)
+        app.before_request(_note_route)
+
+    def __call__(self, environ: dict, start_response):
+        started = time.perf_counter()
+        request_id = request_id_for(environ)
+        method = environ.get("REQUEST_METHOD", "")
+        if method == scoring.METHOD and environ.get("PATH_INFO") == scoring.ROUTE:
+            status, headers, body = self._score(environ, method, request_id)
+            start_response(_STATUS_LINES[status], headers)
+            self._finish(method, scoring.ROUTE, status, started, request_id)
+            return [body]
+        return self._through_flask(environ, start_response, method, started, request_id)
+
+    def _score(self, environ: dict, method: str, request_id: str) -> tuple[int, list, bytes]:
+        try:
+            body = scoring.score(self._app, environ)
+        except ApiError as error:
+            return self._error(error, request_id)
+        except HTTPException as error:  # a body over the limit, a client gone mid-body
+            limit = self._app.config["MAX_CONTENT_LENGTH"]
+            return self._error(http_error_as_api_error(error, method, limit), request_id)
+        except Exception:
+            log_unexpected_error(request_id)
+            return self._error(ApiError(500, "internal", INTERNAL_ERROR_MESSAGE), request_id)
+        return 200, _headers(body, request_id), body
+
+    @staticmethod
+    def _error(error: ApiError, request_id: str) -> tuple[int, list, bytes]:
+        body = error_body(error.code, error.message)
+        headers = _headers(body, request_id)
+        extra = error.headers or ()
+        headers.extend(extra.items() if isinstance(extra, dict) else extra)
+        return error.status, headers, body
+
+    def _through_flask(self, environ, start_response, method, started, request_id):
+        answered_status = None
+
+        def start_with_request_id(status, headers, exc_info=None):
+            nonlocal answered_status
+            answered_status = status
+            headers.append((REQUEST_ID_HEADER, request_id))
+            return start_response(status, headers, exc_info)
+
+        try:
+            return self.flask_wsgi_app(environ, start_with_request_id)
+        finally:
+            # The route pattern, not the path: paths of unknown URLs are client input.
+            route = environ.get(_ROUTE_KEY)
+            status = int(answered_status[:3]) if answered_status else 500
+            self._finish(method, route, status, started, request_id)
+
+    def _finish(self, method, route, status: int, started: float, request_id: str) -> None:
+        seconds = time.perf_counter() - started
+        self._metric_store.record_request(
+            metrics.method_label(method),
+            route or metrics.UNMATCHED_ROUTE,
+            str(status),
+            seconds,
+        )
+        log_request(method, route, status, seconds, request_id)
+
+
+def _note_route() -> None:
+    # Flask clears its request from the environ before the front looks again, so the
+    # matched rule is written down while routing's result is at hand.
+    current = request._get_current_object()
+    if current.url_rule is not None:
+        current.environ[_ROUTE_KEY] = current.url_rule.rule
+
+
+def _headers(body: bytes, request_id: str) -> list:
+    return [
+        ("Content-Type", _JSON_CONTENT_TYPE),
+        ("Content-Length", str(len(body))),
+        (REQUEST_ID_HEADER, request_id),
+    ]
