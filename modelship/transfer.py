@@ -1,10 +1,12 @@
 """The receiving end of a model download: a verifying file sink and progress reporting.
 
-The storage SDKs download large objects as parallel ranged requests and write each range
-at its offset. `VerifyingWriter` is the file-like object they write into: it puts the bytes
-into the temporary file and feeds the sha256 in file order while the download runs, so
-verifying costs no second pass in the normal case. It must never claim a digest for bytes
-it did not see in order: rewrites and gaps make it hash the file again from disk.
+Downloads arrive as one or more streams, each writing its bytes at their offsets.
+`VerifyingWriter` puts them into the temporary file and feeds the sha256 in file order
+while the download runs, so verifying costs no second pass in the normal case. Bytes
+that arrive in order are hashed from memory by the thread that received them, outside
+the lock, so other streams keep writing meanwhile; ranges that arrive early are hashed
+from the page cache once the gap before them closes. It must never claim a digest for
+bytes it did not see in order: rewrites and gaps make it hash the file again from disk.
 """
 
 from __future__ import annotations
@@ -22,7 +24,11 @@ ProgressFactory = Callable[[str, int], "Progress"]
 
 
 class VerifyingWriter:
-    """A seekable, write-only file object over `fd` that hashes what it receives."""
+    """A seekable, write-only file object over `fd` that hashes what it receives.
+
+    `write_at` is safe from several threads at once; `seek` + `write` (for SDKs that
+    write through a file object) is for one writer at a time, as with any file.
+    """
 
     def __init__(self, fd: int, size: int, progress: "Progress | None" = None):
         self._fd = fd
@@ -32,8 +38,13 @@ class VerifyingWriter:
         self._position = 0
         self._digest = hashlib.sha256()
         self._hashed_up_to = 0
+        self._hashing = False  # one thread at a time feeds the digest, without the lock
         self._waiting: dict[int, int] = {}  # written but not yet hashed: start -> end
         self._bytes_written = 0
+
+    @property
+    def size(self) -> int:
+        return self._size
 
     # The parts of the io.RawIOBase protocol the SDKs use.
     def seekable(self) -> bool:
@@ -60,31 +71,43 @@ class VerifyingWriter:
         pass
 
     def write(self, data) -> int:
+        length = self.write_at(self._position, data)
+        self._position += length
+        return length
+
+    def write_at(self, offset: int, data) -> int:
+        """Write `data` at `offset` of the file and account for it in the digest."""
         view = memoryview(data).cast("B")
         length = len(view)
+        written = 0
+        while written < length:
+            written += os.pwrite(self._fd, view[written:], offset + written)
         with self._lock:
-            start = self._position
-            written = 0
-            while written < length:
-                written += os.pwrite(self._fd, view[written:], start + written)
-            self._position = start + length
             self._bytes_written += length
-            if start == self._hashed_up_to:
-                self._digest.update(view)
-                self._hashed_up_to += length
-                self._hash_waiting_ranges()
+            hash_now = not self._hashing and offset == self._hashed_up_to
+            if hash_now:
+                self._hashing = True
             else:
-                self._waiting[start] = start + length
+                self._waiting[offset] = max(self._waiting.get(offset, 0), offset + length)
+        if hash_now:
+            self._digest.update(view)
+            self._hashed_through(offset + length)
         if self._progress is not None:
             self._progress.advance(length)
         return length
 
-    def _hash_waiting_ranges(self) -> None:
-        # Ranges that arrived early are read back from the page cache once the gap closes.
-        while self._hashed_up_to in self._waiting:
-            end = self._waiting.pop(self._hashed_up_to)
-            self._hash_from_file(self._hashed_up_to, end)
-            self._hashed_up_to = end
+    def _hashed_through(self, end: int) -> None:
+        # Called by the thread holding the hashing role: take in the ranges that were
+        # waiting for this gap to close, then give the role up.
+        while True:
+            with self._lock:
+                self._hashed_up_to = end
+                waiting_end = self._waiting.pop(end, None)
+                if waiting_end is None:
+                    self._hashing = False
+                    return
+            self._hash_from_file(end, waiting_end)
+            end = waiting_end
 
     def _hash_from_file(self, start: int, end: int, digest=None) -> None:
         digest = digest or self._digest

@@ -2,19 +2,23 @@
 
 Credentials come from AZURE_STORAGE_CONNECTION_STRING or AZURE_STORAGE_SAS_TOKEN in the
 environment, Azurite's published development key for a loopback endpoint, or else the
-Azure credential chain. Large blobs download as parallel ranged GETs with the SDK's own
-concurrency and retry settings. This module must never show a key, SAS token or
-connection string in a message, nor talk plain http to anything but loopback.
+Azure credential chain. Metadata, listings and uploads go through the SDK; the model file
+itself downloads through `ranged_http` (streamed, resumable ranges, several at once
+against a remote account), authorised by what the SDK holds: the SAS already in the
+URL, a short-lived read-only SAS signed with the account key, or a bearer token from
+the credential chain. This module must never show a key, SAS token or connection
+string in a message, nor talk plain http to anything but loopback.
 """
 
 from __future__ import annotations
 
 import os
 from contextlib import contextmanager
+from datetime import datetime, timedelta, timezone
 
 from ..errors import PipelineError
 from ..redact import mask, without_query
-from . import ModelStore, StoreObjectMissing, is_loopback, refuse_plain_http
+from . import ModelStore, StoreObjectMissing, is_loopback, ranged_http, refuse_plain_http
 
 # Azurite's documented development account: public by design, valid only against the emulator.
 AZURITE_ACCOUNT = "devstoreaccount1"
@@ -22,12 +26,17 @@ AZURITE_KEY = (
     "Eby8vdM02xNOcqFlqUwJPLlmEtlCDXJ1OUzFT50uSRZ6IFsuFq2UVErCz4I6tq/K1SZFPTOtr/KBHBeksoGMGw=="
 )
 
-# Ranged GETs of 8 MiB, four at a time against a remote account; two against a loopback
-# emulator, which competes for the same CPUs (measured: benchmarks/bench_fetch.py).
+# The model downloads as this many streamed ranges from a remote account, where one
+# connection seldom fills the link; from a loopback emulator, which competes for the
+# same CPUs, one stream is fastest (measured: benchmarks/bench_fetch.py).
+DOWNLOAD_STREAMS = 4
+LOOPBACK_DOWNLOAD_STREAMS = 1
+# Reads of other blobs (metadata, pointers) through the SDK, in one GET up to this size.
 DOWNLOAD_CHUNK = 8 * 1024 * 1024
-DOWNLOAD_CONCURRENCY = 4
-LOOPBACK_DOWNLOAD_CONCURRENCY = 2
 UPLOAD_CONCURRENCY = 4
+# A SAS signed for the download outlives any resume of it, and reads one blob only.
+DOWNLOAD_SAS_LIFETIME = timedelta(hours=4)
+STORAGE_TOKEN_SCOPE = "https://storage.azure.com/.default"
 
 
 def _service_client(account_url: str):
@@ -72,9 +81,10 @@ class AzureBlobStore(ModelStore):
         # A connection string names its own endpoint: hold it to the same rule.
         refuse_plain_http(self.endpoint, "AZURE_STORAGE_CONNECTION_STRING")
         self._container = service.get_container_client(container)
-        self._download_concurrency = (
-            LOOPBACK_DOWNLOAD_CONCURRENCY if is_loopback(self.endpoint) else DOWNLOAD_CONCURRENCY
+        self._download_streams = (
+            LOOPBACK_DOWNLOAD_STREAMS if is_loopback(self.endpoint) else DOWNLOAD_STREAMS
         )
+        self._session = None
 
     def _blob(self, key: str):
         return self._container.get_blob_client(f"{self.prefix}/{key}" if self.prefix else key)
@@ -115,34 +125,51 @@ class AzureBlobStore(ModelStore):
             ) from None
         except ServiceRequestError:
             # The request never got through: nothing listens there, or the name is wrong.
-            raise PipelineError(
-                f"Cannot reach the model store at {self.endpoint}.",
-                "Check the network and model_store.account_url; for --env=local run "
-                "`invoke local.up` to start Azurite.",
-            ) from None
+            raise self._unreachable() from None
         except (ServiceResponseError, IncompleteReadError):
             raise self._connection_lost(where) from None
         except HttpResponseError as error:
             if error.status_code is None:
                 # The SDK wraps a body cut short, after its retries, in a status-less error.
                 raise self._connection_lost(where) from None
-            if error.status_code in (401, 403):
-                raise PipelineError(
-                    f"The model store at {self.endpoint} refused access to {where}.",
-                    "Check the storage credentials and their permissions (read for fetch, "
-                    "write for publish).",
-                ) from None
-            raise PipelineError(
-                f"The model store at {self.endpoint} answered "
-                f"{error.status_code} for {where}.",
-                "Try again; if it persists, check the storage account.",
-            ) from None
+            raise self._status_error(error.status_code, "", where) from None
         except AzureError as error:
             raise PipelineError(
                 f"Talking to the model store at {self.endpoint} failed for {where}: "
                 f"{type(error).__name__}.",
                 "Try again; if it persists, check the storage account.",
             ) from None
+
+    def _status_error(self, status: int, error_code: str, where: str) -> PipelineError:
+        if status == 404:
+            if error_code == "ContainerNotFound":
+                return StoreObjectMissing(
+                    f"The storage account at {self.endpoint} has no container "
+                    f"'{self.container}'.",
+                    "Check model_store.uri, or publish a model first (`invoke model.publish`).",
+                    whole_store=True,
+                )
+            return StoreObjectMissing(
+                f"The model store has no object {where}.",
+                "Publish a model first (`invoke model.publish`) or check model_store.uri.",
+            )
+        if status in (401, 403):
+            return PipelineError(
+                f"The model store at {self.endpoint} refused access to {where}.",
+                "Check the storage credentials and their permissions (read for fetch, "
+                "write for publish).",
+            )
+        return PipelineError(
+            f"The model store at {self.endpoint} answered {status} for {where}.",
+            "Try again; if it persists, check the storage account.",
+        )
+
+    def _unreachable(self) -> PipelineError:
+        return PipelineError(
+            f"Cannot reach the model store at {self.endpoint}.",
+            "Check the network and model_store.account_url; for --env=local run "
+            "`invoke local.up` to start Azurite.",
+        )
 
     def _connection_lost(self, where: str) -> PipelineError:
         return PipelineError(
@@ -170,11 +197,55 @@ class AzureBlobStore(ModelStore):
             return self._blob(key).exists()
 
     def download(self, key, sink):
+        where = f"{self.uri}/{key}"
         with self._translated_errors(key):
-            downloader = self._blob(key).download_blob(
-                max_concurrency=self._download_concurrency)
-            downloader.readinto(sink)
-            return (downloader.properties.etag or "").strip('"')
+            url, headers = self._authorised_get(self._blob(key))
+        try:
+            return ranged_http.download(self._http_session(), url, headers, sink,
+                                        streams=self._download_streams)
+        except ranged_http.StatusError as error:
+            raise self._status_error(error.status, error.error_code, where) from None
+        except ranged_http.Unreachable:
+            raise self._unreachable() from None
+        except ranged_http.ConnectionLost:
+            raise self._connection_lost(where) from None
+        except ranged_http.ObjectChanged as error:
+            raise PipelineError(
+                f"{where}: {error}.",
+                "Someone published over this version during the fetch; run it again.",
+            ) from None
+
+    def _authorised_get(self, blob) -> tuple[str, dict]:
+        """The blob's URL and headers for a plain GET, authorised as the SDK would be."""
+        headers = {"x-ms-version": blob.api_version, "User-Agent": "modelship"}
+        credential = blob.credential
+        if credential is None:  # anonymous, or a SAS the SDK keeps in the URL
+            return blob.url, headers
+        account_key = getattr(credential, "account_key", None)
+        if account_key:
+            from azure.storage.blob import BlobSasPermissions, generate_blob_sas
+
+            sas = generate_blob_sas(
+                blob.account_name, blob.container_name, blob.blob_name,
+                account_key=account_key, permission=BlobSasPermissions(read=True),
+                expiry=datetime.now(timezone.utc) + DOWNLOAD_SAS_LIFETIME,
+            )
+            return f"{blob.url}?{sas}", headers
+        if hasattr(credential, "signature"):  # AzureSasCredential
+            return f"{blob.url}?{credential.signature.lstrip('?')}", headers
+        token = credential.get_token(STORAGE_TOKEN_SCOPE)
+        headers["Authorization"] = f"Bearer {token.token}"
+        return blob.url, headers
+
+    def _http_session(self):
+        if self._session is None:
+            import requests
+
+            self._session = requests.Session()
+            adapter = requests.adapters.HTTPAdapter(pool_maxsize=max(self._download_streams, 1))
+            self._session.mount("https://", adapter)
+            self._session.mount("http://", adapter)
+        return self._session
 
     def prepare_publish(self):
         from azure.core.exceptions import ResourceExistsError

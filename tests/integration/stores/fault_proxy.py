@@ -23,6 +23,7 @@ class FaultProxy:
         self.after = 0
         self.faults_left = 0  # -1: every connection that gets far enough
         self.faults_done = 0
+        self.bytes_delivered = 0  # server-to-client bytes that reached a client
         self._closed = False
         threading.Thread(target=self._accept, daemon=True).start()
 
@@ -32,6 +33,7 @@ class FaultProxy:
     def set_fault(self, mode: str, after: int = 0, times: int = 1) -> None:
         with self._lock:
             self.mode, self.after, self.faults_left, self.faults_done = mode, after, times, 0
+            self.bytes_delivered = 0
 
     def _take_fault(self) -> bool:
         with self._lock:
@@ -81,15 +83,21 @@ class FaultProxy:
                     if self._take_fault():
                         if self.mode == "cut":
                             client.sendall(data[:cut_at])
+                            self._delivered(cut_at)
                             break
                         data = bytearray(data)
                         data[cut_at] ^= 0xFF
                         data = bytes(data)
                 passed += len(data)
                 client.sendall(data)
+                self._delivered(len(data))
         except OSError:
             pass
         self._close(server, client)
+
+    def _delivered(self, count: int) -> None:
+        with self._lock:
+            self.bytes_delivered += count
 
     def close(self) -> None:
         self._closed = True
