@@ -199,7 +199,7 @@ class AzureBlobStore(ModelStore):
     def download(self, key, sink):
         where = f"{self.uri}/{key}"
         with self._translated_errors(key):
-            url, headers = self._authorised_get(self._blob(key))
+            url, headers = authorised_get(self._blob(key))
         try:
             return ranged_http.download(self._http_session(), url, headers, sink,
                                         streams=self._download_streams)
@@ -214,28 +214,6 @@ class AzureBlobStore(ModelStore):
                 f"{where}: {error}.",
                 "Someone published over this version during the fetch; run it again.",
             ) from None
-
-    def _authorised_get(self, blob) -> tuple[str, dict]:
-        """The blob's URL and headers for a plain GET, authorised as the SDK would be."""
-        headers = {"x-ms-version": blob.api_version, "User-Agent": "modelship"}
-        credential = blob.credential
-        if credential is None:  # anonymous, or a SAS the SDK keeps in the URL
-            return blob.url, headers
-        account_key = getattr(credential, "account_key", None)
-        if account_key:
-            from azure.storage.blob import BlobSasPermissions, generate_blob_sas
-
-            sas = generate_blob_sas(
-                blob.account_name, blob.container_name, blob.blob_name,
-                account_key=account_key, permission=BlobSasPermissions(read=True),
-                expiry=datetime.now(timezone.utc) + DOWNLOAD_SAS_LIFETIME,
-            )
-            return f"{blob.url}?{sas}", headers
-        if hasattr(credential, "signature"):  # AzureSasCredential
-            return f"{blob.url}?{credential.signature.lstrip('?')}", headers
-        token = credential.get_token(STORAGE_TOKEN_SCOPE)
-        headers["Authorization"] = f"Bearer {token.token}"
-        return blob.url, headers
 
     def _http_session(self):
         if self._session is None:
@@ -255,3 +233,26 @@ class AzureBlobStore(ModelStore):
                 self._container.create_container()
             except ResourceExistsError:
                 pass
+
+
+def authorised_get(blob) -> tuple[str, dict]:
+    """The blob's URL and headers for a plain GET, authorised as the SDK would be."""
+    headers = {"x-ms-version": blob.api_version, "User-Agent": "modelship"}
+    credential = blob.credential
+    if credential is None:  # anonymous, or a SAS the SDK keeps in the URL
+        return blob.url, headers
+    account_key = getattr(credential, "account_key", None)
+    if account_key:
+        from azure.storage.blob import BlobSasPermissions, generate_blob_sas
+
+        sas = generate_blob_sas(
+            blob.account_name, blob.container_name, blob.blob_name,
+            account_key=account_key, permission=BlobSasPermissions(read=True),
+            expiry=datetime.now(timezone.utc) + DOWNLOAD_SAS_LIFETIME,
+        )
+        return f"{blob.url}?{sas}", headers
+    if hasattr(credential, "signature"):  # AzureSasCredential
+        return f"{blob.url}?{credential.signature.lstrip('?')}", headers
+    token = credential.get_token(STORAGE_TOKEN_SCOPE)
+    headers["Authorization"] = f"Bearer {token.token}"
+    return blob.url, headers

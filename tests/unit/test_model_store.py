@@ -262,3 +262,36 @@ def test_progress_prints_plain_lines_off_a_terminal_and_a_bar_on_one():
     bar.advance(100)
     bar.close()
     assert "\r" in terminal.getvalue() and "100%" in terminal.getvalue()
+
+
+def test_the_azure_download_is_authorised_as_the_sdk_client_is(monkeypatch):
+    """SAS in the URL, a read-only SAS signed with an account key, or a bearer token."""
+    from azure.core.credentials import AccessToken
+    from azure.storage.blob import BlobClient
+
+    from modelship.stores.azure_blob import AZURITE_ACCOUNT, AZURITE_KEY, authorised_get
+
+    account = "https://acct.blob.core.windows.net"
+    with_sas = BlobClient(account, "models", "d/1/model.onnx", credential="sv=2024&sig=abc")
+    url, headers = authorised_get(with_sas)
+    assert url.endswith("/models/d/1/model.onnx?sv=2024&sig=abc")
+    assert "Authorization" not in headers and headers["x-ms-version"]
+
+    keyed = BlobClient(account, "models", "d/1/model.onnx",
+                       credential={"account_name": AZURITE_ACCOUNT, "account_key": AZURITE_KEY})
+    url, headers = authorised_get(keyed)
+    query = url.split("?", 1)[1]
+    assert "sp=r&" in query and "sig=" in query and "se=" in query  # read-only, expiring
+    assert AZURITE_KEY not in url
+
+    class TokenCredential:
+        scopes = None
+
+        def get_token(self, *scopes, **kwargs):
+            TokenCredential.scopes = scopes
+            return AccessToken("token-123", 2**31)
+
+    with_token = BlobClient(account, "models", "d/1/model.onnx", credential=TokenCredential())
+    url, headers = authorised_get(with_token)
+    assert "?" not in url and headers["Authorization"] == "Bearer token-123"
+    assert TokenCredential.scopes == ("https://storage.azure.com/.default",)
