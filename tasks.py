@@ -251,7 +251,7 @@ def render(c, env=None, check=False, against=None, require_checkov=False):
     written = manifests.render(settings, record, pushed)
     echo(f"rendered {len(written)} manifests into {_shown(settings.render_dir)}/")
     for line in manifest_checks.check_rendered(settings.render_dir,
-                                               settings.deployment["kubernetes_version"],
+                                               settings.kubernetes.version,
                                                require_checkov):
         echo(line)
 

@@ -264,17 +264,17 @@ def summarize(listing: dict) -> dict:
 
 
 def aks_credentials_command(settings: Settings) -> str:
-    aks = settings.deployment.get("aks", {})
-    if not aks.get("resource_group") or not aks.get("cluster"):
+    aks = settings.kubernetes.aks
+    if not aks.resource_group or not aks.cluster:
         raise PipelineError(
             f"No AKS cluster is configured for '{settings.env}'.",
-            f"Set deployment.aks.resource_group and deployment.aks.cluster under "
+            f"Set kubernetes.aks.resource_group and kubernetes.aks.cluster under "
             f"modelship.environments.{settings.env} in invoke.yaml.",
         )
     # --context names the kubeconfig entry the way every other task expects to find it.
     return " ".join([
-        "az", "aks", "get-credentials", f"--resource-group={aks['resource_group']}",
-        f"--name={aks['cluster']}", f"--context={settings.kubernetes.context}",
+        "az", "aks", "get-credentials", f"--resource-group={aks.resource_group}",
+        f"--name={aks.cluster}", f"--context={settings.kubernetes.context}",
         "--overwrite-existing",
     ])
 

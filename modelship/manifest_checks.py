@@ -56,7 +56,7 @@ def schema_problems(folder: Path, kubernetes_version: str) -> list[str]:
                 raise PipelineError(
                     f"kubernetes-validate has no usable schemas for Kubernetes "
                     f"{kubernetes_version}: {error}.",
-                    "Set deployment.kubernetes_version in invoke.yaml to a supported minor "
+                    "Set kubernetes.version in invoke.yaml to a supported minor "
                     "version, or upgrade kubernetes-validate.",
                 ) from None
     return problems

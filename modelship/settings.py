@@ -63,10 +63,19 @@ class RegistrySettings:
 
 
 @dataclass(frozen=True)
+class AksSettings:
+    resource_group: str = ""
+    cluster: str = ""
+
+
+@dataclass(frozen=True)
 class KubernetesSettings:
     context: str
     namespace: str
     rollout_timeout: str = "300s"
+    # The Kubernetes minor version whose schemas rendered objects must pass.
+    version: str = "1.31"
+    aks: AksSettings = field(default_factory=AksSettings)
 
 
 @dataclass(frozen=True)
@@ -103,6 +112,29 @@ class Settings:
         return BUILD_DIR / "k8s" / self.env
 
 
+# Settings that once lived elsewhere: silently ignoring the old place would validate
+# manifests against the wrong version or fetch credentials for no cluster.
+_MOVED_SETTINGS = {
+    ("deployment", "kubernetes_version"): "kubernetes.version",
+    ("deployment", "aks"): "kubernetes.aks",
+}
+
+
+def _refuse_moved_settings(merged: Mapping, env: str) -> None:
+    for (section, key), new_place in _MOVED_SETTINGS.items():
+        if key in (merged.get(section) or {}):
+            raise PipelineError(
+                f"invoke.yaml sets {section}.{key} (for environment '{env}'), which has moved.",
+                f"Move it to {new_place}.",
+            )
+
+
+def _kubernetes_settings(section: Mapping) -> KubernetesSettings:
+    section = dict(section)
+    aks = AksSettings(**(section.pop("aks", None) or {}))
+    return KubernetesSettings(**section, aks=aks)
+
+
 def known_environments(config: Mapping) -> list[str]:
     return sorted(_plain(config.get("modelship", {})).get("environments", {}))
 
@@ -124,6 +156,7 @@ def load_settings(config: Mapping, env: str | None = None) -> Settings:
             f"Use one of: {known} (or add it under modelship.environments in invoke.yaml).",
         )
     merged = _merge(section.get("defaults", {}), environments[env] or {})
+    _refuse_moved_settings(merged, env)
     try:
         return Settings(
             env=env,
@@ -133,7 +166,7 @@ def load_settings(config: Mapping, env: str | None = None) -> Settings:
             model_store=ModelStoreSettings(**merged["model_store"]),
             image=ImageSettings(**merged["image"]),
             registry=RegistrySettings(**merged["registry"]),
-            kubernetes=KubernetesSettings(**merged["kubernetes"]),
+            kubernetes=_kubernetes_settings(merged["kubernetes"]),
             deployment=dict(merged.get("deployment", {})),
             local_services=LocalServiceSettings(**merged.get("local_services", {})),
         )

@@ -215,7 +215,7 @@ def test_aks_credentials_fetches_the_environment_cluster_under_its_context_name(
 
 def test_aks_credentials_without_a_configured_cluster_names_the_setting():
     settings = load_settings(project_config(), "local")
-    with pytest.raises(PipelineError, match="deployment.aks.resource_group"):
+    with pytest.raises(PipelineError, match="kubernetes.aks.resource_group"):
         kube.aks_credentials_command(settings)
 
 
@@ -431,3 +431,23 @@ def test_the_secret_value_is_never_printed(stand_in_kubectl, monkeypatch, capsys
     out = capsys.readouterr()
     assert "smoke-key" not in out.out + out.err
     assert "c21va2Uta2V5" not in out.out + out.err
+
+
+@pytest.mark.parametrize("old_key, new_place", [
+    ("kubernetes_version", "kubernetes.version"),
+    ("aks", "kubernetes.aks"),
+])
+def test_a_setting_left_in_its_old_place_is_refused_with_its_new_one(old_key, new_place):
+    config = project_config()
+    config["modelship"]["environments"]["dev"]["deployment"][old_key] = "1.30"
+
+    with pytest.raises(PipelineError, match=f"deployment.{old_key}.*Move it to {new_place}"):
+        load_settings(config, "dev")
+
+
+def test_the_kubernetes_version_and_aks_cluster_come_from_the_kubernetes_section():
+    settings = load_settings(project_config(), "staging")
+
+    assert settings.kubernetes.version == "1.31"
+    assert (settings.kubernetes.aks.resource_group, settings.kubernetes.aks.cluster) == (
+        "rg-modelship-prod", "aks-modelship-staging")

@@ -256,7 +256,7 @@ def test_a_failed_render_keeps_the_previous_folder(record, tmp_path):
 @pytest.mark.parametrize("env", ENVIRONMENTS)
 def test_every_object_is_valid_for_the_configured_kubernetes_version(env, record, tmp_path):
     render_env(env, record, tmp_path / env)
-    version = settings_for(env).deployment["kubernetes_version"]
+    version = settings_for(env).kubernetes.version
     assert manifest_checks.schema_problems(tmp_path / env, version) == []
 
 
