@@ -9,6 +9,7 @@ Each task is a thin call into the `modelship` package; settings come from invoke
 from __future__ import annotations
 
 import functools
+import json
 import sys
 
 from invoke import Collection, Exit, task
@@ -347,8 +348,37 @@ def aks_credentials(c, env=None):
     if not c.run(command, warn=True).ok:
         raise PipelineError(f"az aks get-credentials failed for '{settings.env}'.",
                             "Read az's message above; `az login` may be needed.")
-    if not is_dry(c):
-        echo(f"kube context '{settings.kubernetes.context}' is ready")
+    if is_dry(c):
+        echo(f"(then, if the cluster signs in with Microsoft Entra ID: "
+             f"{kube.kubelogin_convert_command(settings)})")
+        return
+    _use_kubelogin_if_needed(c, settings)
+    echo(f"kube context '{settings.kubernetes.context}' is ready")
+
+
+def _use_kubelogin_if_needed(c, settings) -> None:
+    """Entra ID clusters hand out a kubeconfig whose login only kubelogin can complete."""
+    from modelship import kube
+
+    view = c.run(kube.KUBECONFIG_VIEW, warn=True, hide=True)
+    if not view.ok:
+        raise PipelineError("kubectl cannot read the kubeconfig az just wrote.",
+                            "Run `kubectl config view` to see why.")
+    if not kube.context_uses_kubelogin(json.loads(view.stdout), settings.kubernetes.context):
+        return
+    if not c.run("kubelogin --version", warn=True, hide=True).ok:
+        raise PipelineError(
+            f"The cluster of '{settings.env}' signs in with Microsoft Entra ID, which needs "
+            "kubelogin, and kubelogin is not installed.",
+            "Run `az aks install-cli` (it installs kubectl and kubelogin), then "
+            f"`invoke aks.credentials --env={settings.env}` again.",
+        )
+    if not c.run(kube.kubelogin_convert_command(settings), warn=True).ok:
+        raise PipelineError(
+            "kubelogin could not convert the kubeconfig.",
+            f"Read its message above; kubernetes.aks.login is "
+            f"'{settings.kubernetes.aks.login}' (azurecli, workloadidentity, spn, msi...).",
+        )
 
 
 @task(help={"env": ENV_HELP})

@@ -279,6 +279,26 @@ def aks_credentials_command(settings: Settings) -> str:
     ])
 
 
+KUBECONFIG_VIEW = "kubectl config view --raw --output=json"
+
+
+def context_uses_kubelogin(kubeconfig: Mapping, context: str) -> bool:
+    """Whether `context`'s user signs in through kubelogin (AKS with Microsoft Entra ID)."""
+    contexts = {entry.get("name"): entry.get("context") or {}
+                for entry in kubeconfig.get("contexts") or []}
+    users = {entry.get("name"): entry.get("user") or {}
+             for entry in kubeconfig.get("users") or []}
+    user = users.get(contexts.get(context, {}).get("user"), {})
+    command = (user.get("exec") or {}).get("command") or ""
+    return os.path.basename(command).removesuffix(".exe") == "kubelogin"
+
+
+def kubelogin_convert_command(settings: Settings) -> str:
+    # Only this environment's context: other clusters in the kubeconfig keep their login.
+    return (f"kubelogin convert-kubeconfig --login={settings.kubernetes.aks.login} "
+            f"--context={settings.kubernetes.context}")
+
+
 def running_in_ci(environ: Mapping[str, str] = os.environ) -> bool:
     """Azure Pipelines sets TF_BUILD; most other CI systems set CI."""
     ci = environ.get("CI", "").strip().lower()

@@ -66,6 +66,9 @@ class RegistrySettings:
 class AksSettings:
     resource_group: str = ""
     cluster: str = ""
+    # How kubelogin signs in on clusters with Microsoft Entra ID login: azurecli (a
+    # laptop after `az login`, or an AzureCLI@2 pipeline step), workloadidentity, msi...
+    login: str = "azurecli"
 
 
 @dataclass(frozen=True)

@@ -10,13 +10,15 @@ from __future__ import annotations
 import io
 import json
 import os
+import re
 import socket
 import stat
+import subprocess
 import sys
 import textwrap
 import invoke
 import pytest
-from invoke import MockContext, Result
+from invoke import Exit, MockContext, Result
 
 import tasks
 from modelship import build_record, kube, manifests
@@ -208,9 +210,82 @@ def test_status_of_an_environment_without_the_app_says_what_to_do(dev):
 def test_aks_credentials_fetches_the_environment_cluster_under_its_context_name(capsys):
     command = ("az aks get-credentials --resource-group=rg-modelship-prod "
                "--name=aks-modelship-prod --context=aks-modelship-prod --overwrite-existing")
-    c = MockContext(config=project_config(), run={"az version": ok(), command: ok()})
+    plain_kubeconfig = json.dumps({"contexts": [], "users": []})
+    c = MockContext(config=project_config(), run={
+        "az version": ok(), command: ok(), kube.KUBECONFIG_VIEW: ok(plain_kubeconfig)})
     tasks.aks_credentials(c, env="prod")
     assert "aks-modelship-prod' is ready" in capsys.readouterr().out
+
+
+AKS_ENTRA_KUBECONFIG = """
+apiVersion: v1
+kind: Config
+clusters:
+- name: aks-modelship-prod
+  cluster: {server: "https://aks-modelship-prod.hcp.westeurope.azmk8s.io:443"}
+- name: kind-laptop
+  cluster: {server: "https://127.0.0.1:6443"}
+contexts:
+- name: aks-modelship-prod
+  context: {cluster: aks-modelship-prod, user: clusterUser_rg_aks-modelship-prod}
+- name: kind-laptop
+  context: {cluster: kind-laptop, user: kind-laptop}
+users:
+- name: clusterUser_rg_aks-modelship-prod
+  user:
+    exec:
+      apiVersion: client.authentication.k8s.io/v1beta1
+      command: kubelogin
+      args: [get-token, --login, devicecode, --server-id, 6dae42f8-4368-4678-94ff-3960e28e3630]
+- name: kind-laptop
+  user: {token: not-a-real-token}
+"""
+
+
+def kubeconfig_as_kubectl_shows_it(tmp_path, text=AKS_ENTRA_KUBECONFIG) -> dict:
+    # The real kubectl reads the file, as the task does after az writes it.
+    path = tmp_path / "kubeconfig"
+    path.write_text(textwrap.dedent(text))
+    shown = subprocess.run(kube.KUBECONFIG_VIEW.split(), capture_output=True, text=True,
+                           check=True, env={**os.environ, "KUBECONFIG": str(path)})
+    return json.loads(shown.stdout)
+
+
+def test_an_entra_id_context_is_recognised_by_its_kubelogin_user(tmp_path):
+    kubeconfig = kubeconfig_as_kubectl_shows_it(tmp_path)
+
+    assert kube.context_uses_kubelogin(kubeconfig, "aks-modelship-prod")
+    assert not kube.context_uses_kubelogin(kubeconfig, "kind-laptop")
+    assert not kube.context_uses_kubelogin(kubeconfig, "no-such-context")
+
+
+def test_aks_credentials_converts_an_entra_id_context_for_the_configured_login(tmp_path, capsys):
+    view = json.dumps(kubeconfig_as_kubectl_shows_it(tmp_path))
+    get_credentials = ("az aks get-credentials --resource-group=rg-modelship-prod "
+                       "--name=aks-modelship-prod --context=aks-modelship-prod "
+                       "--overwrite-existing")
+    convert = "kubelogin convert-kubeconfig --login=azurecli --context=aks-modelship-prod"
+    c = MockContext(config=project_config(), run={
+        "az version": ok(), get_credentials: ok(), kube.KUBECONFIG_VIEW: ok(view),
+        "kubelogin --version": ok("v0.1.4"), convert: ok(),
+    })
+
+    tasks.aks_credentials(c, env="prod")
+
+    assert [call.args[0] for call in c.run.call_args_list][-2:] == ["kubelogin --version",
+                                                                    convert]
+    assert "is ready" in capsys.readouterr().out
+
+
+def test_aks_credentials_without_kubelogin_says_how_to_install_it(tmp_path):
+    view = json.dumps(kubeconfig_as_kubectl_shows_it(tmp_path))
+    c = MockContext(config=project_config(), run={
+        "az version": ok(), re.compile("az aks get-credentials .*"): ok(),
+        kube.KUBECONFIG_VIEW: ok(view), "kubelogin --version": failed(exited=127),
+    })
+
+    with pytest.raises(Exit, match="needs kubelogin.*az aks install-cli"):
+        tasks.aks_credentials(c, env="prod")
 
 
 def test_aks_credentials_without_a_configured_cluster_names_the_setting():
