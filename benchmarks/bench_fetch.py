@@ -2,11 +2,12 @@
 
 Starts its own Azurite and moto S3 server on 127.0.0.1, publishes a random model of
 --size-mib (256 by default), then in the same run measures curl with a SAS / presigned URL,
-the SDK's default download (Azure), `modelship.model_store.fetch` from scratch (download +
-sha256 + atomic rename) and a re-fetch of the unchanged model. Prints MB/s, the ratio to curl
-and the targets: fetch >= 0.9x curl, re-fetch <= 0.5 s. Usage:
+the SDK's default download (Azure), `az storage blob download` when an Azure CLI is given
+(`--az`, or `az` on PATH), `modelship.model_store.fetch` from scratch (download + sha256 +
+atomic rename) and a re-fetch of the unchanged model. Prints MB/s, the ratio to curl and the
+targets: fetch >= 0.9x curl, re-fetch <= 0.5 s. Usage:
 
-    .venv/bin/python benchmarks/bench_fetch.py [--size-mib 256] [--repeat 3]
+    .venv/bin/python benchmarks/bench_fetch.py [--size-mib 256] [--repeat 3] [--az PATH]
 """
 
 from __future__ import annotations
@@ -69,7 +70,7 @@ def timed(action, before=None) -> float:
     return time.perf_counter() - started
 
 
-def bench_store(label, store, size, repeat, work: Path, curl_url, sdk_default=None):
+def bench_store(label, store, size, repeat, work: Path, curl_url, others=None):
     target = work / f"fetch-{label}"
     scratch = work / "scratch.bin"
     fresh = lambda: shutil.rmtree(target, ignore_errors=True)  # noqa: E731
@@ -87,8 +88,8 @@ def bench_store(label, store, size, repeat, work: Path, curl_url, sdk_default=No
         ratios.append(curl_seconds / fetch_seconds)
     curl_median = statistics.median(curl_timings)
     report("curl, one stream (baseline)", size, curl_median, None)
-    if sdk_default:
-        report("SDK, default settings", size, median_seconds(sdk_default, repeat), curl_median)
+    for name, action in (others or {}).items():
+        report(name, size, median_seconds(action, repeat), curl_median)
     report("fetch-model (download + sha256 + rename)", size, statistics.median(fetch_timings),
            curl_median)
     refetch = median_seconds(fetch, repeat)
@@ -101,7 +102,34 @@ def bench_store(label, store, size, repeat, work: Path, curl_url, sdk_default=No
     scratch.unlink(missing_ok=True)
 
 
-def bench_azure(size, repeat, work, model_dir):
+def az_cli_download(az: str, azurite, work: Path):
+    """`az storage blob download` (what the seed's pipeline ran) against Azurite."""
+    connection = (
+        f"DefaultEndpointsProtocol=http;AccountName={azurite.extra['account']};"
+        f"AccountKey={azurite.extra['key']};BlobEndpoint={azurite.url};"
+    )
+    environment = {
+        **os.environ,
+        # Azurite's public development key, passed the way a pipeline would: not argv.
+        "AZURE_STORAGE_CONNECTION_STRING": connection,
+        # Nothing may leave this machine: no telemetry, no survey or upgrade checks.
+        "AZURE_CORE_COLLECT_TELEMETRY": "false",
+        "AZURE_CORE_SURVEY_MESSAGE": "false",
+        "AZURE_CONFIG_DIR": str(work / "az-config"),
+    }
+
+    def download():
+        subprocess.run(
+            [az, "storage", "blob", "download", "--container-name", "models",
+             "--name", "bench/1/model.onnx", "--file", str(work / "az.bin"),
+             "--no-progress", "--only-show-errors", "--output", "none"],
+            check=True, env=environment,
+        )
+
+    return download
+
+
+def bench_azure(size, repeat, work, model_dir, az=None):
     from azure.storage.blob import BlobSasPermissions, BlobServiceClient, generate_blob_sas
 
     azurite = emulators.start_azurite()
@@ -121,8 +149,11 @@ def bench_azure(size, repeat, work, model_dir):
             with open(work / "sdk.bin", "wb") as handle:
                 blob.download_blob().readinto(handle)
 
+        others = {"SDK, default settings": sdk_default}
+        if az:
+            others["az storage blob download"] = az_cli_download(az, azurite, work)
         bench_store("Azure Blob on Azurite", store, size, repeat, work,
-                    f"{azurite.url}/models/bench/1/model.onnx?{sas}", sdk_default)
+                    f"{azurite.url}/models/bench/1/model.onnx?{sas}", others)
     finally:
         azurite.stop()
 
@@ -151,13 +182,15 @@ def main() -> None:
     parser.add_argument("--size-mib", type=int, default=256)
     parser.add_argument("--repeat", type=int, default=3)
     parser.add_argument("--only", choices=("azure", "s3"))
+    parser.add_argument("--az", default=shutil.which("az"),
+                        help="an Azure CLI to compare with (default: az on PATH, if any)")
     arguments = parser.parse_args()
     size = arguments.size_mib * 2**20
     with tempfile.TemporaryDirectory(prefix="bench-fetch-") as folder:
         work = Path(folder)
         model_dir = make_model(work / "model", size)
         if arguments.only in (None, "azure"):
-            bench_azure(size, arguments.repeat, work, model_dir)
+            bench_azure(size, arguments.repeat, work, model_dir, arguments.az)
         if arguments.only in (None, "s3"):
             bench_s3(size, arguments.repeat, work, model_dir)
 
