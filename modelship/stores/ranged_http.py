@@ -5,7 +5,8 @@ at their offsets as they arrive, in blocks, so receiving, writing and hashing ov
 instead of waiting for whole chunks to be buffered (what the Azure SDK's downloader
 does, which measured 0.8x a plain curl even before any hashing). A stream whose
 connection breaks resumes from the first byte it does not have, with backoff, a
-bounded number of times; every stream after the first asks `If-Match` the first
+bounded number of times (a loop of our own: neither the SDK's retry policy nor urllib3's
+`Retry` can resume a body part-way); every stream after the first asks `If-Match` the first
 response's ETag, so a model replaced mid-download can never be stitched together from
 two versions. This module must never put the URL (which may carry a SAS token) or a
 header into an exception message.
