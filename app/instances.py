@@ -31,13 +31,14 @@ def read_json_body(environ: dict, body_limit: int | None):
     413 if it is longer than `body_limit` bytes."""
     # The exact header every client library sends is recognised without parsing it.
     content_type = environ.get("CONTENT_TYPE", "")
-    if content_type != _JSON_CONTENT_TYPE and not _is_json(content_type):
+    if content_type != _JSON_CONTENT_TYPE:
         mimetype = parse_options_header(content_type)[0].lower()
-        raise ApiError(
-            415,
-            "unsupported_media_type",
-            f"expected Content-Type: application/json, got {mimetype or 'no content type'}",
-        )
+        if not _is_json(mimetype):
+            raise ApiError(
+                415,
+                "unsupported_media_type",
+                f"expected Content-Type: application/json, got {mimetype or 'no content type'}",
+            )
     body = _read_body(environ, body_limit)
     try:
         return orjson.loads(body)  # a fifth of the standard library's time on a 1-row body
@@ -62,9 +63,8 @@ def read_json_body(environ: dict, body_limit: int | None):
         ) from None
 
 
-def _is_json(content_type: str) -> bool:
+def _is_json(mimetype: str) -> bool:
     # What Werkzeug's Request.is_json accepts: application/json or application/*+json.
-    mimetype = parse_options_header(content_type)[0].lower()
     return mimetype == "application/json" or (
         mimetype.startswith("application/") and mimetype.endswith("+json")
     )
