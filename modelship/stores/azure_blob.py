@@ -106,17 +106,7 @@ class AzureBlobStore(ModelStore):
         try:
             yield
         except ResourceNotFoundError as error:
-            if "ContainerNotFound" in str(error.error_code):
-                raise StoreObjectMissing(
-                    f"The storage account at {self.endpoint} has no container "
-                    f"'{self.container}'.",
-                    "Check model_store.uri, or publish a model first (`invoke model.publish`).",
-                    whole_store=True,
-                ) from None
-            raise StoreObjectMissing(
-                f"The model store has no object {where}.",
-                "Publish a model first (`invoke model.publish`) or check model_store.uri.",
-            ) from None
+            raise self._status_error(404, str(error.error_code), where) from None
         except ClientAuthenticationError:
             raise PipelineError(
                 f"The model store at {self.endpoint} refused the credentials.",
@@ -142,7 +132,8 @@ class AzureBlobStore(ModelStore):
 
     def _status_error(self, status: int, error_code: str, where: str) -> PipelineError:
         if status == 404:
-            if error_code == "ContainerNotFound":
+            # Azure names the code in x-ms-error-code; the SDK passes it on as error_code.
+            if "ContainerNotFound" in error_code:
                 return StoreObjectMissing(
                     f"The storage account at {self.endpoint} has no container "
                     f"'{self.container}'.",
