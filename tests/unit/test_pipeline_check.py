@@ -5,7 +5,7 @@ import textwrap
 import pytest
 from invoke import Collection, Context, Exit, task
 
-from modelship import pipeline_check
+from modelship import pipeline_check, stage_files
 from modelship.pipeline_check import check, load_namespace
 
 ENVIRONMENTS = ("local", "dev", "staging", "prod")
@@ -212,16 +212,30 @@ def test_shell_step_without_fail_fast_fails(namespace, ci_dir):
                         "`set -euo pipefail`: a failing command in the middle would not stop it"]
 
 
-def test_a_task_added_to_the_collection_is_known_at_once(ci_dir):
+def test_a_task_added_to_the_collection_is_known_at_once(ci_dir, monkeypatch):
     @task(help={"fresh_flag": "A flag that did not exist yesterday."})
     def freshly_added(c, fresh_flag=False):
         """A task added by another change."""
 
+    # The change that adds a task declares its files too (tests/unit/test_handoff_check.py).
+    monkeypatch.setitem(stage_files.TASK_FILES, "freshly-added", stage_files.TaskFiles())
     write(ci_dir, "azure-pipelines.yml",
           steps_pipeline("set -euo pipefail\ninvoke freshly-added --fresh-flag"))
 
     assert check(ci_dir, Collection(freshly_added)) == []
     assert check(ci_dir, Collection()) != []
+
+
+def test_a_task_without_declared_files_cannot_be_proven_and_fails(ci_dir):
+    @task
+    def undeclared(c):
+        """A task nobody added to modelship/stage_files.py."""
+
+    write(ci_dir, "azure-pipelines.yml", steps_pipeline("set -euo pipefail\ninvoke undeclared"))
+
+    assert messages(check(ci_dir, Collection(undeclared))) == [
+        f"{ci_dir / 'azure-pipelines.yml'}:5: job Job: `invoke undeclared`: the task declares "
+        "no files in modelship/stage_files.py TASK_FILES, so what it needs cannot be checked"]
 
 
 def test_empty_folder_is_a_problem(namespace, tmp_path):

@@ -1,0 +1,64 @@
+"""What each Invoke task reads from and writes to the project's build/ folder.
+
+Stages run on agents that share nothing but pipeline artifacts, so a task can only run where
+its inputs were produced earlier in the same job or downloaded from an earlier stage.
+`invoke ci.check` proves that for every job in ci/ from the declarations here, which name the
+files as typed on the command line (`<env>` stands for the call's `--env`; a folder ends with
+"/"). Every task in tasks.py has an entry, even an empty one, so a new task is declared on
+purpose; a unit test holds the two lists together. This module only declares: it must never
+touch a file.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+ENV_PLACEHOLDER = "<env>"
+# Everything a task generates lives here; anything else in the project comes with the checkout.
+BUILD_DIR = "build/"
+MODEL_DIR = "build/model/"
+RECORD_FILE = "build/record.json"
+RENDER_DIR = f"build/k8s/{ENV_PLACEHOLDER}/"
+
+
+@dataclass(frozen=True)
+class TaskFiles:
+    reads: tuple[str, ...] = ()
+    writes: tuple[str, ...] = ()
+
+
+NOTHING = TaskFiles()
+
+TASK_FILES: dict[str, TaskFiles] = {
+    "fetch-model": TaskFiles(writes=(MODEL_DIR,)),
+    "build": TaskFiles(reads=(MODEL_DIR,), writes=(RECORD_FILE,)),
+    # The record carries the model's golden samples, so test needs no build/model/.
+    "test": TaskFiles(reads=(RECORD_FILE,), writes=(RECORD_FILE,)),
+    "push": TaskFiles(reads=(RECORD_FILE,), writes=(RECORD_FILE,)),
+    "render": TaskFiles(reads=(RECORD_FILE,), writes=(RENDER_DIR,)),
+    "apply": TaskFiles(reads=(RECORD_FILE, RENDER_DIR)),
+    "diff": TaskFiles(reads=(RENDER_DIR,)),
+    # deploy runs fetch-model through render itself, so it needs nothing handed over.
+    "deploy": TaskFiles(writes=(MODEL_DIR, RECORD_FILE, RENDER_DIR)),
+    # rollback goes back through the cluster's or the engine's own history, not build/.
+    "rollback": NOTHING,
+    "base-image": NOTHING,
+    "lock": NOTHING,
+    "status": NOTHING,
+    "aks.credentials": NOTHING,
+    "local.up": NOTHING,
+    "local.down": NOTHING,
+    "local.status": NOTHING,
+    "model.publish": NOTHING,
+    "model.check": NOTHING,
+    "ci.check": NOTHING,
+}
+
+
+def files_for(task_name: str, env: str) -> TaskFiles:
+    """The task's declared files for one environment; KeyError for an undeclared task."""
+    declared = TASK_FILES[task_name]
+    return TaskFiles(
+        reads=tuple(path.replace(ENV_PLACEHOLDER, env) for path in declared.reads),
+        writes=tuple(path.replace(ENV_PLACEHOLDER, env) for path in declared.writes),
+    )
