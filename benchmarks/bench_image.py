@@ -19,7 +19,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from modelship.build_record import read_record  # noqa: E402
+from modelship.release_record import load as read_record  # noqa: E402
 from modelship.image import docker_client  # noqa: E402
 
 MARKER = ROOT / "app" / "_benchmark_change.py"
@@ -52,10 +52,10 @@ def main() -> None:
     invoke("fetch-model")
     cold, _ = invoke("build", "--no-cache")
     record = read_record()
-    size_mb = record["image"]["size_bytes"] / 1e6
+    size_mb = record.image.size_bytes / 1e6
     push_cold, _ = invoke("push")
     print(f"cold build (no layer cache): {cold:.1f} s; first push {push_cold:.1f} s, "
-          f"{read_record()['pushed']['local']['bytes_pushed'] / 1e6:.1f} MB uploaded")
+          f"{read_record().require_push('local').bytes_pushed / 1e6:.1f} MB uploaded")
     print(f"image size: {size_mb:.0f} MB (target <= 350 MB)")
 
     rerun_build, out_build = invoke("build")
@@ -70,8 +70,8 @@ def main() -> None:
         changed_build, _ = invoke("build")
         changed_push, _ = invoke("push")
         record = read_record()
-        sizes = layer_sizes(record["image"]["id"])
-        pushed = record["pushed"]["local"]["bytes_pushed"]
+        sizes = layer_sizes(record.image.id)
+        pushed = record.require_push("local").bytes_pushed
         print(f"code-only change: build {changed_build:.1f} s, push {changed_push:.2f} s, "
               f"{pushed / 1e3:.1f} kB uploaded; code layer {sizes.get('code', 0) / 1e3:.1f} kB, "
               f"model layer {sizes.get('model', 0) / 1e3:.1f} kB "

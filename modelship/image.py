@@ -17,7 +17,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 from . import __version__
-from .build_record import write_record
+from .release_record import ImageRecord, ModelRecord, PushRecord, ReleaseRecord, SourceRecord
 from .errors import PipelineError
 from .gitinfo import SourceState
 from .settings import BUILD_DIR, PROJECT_ROOT, Settings
@@ -231,38 +231,32 @@ def plan_build(client, settings: Settings, source: SourceState) -> BuildPlan:
     )
 
 
-def _record(plan: BuildPlan, settings: Settings, image: dict) -> dict:
-    return {
-        "image": {
-            "repository": settings.image.repository,
-            "tag": plan.tag,
-            "inputs": plan.inputs,
-            "base": settings.image.base,
-            **image,
-        },
-        "model": {key: plan.model.get(key) for key in ("name", "version", "sha256")},
-        "source": {"revision": plan.source.revision, "dirty": plan.source.dirty},
-        "pushed": {},
-    }
+def _record(plan: BuildPlan, settings: Settings, **image) -> ReleaseRecord:
+    return ReleaseRecord(
+        image=ImageRecord(repository=settings.image.repository, tag=plan.tag, inputs=plan.inputs,
+                          base=settings.image.base, **image),
+        model=ModelRecord(
+            name=str(plan.model["name"]), version=str(plan.model["version"]),
+            sha256=str(plan.model["sha256"]), task=str(plan.model.get("task", "classification")),
+            golden=list(plan.model.get("golden") or []),
+        ),
+        source=SourceRecord(revision=plan.source.revision, dirty=plan.source.dirty),
+    )
 
 
-def record_up_to_date(plan: BuildPlan, settings: Settings, digest: str) -> dict:
-    """The build record for an image the registry already holds: nothing is built."""
+def record_up_to_date(plan: BuildPlan, settings: Settings, digest: str) -> ReleaseRecord:
+    """The record of an image the registry already holds for `settings.env`: nothing built."""
     repository = settings.image_repository
-    record = _record(plan, settings, {
-        "id": None, "name": f"{repository}@{digest}", "labels": plan.labels,
-        "size_bytes": None, "up_to_date": True,
-    })
-    record["pushed"][settings.env] = {
-        "repository": repository, "tag": plan.tag, "digest": digest,
-        "reference": f"{repository}@{digest}", "inputs": plan.inputs, "bytes_pushed": 0,
-    }
-    write_record(record)
-    return record
+    record = _record(plan, settings, id=None, name=f"{repository}@{digest}",
+                     labels=plan.labels, size_bytes=None, up_to_date=True)
+    return record.with_push(settings.env, PushRecord(
+        repository=repository, tag=plan.tag, digest=digest,
+        reference=f"{repository}@{digest}", inputs=plan.inputs, bytes_pushed=0,
+    ))
 
 
 def build_image(client, settings: Settings, plan: BuildPlan, cache_from: list[str],
-                echo, no_cache: bool = False) -> dict:
+                echo, no_cache: bool = False) -> ReleaseRecord:
     local_name = f"{settings.image.repository}:{plan.tag}"
     buildargs = {
         "BASE_IMAGE": settings.image.base,
@@ -273,9 +267,5 @@ def build_image(client, settings: Settings, plan: BuildPlan, cache_from: list[st
     image_id = _run_build(client, context, local_name, buildargs, plan.labels, cache_from, echo,
                           no_cache)
     image = client.images.get(image_id)
-    record = _record(plan, settings, {
-        "id": image_id, "name": local_name, "labels": image.labels,
-        "size_bytes": image.attrs.get("Size", 0), "up_to_date": False,
-    })
-    write_record(record)
-    return record
+    return _record(plan, settings, id=image_id, name=local_name, labels=image.labels or {},
+                   size_bytes=image.attrs.get("Size", 0), up_to_date=False)

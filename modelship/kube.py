@@ -106,7 +106,7 @@ def diff(c, settings: Settings) -> bool:
     )
 
 
-def _roll_back(c, commands: dict[str, str], echo: Echo) -> bool:
+def roll_back(c, commands: dict[str, str], echo: Echo) -> bool:
     echo("rolling back to the previous revision")
     undone = c.run(commands["undo"], warn=True)
     if not _ok(undone):
@@ -130,7 +130,7 @@ def apply(c, settings: Settings, smoke: Callable[[], None] | None = None,
         # Read the events before the undo replaces the failing pods.
         events = c.run(commands["events"], warn=True, hide=True)
         pods = c.run(commands["pods"], warn=True, hide=True)
-        rolled_back = _roll_back(c, commands, echo)
+        rolled_back = roll_back(c, commands, echo)
         echo("pods of the failed rollout:\n" + (_stdout(pods).strip() or "(none listed)"))
         echo("their warning events:\n" + (_stdout(events).strip() or "(none recorded)"))
         raise PipelineError(
@@ -145,7 +145,7 @@ def apply(c, settings: Settings, smoke: Callable[[], None] | None = None,
     try:
         smoke()
     except PipelineError as failure:
-        rolled_back = _roll_back(c, commands, echo)
+        rolled_back = roll_back(c, commands, echo)
         raise PipelineError(
             f"The smoke test after the rollout failed: {failure.problem} "
             + ("The release was rolled back." if rolled_back else "The rollback failed too."),
@@ -291,6 +291,45 @@ def context_uses_kubelogin(kubeconfig: Mapping, context: str) -> bool:
     user = users.get(contexts.get(context, {}).get("user"), {})
     command = (user.get("exec") or {}).get("command") or ""
     return os.path.basename(command).removesuffix(".exe") == "kubelogin"
+
+
+def fetch_credentials(c, settings: Settings, dry: bool, echo: Echo) -> str:
+    """`az aks get-credentials` into the kubeconfig, then kubelogin where Entra ID needs it."""
+    command = aks_credentials_command(settings)
+    if not dry and not c.run("az version", warn=True, hide=True).ok:
+        raise PipelineError("The Azure CLI (az) is not installed or does not start.",
+                            "Install it (`pip install -e .[azure]`) and run `az login`.")
+    if not c.run(command, warn=True).ok:
+        raise PipelineError(f"az aks get-credentials failed for '{settings.env}'.",
+                            "Read az's message above; `az login` may be needed.")
+    if dry:
+        return (f"[dry] would then, if the cluster signs in with Microsoft Entra ID, run "
+                f"{kubelogin_convert_command(settings)}")
+    _use_kubelogin_if_needed(c, settings)
+    return f"kube context '{settings.kubernetes.context}' is ready"
+
+
+def _use_kubelogin_if_needed(c, settings: Settings) -> None:
+    """Entra ID clusters hand out a kubeconfig whose login only kubelogin can complete."""
+    view = c.run(KUBECONFIG_VIEW, warn=True, hide=True)
+    if not view.ok:
+        raise PipelineError("kubectl cannot read the kubeconfig az just wrote.",
+                            "Run `kubectl config view` to see why.")
+    if not context_uses_kubelogin(json.loads(view.stdout), settings.kubernetes.context):
+        return
+    if not c.run("kubelogin --version", warn=True, hide=True).ok:
+        raise PipelineError(
+            f"The cluster of '{settings.env}' signs in with Microsoft Entra ID, which needs "
+            "kubelogin, and kubelogin is not installed.",
+            "Run `az aks install-cli` (it installs kubectl and kubelogin), then "
+            f"`invoke aks.credentials --env={settings.env}` again.",
+        )
+    if not c.run(kubelogin_convert_command(settings), warn=True).ok:
+        raise PipelineError(
+            "kubelogin could not convert the kubeconfig.",
+            f"Read its message above; kubernetes.aks.login is "
+            f"'{settings.kubernetes.aks.login}' (azurecli, workloadidentity, spn, msi...).",
+        )
 
 
 def kubelogin_convert_command(settings: Settings) -> str:

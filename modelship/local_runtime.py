@@ -13,10 +13,16 @@ from .service_checks import check_golden, wait_ready
 from .settings import Settings
 
 ROLE_LABEL = "ai.modelship.role"
+# The image the container replaced: what `invoke rollback` runs again.
+PREVIOUS_IMAGE_LABEL = "ai.modelship.previous-image"
 
 
 def container_name(settings: Settings) -> str:
     return f"{settings.app_name}-{settings.env}"
+
+
+def base_url(settings: Settings) -> str:
+    return f"http://127.0.0.1:{int(settings.deployment['port'])}"
 
 
 def _find(client, name: str):
@@ -47,11 +53,17 @@ def pull(client, reference: str, auth: dict | None) -> None:
         ) from None
 
 
-def deploy(client, settings: Settings, reference: str, auth: dict | None, metadata: dict,
-           echo) -> str:
+def previous_image(client, settings: Settings) -> str | None:
+    container = _find(client, container_name(settings))
+    return (container.labels or {}).get(PREVIOUS_IMAGE_LABEL) if container else None
+
+
+def deploy(client, settings: Settings, reference: str, auth: dict | None,
+           metadata: dict | None, echo, check_golden_sample: bool = True) -> str:
+    """Run `reference` in place of the current container; restore that one on failure."""
     pull(client, reference, auth)
     port = int(settings.deployment["port"])
-    base_url = f"http://127.0.0.1:{port}"
+    url = base_url(settings)
     name = container_name(settings)
     previous_name = f"{name}-previous"
 
@@ -59,20 +71,22 @@ def deploy(client, settings: Settings, reference: str, auth: dict | None, metada
     if leftover is not None:
         leftover.remove(force=True)
     previous = _find(client, name)
+    labels = {ROLE_LABEL: "deployment", "ai.modelship.env": settings.env}
     if previous is not None:
+        labels[PREVIOUS_IMAGE_LABEL] = previous.attrs["Config"]["Image"]
         previous.rename(previous_name)
         previous.stop(timeout=20)
 
     container = client.containers.run(
         reference, name=name, detach=True, network_mode="host",
         environment={"HOST": "127.0.0.1", "PORT": str(port)},
-        labels={ROLE_LABEL: "deployment", "ai.modelship.env": settings.env},
-        restart_policy={"Name": "unless-stopped"},
+        labels=labels, restart_policy={"Name": "unless-stopped"},
     )
     try:
-        wait_ready(base_url, 60, lambda: container_running(container),
+        wait_ready(url, 60, lambda: container_running(container),
                    lambda: container_logs(container))
-        check_golden(base_url, metadata, limit=1)
+        if check_golden_sample and metadata is not None:
+            check_golden(url, metadata, limit=1)
     except PipelineError as failure:
         logs = container_logs(container)
         container.remove(force=True)
@@ -80,7 +94,7 @@ def deploy(client, settings: Settings, reference: str, auth: dict | None, metada
             previous.rename(name)
             previous.start()
             try:
-                wait_ready(base_url, 60, lambda: container_running(previous),
+                wait_ready(url, 60, lambda: container_running(previous),
                            lambda: container_logs(previous))
                 failure.fix += " The previous deployment was restored and serves again."
             except PipelineError:
@@ -89,7 +103,7 @@ def deploy(client, settings: Settings, reference: str, auth: dict | None, metada
         raise
     if previous is not None:
         previous.remove(force=True)
-    return base_url
+    return url
 
 
 def remove(client, settings: Settings) -> bool:

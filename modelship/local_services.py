@@ -321,3 +321,33 @@ def down() -> list[str]:
         if stop_started(name):
             stopped.append(name)
     return stopped
+
+
+def down_with_deployment(settings) -> list[str]:
+    """`local.down`: the local deployment's container first, then what `up()` started."""
+    lines = []
+    if engine_answers():
+        from .image import docker_client
+        from .local_runtime import remove
+
+        if remove(docker_client(), settings):
+            lines.append("removed the local deployment container")
+    stopped = down()
+    lines.append("stopped: " + (", ".join(stopped) if stopped else
+                                "nothing (local.up started nothing)"))
+    return lines
+
+
+def describe(ports: LocalServiceSettings) -> list[str]:
+    """One line per service: whether it answers, and whether `up()` started it."""
+    probes = {
+        "dockerd": engine_answers(),
+        "registry": registry_answers(ports.registry_port),
+        "azurite": azurite_answers(ports.azurite_port),
+    }
+    lines = []
+    for name, answers in probes.items():
+        pid = started_pid(name)
+        owner = f"started by local.up, pid {pid}" if pid else "not started by local.up"
+        lines.append(f"{name:9} {'up' if answers else 'down':5} ({owner})")
+    return lines

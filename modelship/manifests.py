@@ -2,10 +2,12 @@
 
 Output goes to `build/k8s/<env>/`, one file per Kubernetes object named after its kind,
 each with a header naming the source revision and model, keys sorted, the image pinned by
-the digest the push recorded. The same record and config always give the same bytes, so a
-rendering can be compared with an earlier one (`drift`). Rendering is strict: a value
-missing from the config is an error that names it. It must never render a secret's value,
-only references to Secrets.
+digest: the one the push recorded, or one given for review (`render --image`). The same
+inputs always give the same bytes, so a rendering can be compared with an earlier one
+(`drift`). Rendering is strict (a value missing from the config is an error that names it)
+and all-or-nothing: files are written and validated in a staging folder that replaces the
+reviewed one only when every check passed. It must never render a secret's value, only
+references to Secrets.
 """
 
 from __future__ import annotations
@@ -13,61 +15,98 @@ from __future__ import annotations
 import difflib
 import hashlib
 import json
+import re
 import shutil
 import tempfile
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Callable
 
 import jinja2
 import yaml
 
 from .errors import PipelineError
+from .release_record import PushRecord, ReleaseRecord
 from .settings import PROJECT_ROOT, Settings
 
 TEMPLATE_DIR = PROJECT_ROOT / "templates" / "k8s"
+PINNED_IMAGE = re.compile(r"\A[^\s@]+@sha256:[0-9a-f]{64}\Z")
+UNKNOWN = "unknown"
 
 
-def _pinned_image(settings: Settings, pushed: dict) -> str:
-    reference = pushed.get("reference", "")
-    if "@sha256:" not in reference:
+@dataclass(frozen=True)
+class Release:
+    """What a rendering shows: the image by digest, the source revision and the model."""
+    image: str
+    version_label: str
+    revision: str
+    dirty: bool
+    model_name: str
+    model_version: str
+    model_sha256: str
+    # Said in every file's header when the image did not come from the release record.
+    note: str = ""
+
+    @classmethod
+    def from_record(cls, record: ReleaseRecord, pushed: PushRecord) -> Release:
+        return cls(image=pushed.reference, version_label=record.image.tag,
+                   revision=record.source.revision, dirty=record.source.dirty,
+                   model_name=record.model.name, model_version=record.model.version,
+                   model_sha256=record.model.sha256)
+
+    @classmethod
+    def for_review(cls, image: str, revision: str, dirty: bool) -> Release:
+        """A rendering of the templates around a given image, with no build behind it."""
+        digest = image.rpartition("@sha256:")[2]
+        return cls(image=image, version_label=f"review-{digest[:12]}", revision=revision,
+                   dirty=dirty, model_name=UNKNOWN, model_version=UNKNOWN,
+                   model_sha256=UNKNOWN,
+                   note="# image given with `render --image` for review (no build record): "
+                        "model unknown\n")
+
+
+def _pinned_image(settings: Settings, release: Release) -> str:
+    if not PINNED_IMAGE.match(release.image):
         raise PipelineError(
-            f"The pushed image for '{settings.env}' is not pinned by digest ({reference!r}).",
-            f"Run `invoke push --env={settings.env}` again so the record holds the digest.",
+            f"The image for '{settings.env}' is not pinned by digest ({release.image!r}).",
+            f"Give it as REPOSITORY@sha256:<64 hex>, or run `invoke push --env={settings.env}` "
+            "so the record holds the digest.",
         )
-    return reference
+    return release.image
 
 
-def app_config(settings: Settings, record: dict) -> dict:
+def app_config(settings: Settings, release: Release) -> dict:
     """The ConfigMap's data: plain settings the app reads from its environment."""
     deployment = settings.deployment
     return {
-        "APP_VERSION": str(record["image"]["tag"]),
-        "GIT_REVISION": str(record["source"]["revision"]),
+        "APP_VERSION": release.version_label,
+        "GIT_REVISION": release.revision,
         "MAX_BATCH": str(deployment["max_batch"]),
         "WEB_CONCURRENCY": str(deployment["web_concurrency"]),
     }
 
 
-def template_values(settings: Settings, record: dict, pushed: dict) -> dict:
+def template_values(settings: Settings, release: Release) -> dict:
     try:
-        return _template_values(settings, record, pushed)
+        return _template_values(settings, release)
     except KeyError as missing:
         raise PipelineError(
             f"Rendering for '{settings.env}' needs {missing.args[0]!r}, which neither the "
             "config's deployment section nor the build record has.",
             f"Add it under modelship.defaults.deployment (or environments.{settings.env}) in "
-            "invoke.yaml, or rebuild to refresh build/record.json.",
+            "invoke.yaml, or rebuild to refresh the release record.",
         ) from None
 
 
-def _template_values(settings: Settings, record: dict, pushed: dict) -> dict:
+def _template_values(settings: Settings, release: Release) -> dict:
     deployment = settings.deployment
     instance = f"{settings.app_name}-{settings.env}"
-    config = app_config(settings, record)
+    config = app_config(settings, release)
     return {
         "env": settings.env,
         "app_name": settings.app_name,
         "namespace": settings.kubernetes.namespace,
-        "image": _pinned_image(settings, pushed),
+        "image": _pinned_image(settings, release),
         "deployment": deployment,
         "container_port": deployment["container_port"],
         "autoscaling": deployment["autoscaling"],
@@ -76,18 +115,19 @@ def _template_values(settings: Settings, record: dict, pushed: dict) -> dict:
         "api_key": deployment["api_key"],
         # The serving app reads API_KEY_FILE; this is where the Secret is mounted.
         "api_key_mount_path": "/var/run/secrets/modelship",
-        "revision": record["source"]["revision"],
-        "model": record["model"],
+        "revision": release.revision,
+        "model": {"name": release.model_name, "version": release.model_version,
+                  "sha256": release.model_sha256},
         "app_config": config,
         "config_sha256": hashlib.sha256(
             json.dumps(config, sort_keys=True).encode()
         ).hexdigest(),
         "release_annotations": {
-            "modelship.ai/git-revision": str(record["source"]["revision"]),
-            "modelship.ai/source-dirty": str(bool(record["source"].get("dirty"))).lower(),
-            "modelship.ai/model-name": str(record["model"]["name"]),
-            "modelship.ai/model-version": str(record["model"]["version"]),
-            "modelship.ai/model-sha256": str(record["model"]["sha256"]),
+            "modelship.ai/git-revision": release.revision,
+            "modelship.ai/source-dirty": str(release.dirty).lower(),
+            "modelship.ai/model-name": release.model_name,
+            "modelship.ai/model-version": release.model_version,
+            "modelship.ai/model-sha256": release.model_sha256,
         },
         "selector": {
             "app.kubernetes.io/name": settings.app_name,
@@ -96,7 +136,7 @@ def _template_values(settings: Settings, record: dict, pushed: dict) -> dict:
         "labels": {
             "app.kubernetes.io/name": settings.app_name,
             "app.kubernetes.io/instance": instance,
-            "app.kubernetes.io/version": str(record["image"]["tag"]),
+            "app.kubernetes.io/version": release.version_label,
             "app.kubernetes.io/component": "model-server",
             "app.kubernetes.io/part-of": settings.app_name,
             "app.kubernetes.io/managed-by": "modelship",
@@ -116,21 +156,22 @@ def _jinja_environment(template_dir: Path) -> jinja2.Environment:
     return environment
 
 
-def header(settings: Settings, record: dict) -> str:
-    model = record["model"]
-    dirty = " (uncommitted changes)" if record["source"].get("dirty") else ""
+def header(settings: Settings, release: Release) -> str:
+    dirty = " (uncommitted changes)" if release.dirty else ""
     return (
         f"# Rendered by modelship for environment '{settings.env}' from revision "
-        f"{record['source']['revision']}{dirty}\n"
-        f"# model {model['name']} {model['version']} sha256:{model['sha256']}\n"
+        f"{release.revision}{dirty}\n"
+        f"# model {release.model_name} {release.model_version} sha256:{release.model_sha256}\n"
+        + release.note
     )
 
 
-def render_objects(settings: Settings, record: dict, pushed: dict,
-                   template_dir: Path = TEMPLATE_DIR) -> dict[str, dict]:
+def render_objects(settings: Settings, release: Release,
+                   template_dir: Path | None = None) -> dict[str, dict]:
     """Every object the templates produce for `settings.env`, keyed by its file name."""
+    template_dir = template_dir or TEMPLATE_DIR
     environment = _jinja_environment(template_dir)
-    values = template_values(settings, record, pushed)
+    values = template_values(settings, release)
     objects: dict[str, dict] = {}
     for template_path in sorted(template_dir.glob("*.yaml.j2")):
         try:
@@ -162,28 +203,43 @@ def _file_name(document: dict, taken: dict) -> str:
     return name
 
 
-def write_objects(objects: dict[str, dict], text_header: str, output_dir: Path) -> list[Path]:
-    """Replace `output_dir` with one file per object; a failed write leaves the old folder."""
+def write_objects(objects: dict[str, dict], text_header: str, folder: Path) -> list[Path]:
+    folder.mkdir(parents=True, exist_ok=True)
+    for name, document in objects.items():
+        (folder / name).write_text(text_header + yaml.safe_dump(
+            document, sort_keys=True, default_flow_style=False, width=10_000
+        ))
+    return [folder / name for name in objects]
+
+
+def render(settings: Settings, release: Release, template_dir: Path | None = None,
+           output_dir: Path | None = None,
+           validate: Callable[[Path], list[str]] | None = None) -> list[str]:
+    """Render, validate in a staging folder, then swap it in; returns the checks' report.
+
+    A failure anywhere (template, schema, policy, disk) leaves `output_dir` byte for byte as
+    it was, so `apply` never takes a rendering nobody could have reviewed.
+    """
+    output_dir = output_dir or settings.render_dir
+    objects = render_objects(settings, release, template_dir)
     output_dir.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{output_dir.name}.", dir=output_dir.parent))
+    staging = Path(tempfile.mkdtemp(prefix=f".{output_dir.name}.rendering.", dir=output_dir.parent))
     staging.chmod(0o755)  # mkdtemp makes it private; the review folder is for everyone
+    retired = output_dir.with_name(f".{output_dir.name}.previous")
     try:
-        for name, document in objects.items():
-            (staging / name).write_text(text_header + yaml.safe_dump(
-                document, sort_keys=True, default_flow_style=False, width=10_000
-            ))
-        shutil.rmtree(output_dir, ignore_errors=True)
+        write_objects(objects, header(settings, release), staging)
+        report = validate(staging) if validate else []
+        shutil.rmtree(retired, ignore_errors=True)
+        if output_dir.exists():
+            output_dir.rename(retired)
         staging.rename(output_dir)
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
+        if retired.exists() and not output_dir.exists():
+            retired.rename(output_dir)
         raise
-    return [output_dir / name for name in objects]
-
-
-def render(settings: Settings, record: dict, pushed: dict,
-           template_dir: Path = TEMPLATE_DIR, output_dir: Path | None = None) -> list[Path]:
-    objects = render_objects(settings, record, pushed, template_dir)
-    return write_objects(objects, header(settings, record), output_dir or settings.render_dir)
+    shutil.rmtree(retired, ignore_errors=True)
+    return report
 
 
 def drift(expected_dir: Path, actual_dir: Path) -> list[str]:
@@ -201,10 +257,10 @@ def drift(expected_dir: Path, actual_dir: Path) -> list[str]:
     return lines
 
 
-def check(settings: Settings, record: dict, pushed: dict, expected_dir: Path,
-          template_dir: Path = TEMPLATE_DIR) -> list[str]:
+def check(settings: Settings, release: Release, expected_dir: Path,
+          template_dir: Path | None = None) -> list[str]:
     """Render into a temporary folder and diff it with `expected_dir`; writes nothing else."""
     with tempfile.TemporaryDirectory(prefix="modelship-render-") as scratch:
         fresh = Path(scratch) / settings.env
-        render(settings, record, pushed, template_dir, output_dir=fresh)
+        render(settings, release, template_dir, output_dir=fresh)
         return drift(expected_dir, fresh)

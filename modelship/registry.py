@@ -12,10 +12,10 @@ import os
 import shutil
 import subprocess
 
-from .build_record import write_record
 from .errors import PipelineError
 from .image import CACHE_TAG, inputs_tag
 from .local_services import read_registry_login
+from .release_record import PushRecord, ReleaseRecord
 from .settings import Settings
 
 LOOPBACK_PREFIXES = ("127.", "localhost:", "[::1]:")
@@ -129,41 +129,26 @@ def _push_tag(client, repository: str, tag: str, auth: dict | None) -> tuple[str
         ) from None
 
 
-def already_pushed(record: dict, env: str) -> dict | None:
-    pushed = record.get("pushed", {}).get(env)
-    if pushed and pushed.get("inputs") == record["image"].get("inputs"):
-        return pushed
-    return None
-
-
-def push_image(client, settings: Settings, record: dict, echo) -> dict:
+def push_image(client, settings: Settings, record: ReleaseRecord) -> PushRecord:
     """Push the content tag, the inputs tag (for up-to-date checks) and the cache tag."""
     import docker
 
     repository = settings.image_repository
-    tag = record["image"]["tag"]
+    tag = record.image.tag
     try:
-        image = client.images.get(record["image"]["id"] or "")
+        image = client.images.get(record.image.id or record.image.name)
     except docker.errors.ImageNotFound:
         raise PipelineError(
-            f"The built image {record['image']['name']} is not in the engine.",
-            "Run `invoke build` again.",
+            f"The built image {record.image.name} is not in the engine.",
+            f"Run `invoke build --env={settings.env}` again on this machine.",
         ) from None
     auth = login(client, settings)
-    tags = [tag, inputs_tag(record["image"]["inputs"]), CACHE_TAG]
+    tags = [tag, inputs_tag(record.image.inputs), CACHE_TAG]
     for each in tags:
         image.tag(repository, each)
     digest, bytes_pushed = _push_tag(client, repository, tag, auth)
     for extra in tags[1:]:
         _push_tag(client, repository, extra, auth)
-    pushed = {
-        "repository": repository,
-        "tag": tag,
-        "digest": digest,
-        "reference": f"{repository}@{digest}",
-        "inputs": record["image"]["inputs"],
-        "bytes_pushed": bytes_pushed,
-    }
-    record.setdefault("pushed", {})[settings.env] = pushed
-    write_record(record)
-    return pushed
+    return PushRecord(repository=repository, tag=tag, digest=digest,
+                      reference=f"{repository}@{digest}", inputs=record.image.inputs,
+                      bytes_pushed=bytes_pushed)

@@ -3,13 +3,12 @@
 from __future__ import annotations
 
 import io
-import json
 import tarfile
 
 import pytest
 
 from modelship import image
-from modelship.build_record import read_record
+from modelship.release_record import load as read_record
 from modelship.container_test import run_contract
 from modelship.errors import PipelineError
 from modelship.image import read_model_metadata
@@ -33,15 +32,15 @@ def fresh_build(published_model, local_stack):
 
 
 def test_build_record_and_labels_describe_the_image(fresh_build, docker_client):
-    built = docker_client.images.get(fresh_build["image"]["id"])
+    built = docker_client.images.get(fresh_build.image.id)
     labels = built.labels
-    assert labels["org.opencontainers.image.revision"] == fresh_build["source"]["revision"]
-    assert labels["ai.modelship.model.sha256"] == fresh_build["model"]["sha256"]
-    assert labels[image.INPUTS_LABEL] == fresh_build["image"]["inputs"]
-    assert f"{fresh_build['image']['repository']}:{fresh_build['image']['tag']}" in built.tags
+    assert labels["org.opencontainers.image.revision"] == fresh_build.source.revision
+    assert labels["ai.modelship.model.sha256"] == fresh_build.model.sha256
+    assert labels[image.INPUTS_LABEL] == fresh_build.image.inputs
+    assert f"{fresh_build.image.repository}:{fresh_build.image.tag}" in built.tags
     assert built.attrs["Config"]["User"] == "10001:10001"
     assert built.attrs["Config"]["Healthcheck"]["Test"][0] == "CMD"
-    assert fresh_build["image"]["size_bytes"] <= 350e6
+    assert fresh_build.image.size_bytes <= 350e6
 
 
 def test_rebuild_and_push_with_the_same_inputs_are_skipped(fresh_build, run_invoke):
@@ -52,8 +51,8 @@ def test_rebuild_and_push_with_the_same_inputs_are_skipped(fresh_build, run_invo
     pushed = run_invoke("push")
     assert "up to date" in pushed.stdout
     record = read_record()
-    assert record["image"]["up_to_date"] is True
-    assert record["pushed"]["local"]["reference"].startswith("127.0.0.1:")
+    assert record.image.up_to_date is True
+    assert record.require_push("local").reference.startswith("127.0.0.1:")
 
 
 def test_contract_test_runs_against_an_up_to_date_image(fresh_build, run_invoke):
@@ -79,7 +78,7 @@ def _derived_image(client, base_id: str, lines: list[str], tag: str) -> str:
 
 
 def test_contract_refuses_an_image_that_runs_as_root(fresh_build, docker_client):
-    rooted = _derived_image(docker_client, fresh_build["image"]["id"], ["USER root"],
+    rooted = _derived_image(docker_client, fresh_build.image.id, ["USER root"],
                             "modelship-test/rooted")
     with pytest.raises(PipelineError, match="runs as root"):
         run_contract(docker_client, rooted, read_model_metadata(), print)
@@ -88,7 +87,7 @@ def test_contract_refuses_an_image_that_runs_as_root(fresh_build, docker_client)
 
 
 def test_contract_refuses_an_image_with_a_baked_in_secret(fresh_build, docker_client):
-    leaky = _derived_image(docker_client, fresh_build["image"]["id"],
+    leaky = _derived_image(docker_client, fresh_build.image.id,
                            ["ENV STORAGE_PASSWORD=s3cr3t-value"], "modelship-test/leaky")
     with pytest.raises(PipelineError, match="looks like a secret"):
         run_contract(docker_client, leaky, read_model_metadata(), print)
@@ -98,7 +97,7 @@ def test_contract_refuses_an_image_serving_another_model(fresh_build, docker_cli
     metadata = read_model_metadata()
     wrong = dict(metadata, sha256="0" * 64)
     with pytest.raises(PipelineError, match="/version reports model sha256"):
-        run_contract(docker_client, fresh_build["image"]["id"], wrong, print)
+        run_contract(docker_client, fresh_build.image.id, wrong, print)
 
 
 def test_the_build_has_no_network(local_stack, local_settings, docker_client, tmp_path):
@@ -113,9 +112,9 @@ def test_the_build_has_no_network(local_stack, local_settings, docker_client, tm
 
 
 def test_dry_build_and_push_change_nothing(fresh_build, run_invoke):
-    before = json.dumps(read_record(), sort_keys=True)
+    before = read_record().model_dump_json()
     for task in ("build", "push", "fetch-model", "apply"):
         result = run_invoke("--dry", task)
         assert result.returncode == 0, result.stderr
         assert "[dry]" in result.stdout or "up to date" in result.stdout
-    assert json.dumps(read_record(), sort_keys=True) == before
+    assert read_record().model_dump_json() == before

@@ -8,9 +8,8 @@ import pytest
 import requests
 
 from modelship import local_runtime
-from modelship.build_record import read_record
+from modelship.release_record import load as read_record
 from modelship.errors import PipelineError
-from modelship.image import read_model_metadata
 
 pytestmark = pytest.mark.integration
 
@@ -32,15 +31,15 @@ def test_deploy_twice_serves_the_published_model_pulled_from_the_registry(
         assert "deploy --env=local: done" in result.stdout
 
         record = read_record()
-        pushed = record["pushed"]["local"]
+        pushed = record.require_push("local")
         containers = deployment_containers(docker_client, local_settings)
         assert [c.name for c in containers] == [local_runtime.container_name(local_settings)]
         running = containers[0]
         # The container runs the image by its registry digest: it came through a pull.
-        assert running.attrs["Config"]["Image"] == pushed["reference"]
-        assert pushed["reference"].startswith(f"{local_settings.registry.host}/")
+        assert running.attrs["Config"]["Image"] == pushed.reference
+        assert pushed.reference.startswith(f"{local_settings.registry.host}/")
 
-        metadata = read_model_metadata()
+        metadata = record.model.as_metadata()
         assert metadata["version"] == published_model
         golden = metadata["golden"][0]
         response = requests.post(f"{base_url}/score", json={"instances": [golden["instance"]]},
@@ -52,7 +51,7 @@ def test_deploy_twice_serves_the_published_model_pulled_from_the_registry(
 
     status = run_invoke("status", "--env=local")
     assert status.returncode == 0, status.stderr
-    assert pushed["digest"] in status.stdout and metadata["sha256"] in status.stdout
+    assert pushed.digest in status.stdout and metadata["sha256"] in status.stdout
     assert "ready replicas   1" in status.stdout
 
     # Nothing left behind: no contract-test containers, no previous deployment.
@@ -79,7 +78,7 @@ def test_a_failing_new_container_restores_the_previous_deployment(
 
     with pytest.raises(PipelineError) as failure:
         local_runtime.deploy(docker_client, local_settings, reference, auth,
-                             read_model_metadata(), print)
+                             read_record().model.as_metadata(), print)
     assert "previous deployment was restored" in str(failure.value)
     assert requests.get(f"{base_url}/readyz", timeout=5).status_code == 200
     names = [c.name for c in deployment_containers(docker_client, local_settings)]

@@ -161,14 +161,6 @@ def test_a_failed_acr_login_says_how_to_sign_in(tmp_path, monkeypatch):
     assert "az login" in str(failure.value)
 
 
-def test_up_to_date_push_is_recognised_by_inputs():
-    record = {"image": {"inputs": "x"}, "pushed": {"dev": {"inputs": "x", "reference": "r"}}}
-    assert registry.already_pushed(record, "dev")["reference"] == "r"
-    assert registry.already_pushed(record, "prod") is None
-    record["image"]["inputs"] = "y"
-    assert registry.already_pushed(record, "dev") is None
-
-
 def test_dockerfile_passes_hadolint():
     hadolint = shutil.which("hadolint") or str(Path(os.sys.executable).parent / "hadolint")
     if not Path(hadolint).exists():

@@ -21,7 +21,9 @@ import pytest
 from invoke import Exit, MockContext, Result
 
 import tasks
-from modelship import build_record, kube, manifests
+from modelship import kube, manifests, release_record
+from modelship.manifests import Release
+from modelship.release_record import ReleaseRecord
 from modelship.errors import PipelineError
 from modelship.settings import PROJECT_ROOT, load_settings
 
@@ -38,18 +40,22 @@ def project_config(**dev_deployment) -> invoke.Config:
     return config
 
 
-def fake_record() -> dict:
+def fake_record() -> ReleaseRecord:
     repositories = {env: load_settings(project_config(), env).image_repository
                     for env in ("dev", "prod")}
-    return {
+    return ReleaseRecord.model_validate({
         "image": {"id": IMAGE_ID, "name": "digits-api:3f2a9c1", "repository": "digits-api",
                   "tag": "3f2a9c1"},
-        "model": {"name": "digits", "version": "20260101.120000", "sha256": "f1962600" * 8},
+        "model": {"name": "digits", "version": "20260101.120000", "sha256": "f1962600" * 8,
+                  "golden": [GOLDEN_SAMPLE]},
         "source": {"revision": "3f2a9c1e" * 5, "dirty": False},
-        "pushed": {env: {"image_id": IMAGE_ID, "digest": DIGEST, "repository": repo,
-                         "reference": f"{repo}@{DIGEST}"}
+        "pushed": {env: {"digest": DIGEST, "repository": repo, "reference": f"{repo}@{DIGEST}"}
                    for env, repo in repositories.items()},
-    }
+    })
+
+
+def render_for(settings, record: ReleaseRecord) -> None:
+    manifests.render(settings, Release.from_record(record, record.require_push(settings.env)))
 
 
 @pytest.fixture
@@ -62,8 +68,7 @@ def build_dir(tmp_path, monkeypatch):
 def dev(build_dir):
     """Settings for dev with a rendered review folder in the temporary build dir."""
     settings = load_settings(project_config(), "dev")
-    record = fake_record()
-    manifests.render(settings, record, record["pushed"]["dev"])
+    render_for(settings, fake_record())
     return settings
 
 
@@ -407,11 +412,9 @@ def stand_in_kubectl(tmp_path, monkeypatch, build_dir):
     monkeypatch.delenv("FAKE_KUBECTL_SCENARIO", raising=False)
     monkeypatch.delenv("MODELSHIP_API_KEY", raising=False)
     record = fake_record()
-    monkeypatch.setattr(build_record, "read_record", lambda *args, **kwargs: record)
-    monkeypatch.setattr("modelship.image.read_model_metadata",
-                        lambda *args, **kwargs: {"name": "digits", "golden": [GOLDEN_SAMPLE]})
+    release_record.save(record)
     config = project_config(smoke_local_port=free_port())
-    manifests.render(load_settings(config, "dev"), record, record["pushed"]["dev"])
+    render_for(load_settings(config, "dev"), record)
 
     def calls() -> list[str]:
         return log.read_text().splitlines() if log.exists() else []
@@ -471,6 +474,7 @@ def test_dry_apply_prints_every_command_and_runs_none(stand_in_kubectl, capsys):
     assert "kubectl --context=aks-modelship-dev --namespace=digits-dev apply" in out
     assert "rollout status deployment/digits-api --timeout=300s" in out
     assert "[dry] would port-forward service/digits-api" in out
+    assert "rolled out" not in out and "[dry] would roll out" in out
 
 
 def test_prod_apply_without_yes_outside_ci_is_refused_when_nobody_can_answer(
@@ -478,8 +482,7 @@ def test_prod_apply_without_yes_outside_ci_is_refused_when_nobody_can_answer(
     c, calls = stand_in_kubectl
     for name in ("CI", "TF_BUILD"):
         monkeypatch.delenv(name, raising=False)
-    record = build_record.read_record()
-    manifests.render(load_settings(c.config, "prod"), record, record["pushed"]["prod"])
+    render_for(load_settings(c.config, "prod"), release_record.load())
     monkeypatch.setattr(sys, "stdin", io.StringIO())  # not a terminal: nobody to ask
     with pytest.raises(invoke.Exit, match="needs a confirmation.*--yes"):
         tasks.apply(c, env="prod")

@@ -19,7 +19,9 @@ import pytest
 import yaml
 
 import tasks
-from modelship import build_record, manifest_checks, manifests
+from modelship import manifest_checks, manifests, release_record
+from modelship.manifests import Release
+from modelship.release_record import ReleaseRecord
 from modelship.errors import PipelineError
 from modelship.settings import PROJECT_ROOT, load_settings
 
@@ -35,22 +37,26 @@ def project_config() -> invoke.Config:
     return config
 
 
-def fake_record(envs=ENVIRONMENTS) -> dict:
+def fake_record(envs=ENVIRONMENTS) -> ReleaseRecord:
     config = project_config()
-    return {
+    return ReleaseRecord.model_validate({
         "image": {"id": IMAGE_ID, "name": "digits-api:3f2a9c1-f1962600",
                   "repository": "digits-api", "tag": "3f2a9c1-f1962600"},
         "model": {"name": "digits", "version": "20260101.120000", "sha256": "f1962600" * 8},
         "source": {"revision": "3f2a9c1e" * 5, "dirty": False},
         "pushed": {
             env: {
-                "image_id": IMAGE_ID, "digest": DIGEST,
+                "digest": DIGEST,
                 "repository": f"{load_settings(config, env).image_repository}",
                 "reference": f"{load_settings(config, env).image_repository}@{DIGEST}",
             }
             for env in envs
         },
-    }
+    })
+
+
+def release_of(record: ReleaseRecord, env: str) -> Release:
+    return Release.from_record(record, record.require_push(env))
 
 
 @pytest.fixture
@@ -67,9 +73,10 @@ def settings_for(env: str, **deployment_overrides):
     return settings
 
 
-def render_env(env: str, record: dict, output_dir: Path, **overrides) -> dict[str, dict]:
+def render_env(env: str, record: ReleaseRecord, output_dir: Path,
+               **overrides) -> dict[str, dict]:
     settings = settings_for(env, **overrides)
-    manifests.render(settings, record, record["pushed"][env], output_dir=output_dir)
+    manifests.render(settings, release_of(record, env), output_dir=output_dir)
     return {path.name: yaml.safe_load(path.read_text()) for path in output_dir.glob("*.yaml")}
 
 
@@ -111,8 +118,8 @@ def test_each_object_gets_its_own_file_with_a_header_naming_revision_and_model(r
     }
     for path in (tmp_path / "prod").glob("*.yaml"):
         head = path.read_text().splitlines()[:2]
-        assert record["source"]["revision"] in head[0], path.name
-        assert f"digits 20260101.120000 sha256:{record['model']['sha256']}" in head[1], path.name
+        assert record.source.revision in head[0], path.name
+        assert f"digits 20260101.120000 sha256:{record.model.sha256}" in head[1], path.name
         assert len(list(yaml.safe_load_all(path.read_text()))) == 1, path.name
 
 
@@ -150,14 +157,15 @@ def prod_deployment(record, tmp_path):
 
 def test_image_is_pinned_by_the_pushed_digest(prod_deployment, record):
     container = prod_deployment["spec"]["template"]["spec"]["containers"][0]
-    assert container["image"] == record["pushed"]["prod"]["reference"]
+    assert container["image"] == record.pushed['prod'].reference
     assert container["image"].endswith("@" + DIGEST)
 
 
 def test_a_reference_without_digest_is_refused(record, tmp_path):
-    pushed = dict(record["pushed"]["dev"], reference="crmodelshipdev.azurecr.io/digits-api:v1")
+    release = dataclasses.replace(release_of(record, "dev"),
+                                  image="crmodelshipdev.azurecr.io/digits-api:v1")
     with pytest.raises(PipelineError, match="not pinned by digest"):
-        manifests.render(settings_for("dev"), record, pushed, output_dir=tmp_path / "dev")
+        manifests.render(settings_for("dev"), release, output_dir=tmp_path / "dev")
 
 
 def test_labels_and_release_annotations(prod_deployment, record):
@@ -166,9 +174,9 @@ def test_labels_and_release_annotations(prod_deployment, record):
     assert metadata["labels"]["app.kubernetes.io/instance"] == "digits-api-prod"
     assert metadata["labels"]["app.kubernetes.io/version"] == "3f2a9c1-f1962600"
     assert metadata["labels"]["app.kubernetes.io/managed-by"] == "modelship"
-    assert metadata["annotations"]["modelship.ai/git-revision"] == record["source"]["revision"]
+    assert metadata["annotations"]["modelship.ai/git-revision"] == record.source.revision
     assert metadata["annotations"]["modelship.ai/model-version"] == "20260101.120000"
-    assert metadata["annotations"]["modelship.ai/model-sha256"] == record["model"]["sha256"]
+    assert metadata["annotations"]["modelship.ai/model-sha256"] == record.model.sha256
 
 
 def test_rolling_update_keeps_capacity_and_probes_use_the_app_endpoints(prod_deployment):
@@ -234,7 +242,7 @@ def test_a_value_missing_from_the_config_is_an_error_naming_it(record, tmp_path)
     deployment = {k: v for k, v in settings.deployment.items() if k != "cpu_limit"}
     settings = dataclasses.replace(settings, deployment=deployment)
     with pytest.raises(PipelineError, match="deployment.yaml.j2 needs.*cpu_limit"):
-        manifests.render(settings, record, record["pushed"]["dev"], output_dir=tmp_path / "x")
+        manifests.render(settings, release_of(record, "dev"), output_dir=tmp_path / "x")
     assert not (tmp_path / "x").exists()
 
 
@@ -246,7 +254,7 @@ def test_a_failed_render_keeps_the_previous_folder(record, tmp_path):
     broken = dataclasses.replace(settings, deployment={
         k: v for k, v in settings.deployment.items() if k != "service"})
     with pytest.raises(PipelineError, match="service"):
-        manifests.render(broken, record, record["pushed"]["dev"], output_dir=output)
+        manifests.render(broken, release_of(record, "dev"), output_dir=output)
     assert sorted(p.name for p in output.iterdir()) == before
 
 
@@ -303,17 +311,17 @@ def test_check_reports_no_drift_for_the_same_inputs_and_a_diff_otherwise(record,
     reviewed = tmp_path / "reviewed"
     render_env("staging", record, reviewed)
     settings = settings_for("staging")
-    assert manifests.check(settings, record, record["pushed"]["staging"], reviewed) == []
+    assert manifests.check(settings, release_of(record, "staging"), reviewed) == []
     changed = settings_for("staging", memory_limit="768Mi")
     differences = "".join(
-        manifests.check(changed, record, record["pushed"]["staging"], reviewed))
+        manifests.check(changed, release_of(record, "staging"), reviewed))
     assert "-            memory: 512Mi" in differences
     assert "+            memory: 768Mi" in differences
 
 
 @pytest.fixture
 def task_context(record, build_dir, monkeypatch):
-    monkeypatch.setattr(build_record, "read_record", lambda *args, **kwargs: record)
+    release_record.save(record)
     monkeypatch.setattr(manifest_checks, "find_checkov", lambda: None)
     return invoke.Context(project_config())
 
@@ -346,3 +354,62 @@ def test_checkov_runs_without_calling_home(monkeypatch):
     assert environment["CKV_SKIP_PACKAGE_UPDATE_CHECK"] == "true"
     assert environment["BC_SKIP_MAPPING"] == "TRUE"
     assert "BC_API_KEY" not in environment
+
+
+# --- all-or-nothing, and rendering for review without a build ------------------------------
+
+
+def folder_bytes(folder: Path) -> dict[str, bytes]:
+    return {path.name: path.read_bytes() for path in sorted(folder.iterdir())}
+
+
+def test_a_rendering_that_fails_validation_leaves_the_reviewed_folder_byte_for_byte(
+        task_context, build_dir, monkeypatch):
+    tasks.render(task_context, env="dev")
+    reviewed = build_dir / "k8s" / "dev"
+    (reviewed / "deployment.yaml").write_text("# an ops note kept while reviewing\n")
+    before = folder_bytes(reviewed)
+
+    # A template change that only schema validation catches (a misspelt field).
+    templates = build_dir.parent / "templates"
+    shutil.copytree(manifests.TEMPLATE_DIR, templates)
+    text = (templates / "deployment.yaml.j2").read_text()
+    (templates / "deployment.yaml.j2").write_text(
+        text.replace("terminationGracePeriodSeconds", "terminationGracePeriodSecond", 1))
+    monkeypatch.setattr(manifests, "TEMPLATE_DIR", templates)
+
+    with pytest.raises(invoke.Exit, match="render failed: .*terminationGracePeriodSecond"):
+        tasks.render(task_context, env="dev")
+    assert folder_bytes(reviewed) == before
+    assert sorted(p.name for p in reviewed.parent.iterdir()) == ["dev"]  # no staging left
+
+
+def test_render_image_works_without_a_build_record_and_says_so(build_dir, monkeypatch, capsys):
+    monkeypatch.setattr(manifest_checks, "find_checkov", lambda: None)
+    image = f"crmodelshipdev.azurecr.io/digits-api@{DIGEST}"
+    tasks.render(invoke.Context(project_config()), env="dev", image=image)
+    deployment = (build_dir / "k8s" / "dev" / "deployment.yaml").read_text()
+    assert "render --image" in deployment.splitlines()[2]
+    assert yaml.safe_load(deployment)["spec"]["template"]["spec"]["containers"][0][
+        "image"] == image
+    assert not (build_dir / "record.json").exists()
+    assert f"with --image {image}" in capsys.readouterr().out
+
+
+def test_render_image_must_be_pinned_by_digest(build_dir):
+    with pytest.raises(invoke.Exit, match="not pinned by digest.*REPOSITORY@sha256"):
+        tasks.render(invoke.Context(project_config()), env="dev",
+                     image="crmodelshipdev.azurecr.io/digits-api:latest")
+    assert not (build_dir / "k8s" / "dev").exists()
+
+
+def test_dry_render_writes_nothing_and_shows_the_difference(task_context, build_dir, capsys):
+    tasks.render(task_context, env="dev")
+    reviewed = build_dir / "k8s" / "dev"
+    (reviewed / "deployment.yaml").write_text("# hand edit\n")
+    before = folder_bytes(reviewed)
+    task_context.config.run.dry = True
+    tasks.render(task_context, env="dev")
+    assert folder_bytes(reviewed) == before
+    out = capsys.readouterr().out
+    assert "+++ rendered/deployment.yaml" in out and "[dry] would write" in out

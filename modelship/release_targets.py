@@ -1,0 +1,163 @@
+"""Where a release goes: the local Docker Engine or a Kubernetes cluster, behind one interface.
+
+`release_target(c, settings)` is the one place that reads `settings.runtime`; every task asks
+the target it returns to apply a pushed image, roll back, report status or name the model it
+runs. A target gets what it needs from the release record (image reference, model, golden
+samples) and, for Kubernetes, the reviewed folder `render` wrote; it never reads
+`build/model/`. Under `--dry` a target changes nothing: the Kubernetes one prints each kubectl
+command through the Invoke context, the Docker one says what it would run.
+"""
+
+from __future__ import annotations
+
+from typing import Callable, Protocol
+
+from . import kube, model_check
+from .errors import PipelineError
+from .release_record import PushRecord, ReleaseRecord
+from .settings import Settings
+
+Echo = Callable[[str], None]
+RUNTIMES = ("docker", "kubernetes")
+
+
+class ReleaseTarget(Protocol):
+    settings: Settings
+
+    @property
+    def where(self) -> str:
+        """Where the release runs, for messages: an engine, or context/namespace."""
+
+    @property
+    def needs_local_services(self) -> bool:
+        """Whether `deploy` should start the local registry and store when they are down."""
+
+    def apply(self, record: ReleaseRecord, pushed: PushRecord, *, smoke: bool, yes: bool,
+              dry: bool, echo: Echo) -> str:
+        """Roll the pushed image out and check it serves; undo on failure. Returns a summary."""
+
+    def rollback(self, *, dry: bool, echo: Echo) -> str:
+        """Go back to the release before the current one. Returns a summary."""
+
+    def status(self, *, dry: bool) -> dict | None:
+        """What runs there now (image, digest, model, replicas), None when nothing does."""
+
+    def deployed_model(self) -> model_check.ModelRef | None:
+        """The model the running release serves (read even under --dry: it changes nothing)."""
+
+
+def release_target(c, settings: Settings) -> ReleaseTarget:
+    """The release target `settings.runtime` names: the only place that makes this choice."""
+    if settings.runtime == "docker":
+        return DockerTarget(settings)
+    if settings.runtime == "kubernetes":
+        return KubernetesTarget(c, settings)
+    raise PipelineError(f"Unknown runtime '{settings.runtime}' for '{settings.env}'.",
+                        f"Set runtime to one of: {', '.join(RUNTIMES)}.")
+
+
+class DockerTarget:
+    """The local environment: the image pulled from the registry, run with host networking."""
+
+    needs_local_services = True
+
+    def __init__(self, settings: Settings):
+        self.settings = settings
+
+    @property
+    def where(self) -> str:
+        return "the local Docker Engine"
+
+    @staticmethod
+    def _client():
+        from .image import docker_client
+
+        return docker_client()
+
+    def apply(self, record: ReleaseRecord, pushed: PushRecord, *, smoke: bool, yes: bool,
+              dry: bool, echo: Echo) -> str:
+        from . import local_runtime
+        from .registry import registry_auth
+
+        url = local_runtime.base_url(self.settings)
+        if dry:
+            return (f"[dry] would pull {pushed.reference}, run it on {url}, wait for /readyz "
+                    "and score one golden sample; the previous container would stay until "
+                    "then")
+        local_runtime.deploy(self._client(), self.settings, pushed.reference,
+                             registry_auth(self.settings), record.model.as_metadata(), echo,
+                             check_golden_sample=smoke)
+        return f"serving {pushed.reference} at {url} (try: curl {url}/version)"
+
+    def rollback(self, *, dry: bool, echo: Echo) -> str:
+        from . import local_runtime
+        from .registry import registry_auth
+
+        client = None if dry else self._client()
+        previous = local_runtime.previous_image(client, self.settings) if client else None
+        if dry:
+            return ("[dry] would run the image the current container replaced (its "
+                    f"{local_runtime.PREVIOUS_IMAGE_LABEL} label) and wait for /readyz")
+        if previous is None:
+            raise PipelineError(
+                f"Nothing to roll back to in '{self.settings.env}': the running container "
+                "records no earlier image.",
+                f"Deploy the release you want with `invoke deploy --env={self.settings.env}`.",
+            )
+        local_runtime.deploy(client, self.settings, previous, registry_auth(self.settings),
+                             None, echo, check_golden_sample=False)
+        return f"rolled back: {previous} serves at {local_runtime.base_url(self.settings)}"
+
+    def status(self, *, dry: bool) -> dict | None:
+        from . import local_runtime
+
+        return local_runtime.status(self._client(), self.settings)
+
+    def deployed_model(self) -> model_check.ModelRef | None:
+        from .local_runtime import container_name
+
+        return model_check.deployed_locally(self._client(), container_name(self.settings))
+
+
+class KubernetesTarget:
+    """A cluster reached with kubectl: the reviewed folder applied, rollout watched, undone."""
+
+    needs_local_services = False
+
+    def __init__(self, c, settings: Settings):
+        self.c = c
+        self.settings = settings
+
+    @property
+    def where(self) -> str:
+        return f"{self.settings.kubernetes.context}/{self.settings.kubernetes.namespace}"
+
+    def apply(self, record: ReleaseRecord, pushed: PushRecord, *, smoke: bool, yes: bool,
+              dry: bool, echo: Echo) -> str:
+        kube.require_current_render(self.settings, pushed.reference)
+        if kube.needs_confirmation(self.settings, yes) and not dry:
+            kube.confirm(self.settings, pushed.reference)
+        smoke_test = None
+        if smoke:
+            smoke_test = kube.smoke_step(self.c, self.settings,
+                                         None if dry else record.model.as_metadata(), echo)
+        kube.apply(self.c, self.settings, smoke_test, echo)
+        if dry:
+            return f"[dry] would roll out {pushed.reference} to {self.where} (commands above)"
+        return f"rolled out {pushed.reference} to {self.where}"
+
+    def rollback(self, *, dry: bool, echo: Echo) -> str:
+        if not kube.roll_back(self.c, kube.apply_commands(self.settings), echo):
+            raise PipelineError(
+                f"kubectl rollout undo failed in {self.where}.",
+                "Read kubectl's message above; `kubectl rollout history` lists the revisions.",
+            )
+        if dry:
+            return f"[dry] would roll {self.settings.app_name} back in {self.where}"
+        return f"rolled {self.settings.app_name} back to its previous revision in {self.where}"
+
+    def status(self, *, dry: bool) -> dict | None:
+        return kube.status(self.c, self.settings)
+
+    def deployed_model(self) -> model_check.ModelRef | None:
+        return model_check.deployed_on_kubernetes(self.c, self.settings)

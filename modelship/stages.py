@@ -1,0 +1,386 @@
+"""The pipeline's stages as functions: what each Invoke task does, and the deploy loop.
+
+Each stage takes the environment's settings and `dry`, reports progress through `echo` and
+returns the one line the task prints when it ends. Stages hand over only through the release
+record (`release_record`) and the rendered folder, never through each other's working
+folders, so any stage can run on its own agent from the artifacts it is given. Under `dry`
+a stage reads what it needs to describe its work and changes nothing: no file, upload,
+push, container or mutating kubectl/az call; its line says what it would do.
+"""
+
+from __future__ import annotations
+
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+from . import release_record
+from .errors import PipelineError
+from .release_targets import release_target
+from .settings import BUILD_DIR, PROJECT_ROOT, Settings
+
+Echo = Callable[[str], None]
+PIPELINE = ("fetch-model", "build", "test", "push", "render", "apply")
+NO_RECORD_YET = "no build/record.json yet: the one `invoke build` would write"
+
+
+class StageFailed(PipelineError):
+    """A stage of `deploy` failed; says which, and how to re-run it alone."""
+
+    def __init__(self, stage: str, env: str, error: PipelineError):
+        super().__init__(
+            f"deploy stopped at {stage}: {error.problem}",
+            f"{error.fix} (re-run this stage alone with `invoke {stage} --env={env}`)".strip(),
+        )
+        self.stage = stage
+
+
+def shown(path: Path) -> str:
+    """A path relative to the project when it is inside it (shorter in logs)."""
+    return str(path.relative_to(PROJECT_ROOT)) if path.is_relative_to(PROJECT_ROOT) else str(path)
+
+
+def open_model_store(settings: Settings):
+    from . import model_store
+
+    section = settings.model_store
+    return model_store.open_store(section.uri, section.account_url, section.endpoint_url)
+
+
+# --- fetch-model -----------------------------------------------------------------------------
+
+
+def fetch_model(settings: Settings, *, version: str | None = None, locked: bool = False,
+                lock_file: str | None = None, dry: bool, echo: Echo) -> str:
+    from . import model_store
+    from .transfer import console_progress
+
+    store = open_model_store(settings)
+    version = version or "latest"
+    if dry:
+        wanted = "the locked version" if locked else version
+        return f"[dry] would fetch {wanted} from {store.uri} into build/model and verify it"
+    result = model_store.fetch(store, BUILD_DIR / "model", version, locked=locked,
+                               lock_file=Path(lock_file) if lock_file else None,
+                               progress=console_progress)
+    state = ("downloaded and verified" if result.downloaded
+             else "already up to date, nothing downloaded")
+    return f"model {result.version} ({result.size} bytes, sha256 {result.sha256[:12]}…): {state}"
+
+
+# --- build -----------------------------------------------------------------------------------
+
+
+def base_image(settings: Settings, *, dry: bool, echo: Echo) -> str:
+    from .base_image import ensure_base_image
+    from .image import docker_client
+
+    if not settings.image.offline_base:
+        return f"base image {settings.image.base}: pulled by the engine (offline_base is off)"
+    if dry:
+        return f"[dry] would build {settings.image.base} offline if missing"
+    return ensure_base_image(docker_client(), settings.image.base, settings.image.python_version,
+                             echo)
+
+
+def lock(settings: Settings, *, dry: bool) -> str:
+    from .image import IMAGE_LOCK, IMAGE_REQUIREMENTS_IN
+    from .wheelhouse import lock_requirements
+
+    if dry:
+        return f"[dry] would lock {IMAGE_REQUIREMENTS_IN.name} for {settings.image.platform}"
+    count = lock_requirements(IMAGE_REQUIREMENTS_IN, IMAGE_LOCK, settings.image.python_version,
+                              settings.image.platform)
+    return f"locked {count} packages into requirements/{IMAGE_LOCK.name}"
+
+
+def build(settings: Settings, *, force: bool = False, no_cache: bool = False, dry: bool,
+          echo: Echo) -> str:
+    """Build the image, or find it already in the registry (same inputs): nothing rebuilt."""
+    from . import image
+    from .base_image import ensure_base_image
+    from .gitinfo import source_state
+    from .registry import login
+    from .wheelhouse import prepare_wheelhouse
+
+    if dry:
+        model = ("build/model" if (image.MODEL_DIR / "metadata.json").is_file()
+                 else "the model `invoke fetch-model` would fetch (build/model is empty)")
+        return (f"[dry] would build {settings.image.repository} from {settings.image.base} "
+                f"with {model} (skipped if the registry holds the same inputs) and write "
+                "build/record.json")
+    client = image.docker_client()
+    if settings.image.offline_base:
+        echo(ensure_base_image(client, settings.image.base, settings.image.python_version, echo))
+    echo(prepare_wheelhouse(image.IMAGE_LOCK, image.WHEELHOUSE, settings.image.python_version,
+                            settings.image.platform))
+    plan = image.plan_build(client, settings, source_state())
+    cache_from: list[str] = []
+    if settings.registry.host:
+        try:
+            auth = login(client, settings)
+        except PipelineError as error:
+            echo(f"warning: cannot check the registry for an up-to-date image ({error})")
+        else:
+            reference = f"{settings.image_repository}:{image.inputs_tag(plan.inputs)}"
+            digest = None if force or no_cache else image.registry_digest(client, reference, auth)
+            if digest:
+                record = image.record_up_to_date(plan, settings, digest)
+                release_record.save(record)
+                return f"up to date: {record.image.name} has the same inputs; nothing built"
+            cache = image.pull_cache_image(client, settings.image_repository, auth)
+            cache_from = [cache] if cache else []
+    record = image.build_image(client, settings, plan, cache_from, echo, no_cache)
+    release_record.save(record)
+    return f"built {record.image.name} ({record.image.size_bytes / 1e6:.0f} MB)"
+
+
+# --- test ------------------------------------------------------------------------------------
+
+
+def test(c, settings: Settings, *, unit: bool = True, dry: bool, echo: Echo) -> str:
+    """Unit tests, then the container contract test on the image the record names."""
+    from .container_test import run_contract
+    from .image import docker_client
+
+    if unit:
+        # Under --dry, Invoke prints this command instead of running it.
+        result = c.run(f"{sys.executable} -m pytest -q -p no:cacheprovider tests/unit",
+                       warn=True, pty=False)
+        if result is not None and not result.ok:
+            raise PipelineError("The unit tests failed.", "Fix the failures listed above.")
+    if dry:
+        subject = (release_record.load().image.name if release_record.exists()
+                   else NO_RECORD_YET)
+        return f"[dry] would run the container contract test on {subject}"
+    record = release_record.load()
+    client = docker_client()
+    image_ref = record.image.id
+    if image_ref is None:
+        # An up-to-date build was not rebuilt here: test the very image the registry holds.
+        from . import local_runtime
+        from .registry import login
+
+        image_ref = record.image.name
+        local_runtime.pull(client, image_ref, login(client, settings))
+    run_contract(client, image_ref, record.model.as_metadata(), echo)
+    release_record.save(record.with_contract_test(image_ref))
+    return f"container test passed for {record.image.name}"
+
+
+# --- push ------------------------------------------------------------------------------------
+
+
+def push(settings: Settings, *, force: bool = False, dry: bool, echo: Echo) -> str:
+    from .image import docker_client
+    from .registry import push_image
+
+    if dry and not release_record.exists():
+        return f"[dry] would push the image ({NO_RECORD_YET}) to {settings.image_repository}"
+    record = release_record.load()
+    pushed = None if force else record.push_for(settings.env)
+    if pushed:
+        return f"up to date: {pushed.reference} is already in the registry"
+    if dry:
+        return f"[dry] would push {record.image.name} to {settings.image_repository}"
+    pushed = push_image(docker_client(), settings, record)
+    release_record.save(record.with_push(settings.env, pushed))
+    return f"pushed {pushed.reference} ({pushed.bytes_pushed / 1e6:.1f} MB uploaded)"
+
+
+# --- render ----------------------------------------------------------------------------------
+
+
+def _release_to_render(settings: Settings, image: str | None):
+    from .gitinfo import source_state
+    from .manifests import Release
+
+    if image:
+        source = source_state()
+        return Release.for_review(image, source.revision, source.dirty)
+    record = release_record.load()
+    return Release.from_record(record, record.require_push(settings.env))
+
+
+def render(settings: Settings, *, image: str | None = None, check: bool = False,
+           against: str | None = None, require_checkov: bool = False, dry: bool,
+           echo: Echo) -> str:
+    from . import manifest_checks, manifests
+
+    if dry and not image and (not release_record.exists()
+                              or release_record.load().push_for(settings.env) is None):
+        return (f"[dry] would render {shown(settings.render_dir)}/ for the image "
+                f"`invoke push --env={settings.env}` records")
+    release = _release_to_render(settings, image)
+    if check or dry:
+        expected = Path(against) if against else settings.render_dir
+        differences = manifests.check(settings, release, expected)
+        if differences:
+            echo("".join(differences).rstrip())
+        if dry:
+            effect = "changing the files in the diff above" if differences else "no change"
+            return (f"[dry] would write {shown(settings.render_dir)}/ and validate it "
+                    f"({effect})")
+        if differences:
+            raise PipelineError(
+                f"The rendering for '{settings.env}' differs from {expected} (diff above).",
+                f"Review the diff; `invoke render --env={settings.env}` writes the new one.",
+            )
+        return f"rendering for '{settings.env}' matches {expected}"
+
+    def validate(folder: Path) -> list[str]:
+        return manifest_checks.check_rendered(folder, settings.kubernetes.version,
+                                              require_checkov)
+
+    for line in manifests.render(settings, release, validate=validate):
+        echo(line)
+    source = f" with --image {image}" if image else ""
+    return (f"rendered {len(list(settings.render_dir.glob('*.yaml')))} manifests into "
+            f"{shown(settings.render_dir)}/{source}")
+
+
+# --- apply, rollback, status, diff -----------------------------------------------------------
+
+
+def apply(c, settings: Settings, *, yes: bool = False, smoke: bool = True, dry: bool,
+          echo: Echo) -> str:
+    target = release_target(c, settings)
+    if dry and not release_record.exists():
+        return f"[dry] would roll the pushed image out to {target.where} ({NO_RECORD_YET})"
+    record = release_record.load()
+    if dry and record.push_for(settings.env) is None:
+        return (f"[dry] would roll {record.image.name} out to {target.where} once "
+                f"`invoke push --env={settings.env}` has pushed it")
+    return target.apply(record, record.require_push(settings.env), smoke=smoke, yes=yes,
+                        dry=dry, echo=echo)
+
+
+def rollback(c, settings: Settings, *, dry: bool, echo: Echo) -> str:
+    return release_target(c, settings).rollback(dry=dry, echo=echo)
+
+
+def status(c, settings: Settings, *, dry: bool) -> list[str]:
+    target = release_target(c, settings)
+    state = target.status(dry=dry)
+    if state is None:
+        if dry:
+            return []  # the read-only command was printed, nothing was read
+        raise PipelineError(f"Nothing is deployed in '{settings.env}'.",
+                            f"Run `invoke deploy --env={settings.env}`.")
+    return [f"{settings.app_name} in {target.where}"] + [
+        f"  {key.replace('_', ' '):16} {value}" for key, value in state.items()
+    ]
+
+
+def diff(c, settings: Settings, *, dry: bool) -> str:
+    from . import kube
+
+    if kube.diff(c, settings):
+        return (f"the cluster differs from {shown(settings.render_dir)}/ (diff above); "
+                "`invoke apply` would change it")
+    if dry:
+        return f"[dry] would compare {shown(settings.render_dir)}/ with the cluster"
+    return f"context '{settings.kubernetes.context}' already matches the rendered manifests"
+
+
+# --- deploy ----------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Stage:
+    name: str
+    run: Callable[[], str]
+
+
+def deploy(c, settings: Settings, *, dry: bool, echo: Echo) -> str:
+    """Every stage in order with its defaults; the first failure stops the rest."""
+    from . import local_services
+
+    target = release_target(c, settings)
+    if target.needs_local_services and not local_services.all_answer(settings.local_services):
+        if dry:
+            echo("[dry] would start the local services that do not answer (`invoke local.up`)")
+        else:
+            for line in local_services.up(settings.local_services, echo):
+                echo(line)
+    stages = (
+        Stage("fetch-model", lambda: fetch_model(settings, dry=dry, echo=echo)),
+        Stage("build", lambda: build(settings, dry=dry, echo=echo)),
+        Stage("test", lambda: test(c, settings, dry=dry, echo=echo)),
+        Stage("push", lambda: push(settings, dry=dry, echo=echo)),
+        Stage("render", lambda: render(settings, dry=dry, echo=echo)),
+        Stage("apply", lambda: apply(c, settings, dry=dry, echo=echo)),
+    )
+    for stage in stages:
+        echo(f"==> {stage.name} (--env={settings.env})")
+        try:
+            echo(stage.run())
+        except PipelineError as error:
+            raise StageFailed(stage.name, settings.env, error) from None
+    if dry:
+        return f"[dry] deploy --env={settings.env} would run {', '.join(PIPELINE)}"
+    return f"deploy --env={settings.env}: done"
+
+
+# --- the local environment's services -------------------------------------------------------
+
+
+def local_up(settings: Settings, *, dry: bool, echo: Echo) -> list[str]:
+    from . import local_services
+
+    if dry:
+        return ["[dry] would start Docker Engine, the registry and Azurite where none answers"]
+    return local_services.up(settings.local_services, echo)
+
+
+def local_down(settings: Settings, *, dry: bool) -> list[str]:
+    from . import local_services
+
+    if dry:
+        return ["[dry] would remove the local deployment and stop the services local.up "
+                "started"]
+    return local_services.down_with_deployment(settings)
+
+
+# --- the data scientists' side ---------------------------------------------------------------
+
+
+def publish_model(settings: Settings, *, version: str | None = None,
+                  model_dir: str | None = None, force: bool = False, dry: bool) -> str:
+    """Publish a model folder, or train and publish the sample digits model."""
+    from . import model_store
+
+    if model_dir is not None and version is None:
+        version = str(model_store.read_model_dir(Path(model_dir))["version"])
+    version = version or model_store.new_version()
+    store = open_model_store(settings)
+    if dry:
+        return f"[dry] would publish {settings.model_name} {version} to {store.uri}"
+    if model_dir is None:
+        from .sample_model import train_digits_model
+
+        model_dir = train_digits_model(BUILD_DIR / "publish" / version,
+                                       name=settings.model_name, version=version)
+    metadata = model_store.publish(store, Path(model_dir), version, force=force)
+    return (f"published {metadata['name']} {version} (sha256 {metadata['sha256'][:12]}…) "
+            f"to {store.uri}")
+
+
+def check_model(c, settings: Settings) -> tuple[list[str], bool]:
+    """(lines to print, whether to fail): the latest published model against the deployed one.
+
+    Under Azure Pipelines the lines set output variables and it never fails on a difference:
+    a stage condition decides. It only reads, so `--dry` changes nothing about it.
+    """
+    import os
+
+    from . import model_check
+
+    latest = model_check.latest_published(open_model_store(settings))
+    deployed = release_target(c, settings).deployed_model()
+    comparison = model_check.Comparison(settings.env, settings.model_name, latest, deployed)
+    lines = [comparison.summary()]
+    if model_check.running_in_azure_pipelines(os.environ):
+        return lines + model_check.pipeline_variables(comparison), False
+    return lines, comparison.differs

@@ -1,0 +1,103 @@
+"""The release hand-off for real: Build-side tasks in one fresh clone, `apply` in another.
+
+The second clone gets only the files `apply` declares it reads (modelship.stage_files), the
+way a Deploy stage gets only the artifacts it downloads; it has no build/model/. Services are
+the real local ones: Azurite, the Docker Engine and the authenticated registry.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import requests
+
+from modelship.local_services import read_registry_login
+from modelship.stage_files import files_for
+from modelship.settings import PROJECT_ROOT
+
+pytestmark = pytest.mark.integration
+
+
+def git(*args: str, cwd: Path) -> str:
+    return subprocess.run(["git", *args], cwd=cwd, check=True, capture_output=True,
+                          text=True).stdout
+
+
+def fresh_clone(destination: Path) -> Path:
+    """A clone of this repository carrying the working tree's changes (the code under test)."""
+    git("clone", "--quiet", "--no-hardlinks", str(PROJECT_ROOT), str(destination),
+        cwd=PROJECT_ROOT)
+    changed = git("diff", "--name-only", "HEAD", cwd=PROJECT_ROOT).split()
+    untracked = git("ls-files", "--others", "--exclude-standard", cwd=PROJECT_ROOT).split()
+    for name in changed + untracked:
+        source, target = PROJECT_ROOT / name, destination / name
+        if source.exists():
+            target.parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(source, target)
+        else:
+            target.unlink(missing_ok=True)
+    return destination
+
+
+def run_invoke(clone: Path, *args: str) -> subprocess.CompletedProcess:
+    login = read_registry_login()
+    assert login is not None, "local.up generates the registry login"
+    environ = dict(os.environ, REGISTRY_USERNAME=login.username,
+                   REGISTRY_PASSWORD=login.password)
+    # The agent's own checkout must win over the editable install of the main one.
+    environ["PYTHONPATH"] = str(clone)
+    return subprocess.run([sys.executable, "-m", "invoke", *args], cwd=clone, env=environ,
+                          capture_output=True, text=True, timeout=1200)
+
+
+def copy_declared_inputs(task: str, env: str, source: Path, target: Path) -> list[str]:
+    copied = []
+    for name in files_for(task, env).reads:
+        origin = source / name
+        assert origin.exists(), f"the build side did not produce {name}"
+        if origin.is_dir():
+            shutil.copytree(origin, target / name)
+        else:
+            (target / name).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(origin, target / name)
+        copied.append(name)
+    return copied
+
+
+def test_apply_on_a_second_agent_serves_what_the_first_one_built(
+        tmp_path, published_model, local_stack, docker_client):
+    build_agent = fresh_clone(tmp_path / "build-agent")
+    deploy_agent = fresh_clone(tmp_path / "deploy-agent")
+
+    built = run_invoke(build_agent, "fetch-model", "--env=local", "build", "--env=local",
+                       "test", "--env=local", "--no-unit", "push", "--env=local",
+                       "render", "--env=local")
+    assert built.returncode == 0, built.stderr + built.stdout
+
+    copied = copy_declared_inputs("apply", "local", build_agent, deploy_agent)
+    assert "build/record.json" in copied
+    assert not (deploy_agent / "build" / "model").exists()
+
+    applied = run_invoke(deploy_agent, "apply", "--env=local")
+    assert applied.returncode == 0, applied.stderr + applied.stdout
+    assert "serving" in applied.stdout
+    assert not (deploy_agent / "build" / "model").exists()
+
+    from modelship.release_record import load
+
+    record = load(deploy_agent / "build" / "record.json")
+    pushed = record.require_push("local")
+    container = docker_client.containers.get("digits-api-local")
+    assert container.attrs["Config"]["Image"] == pushed.reference
+    port = local_stack.deployment["port"]
+    version = requests.get(f"http://127.0.0.1:{port}/version", timeout=5).json()
+    assert version["model"]["sha256"] == record.model.sha256
+    golden = record.model.golden[0]
+    scored = requests.post(f"http://127.0.0.1:{port}/score",
+                           json={"instances": [golden["instance"]]}, timeout=10)
+    assert scored.json()["predictions"] == [golden["label"]]
