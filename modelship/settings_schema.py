@@ -1,0 +1,289 @@
+"""The schema every modelship setting must satisfy, written as pydantic models.
+
+`settings.py` merges `modelship.defaults` with one environment and validates the result
+against `EnvironmentSection`; the top of the `modelship` block is checked by
+`ModelshipSection`. The models reject unknown keys and check the formats Kubernetes, the
+registry and the model store will later insist on, so a mistake stops the run before any
+stage starts. A key left out stays left out (the typed settings and the manifests own
+defaults and what a stage needs); the schema must never invent a value.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Annotated, Any, Literal
+from urllib.parse import urlparse
+
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    model_validator,
+)
+
+# --- formats -------------------------------------------------------------------------------
+
+
+def _format_check(pattern: str, description: str, max_length: int = 0,
+                  allow_empty: bool = False):
+    """A check whose error says what is allowed, e.g. 'must be a DNS-1035 label (...)'."""
+    compiled = re.compile(pattern)
+
+    def check(value: Any) -> Any:
+        if value == "" and allow_empty:
+            return value
+        if not isinstance(value, str) or not compiled.fullmatch(value) or \
+                (max_length and len(value) > max_length):
+            raise ValueError(f"must be {description}")
+        return value
+
+    return check
+
+
+def _text(pattern: str, description: str, max_length: int = 0, allow_empty: bool = False):
+    # Checked before the type, so `rollout_timeout: 300` hears "a duration such as 300s".
+    return Annotated[str, BeforeValidator(
+        _format_check(pattern, description, max_length, allow_empty))]
+
+
+def _numbers_as_text(value: Any) -> Any:
+    # `cpu_limit: 1` is as good a quantity as `cpu_limit: "1"`; YAML just reads it as a number.
+    if isinstance(value, (int, float)) and not isinstance(value, bool):
+        return format(value, "g")
+    return value
+
+
+def _refuse_unquoted_version(value: Any) -> Any:
+    # YAML reads 1.30 as the number 1.3: only the quoted form keeps the version intact.
+    if isinstance(value, (int, float)) and not isinstance(value, bool):
+        # pydantic reports a ValueError as a validation error; a TypeError would escape it.
+        message = "must be quoted text: unquoted, YAML reads 1.30 as the number 1.3"
+        raise ValueError(message)  # noqa: TRY004
+    return value
+
+
+def _model_store_uri(value: str) -> str:
+    parsed = urlparse(value)
+    has_place = parsed.netloc if parsed.scheme in ("az", "s3") else parsed.path.strip("/")
+    if parsed.scheme not in ("az", "s3", "file") or not has_place:
+        raise ValueError("must be az://<container>/<prefix>, s3://<bucket>/<prefix> "
+                         "or file:///<dir>")
+    return value
+
+
+_LABEL_1123 = r"[a-z0-9]([-a-z0-9]*[a-z0-9])?"
+_SUBDOMAIN_1123 = rf"{_LABEL_1123}(\.{_LABEL_1123})*"
+
+Rfc1123Label = _text(_LABEL_1123, "an RFC 1123 label (lower-case letters, digits and '-', "
+                                  "starting and ending with a letter or digit, at most 63)", 63)
+Dns1035Label = _text(r"[a-z]([-a-z0-9]*[a-z0-9])?",
+                     "a DNS-1035 label (lower-case letters, digits and '-', starting with a "
+                     "letter, at most 63)", 63)
+ObjectName = _text(_SUBDOMAIN_1123, "a Kubernetes object name (lower-case RFC 1123 subdomain, "
+                                    "e.g. digits-api-key)", 253)
+OptionalObjectName = _text(_SUBDOMAIN_1123, "empty or a Kubernetes object name (lower-case "
+                                            "RFC 1123 subdomain)", 253, allow_empty=True)
+SecretKey = _text(r"[-._a-zA-Z0-9]+", "a Secret key (letters, digits, '-', '_' or '.')", 253)
+IngressHost = _text(rf"(\*\.)?{_SUBDOMAIN_1123}", "a lower-case DNS name such as "
+                                                  "digits.example.com", 253)
+AzureDnsLabel = _text(r"[a-z][a-z0-9-]{1,61}[a-z0-9]", "empty or an Azure DNS label (3-63 "
+                                                       "lower-case letters, digits or '-', "
+                                                       "starting with a letter)",
+                      allow_empty=True)
+CpuQuantity = Annotated[str, BeforeValidator(_numbers_as_text), AfterValidator(
+    _format_check(r"\d+m|\d+(\.\d+)?|\.\d+", "a CPU quantity such as 250m, 1 or 0.5"))]
+MemoryQuantity = Annotated[str, BeforeValidator(_numbers_as_text), AfterValidator(
+    _format_check(r"\d+(\.\d+)?([KMGTPE]i|[kMGTPE])?",
+                  "a memory quantity such as 256Mi, 1.5Gi or 512M"))]
+Duration = _text(r"(\d+(\.\d+)?(ns|us|ms|s|m|h))+", "a duration such as 300s, 5m or 1h30m")
+KubernetesMinor = Annotated[str, BeforeValidator(_refuse_unquoted_version), AfterValidator(
+    _format_check(r"1\.\d+", 'a Kubernetes minor version such as "1.31"'))]
+PythonMinor = Annotated[str, BeforeValidator(_refuse_unquoted_version), AfterValidator(
+    _format_check(r"3\.\d+", 'a Python minor version such as "3.11"'))]
+ImageRepository = _text(r"[a-z0-9]+((\.|_|__|-+)[a-z0-9]+)*(/[a-z0-9]+((\.|_|__|-+)[a-z0-9]+)*)*",
+                        "an image repository such as digits-api (lower-case, '/' between "
+                        "parts)", 255)
+ImageReference = _text(r"[A-Za-z0-9][A-Za-z0-9._/:@-]*",
+                       "an image reference such as python:3.11-slim")
+Platform = _text(r"[a-z0-9]+/[a-z0-9_]+(/[a-z0-9]+)?", "a platform such as linux/amd64")
+RegistryHost = _text(r"[A-Za-z0-9.-]+(:\d+)?(/[a-z0-9._-]+)*",
+                     "empty or a registry host such as myregistry.azurecr.io or "
+                     "127.0.0.1:15000", allow_empty=True)
+EnvVarName = _text(r"[A-Za-z_][A-Za-z0-9_]*", "an environment variable name such as "
+                                              "REGISTRY_USERNAME")
+HttpUrl = _text(r"https?://[^\s/]+(/\S*)?", "empty or an http(s):// URL", allow_empty=True)
+ModelStoreUri = Annotated[str, AfterValidator(_model_store_uri)]
+ModelName = _text(r"[A-Za-z0-9][A-Za-z0-9._-]*", "a model name (letters, digits, '.', '_', '-')")
+ResourceGroup = _text(r"[-\w.()]{0,89}[-\w()]", "empty or an Azure resource group name",
+                      allow_empty=True)
+AksClusterName = _text(r"[A-Za-z0-9]([-_A-Za-z0-9]{0,61}[A-Za-z0-9])?",
+                       "empty or an AKS cluster name", allow_empty=True)
+
+Port = Annotated[int, Field(ge=1, le=65535)]
+Count = Annotated[int, Field(ge=0)]
+Positive = Annotated[int, Field(ge=1)]
+
+# --- sections ------------------------------------------------------------------------------
+# A default of None means "may be left out": pydantic does not validate defaults, so an
+# omitted key passes while an explicit `key: null` (or empty value) is still refused.
+
+
+class Section(BaseModel):
+    """A block of settings: an unknown key or a value of the wrong type is an error."""
+
+    model_config = ConfigDict(extra="forbid", strict=True, frozen=True)
+
+
+class ModelStoreSection(Section):
+    uri: ModelStoreUri
+    account_url: HttpUrl = None
+    endpoint_url: HttpUrl = None
+
+
+class ImageSection(Section):
+    repository: ImageRepository
+    base: ImageReference
+    offline_base: bool = None
+    python_version: PythonMinor = None
+    platform: Platform = None
+
+
+class RegistrySection(Section):
+    host: RegistryHost
+    username_env: EnvVarName = None
+    password_env: EnvVarName = None
+
+
+class AksSection(Section):
+    resource_group: ResourceGroup = None
+    cluster: AksClusterName = None
+    # The modes kubelogin's convert-kubeconfig accepts.
+    login: Literal["azurecli", "azd", "devicecode", "interactive", "msi", "ropc", "spn",
+                   "workloadidentity", "azurepipelines"] = None
+
+
+class KubernetesSection(Section):
+    context: str
+    namespace: Rfc1123Label
+    rollout_timeout: Duration = None
+    version: KubernetesMinor = None
+    aks: AksSection = None
+
+
+class AutoscalingSection(Section):
+    enabled: bool = None
+    min_replicas: Positive = None
+    max_replicas: Positive = None
+    target_cpu_percent: Positive = None
+
+    @model_validator(mode="after")
+    def _range_is_not_empty(self):
+        if None not in (self.min_replicas, self.max_replicas) and \
+                self.min_replicas > self.max_replicas:
+            raise ValueError(f"has min_replicas {self.min_replicas} above max_replicas "
+                             f"{self.max_replicas}")
+        return self
+
+
+class ServiceSection(Section):
+    port: Port = None
+    dns_label: AzureDnsLabel = None
+
+
+class IngressSection(Section):
+    hosts: list[IngressHost] = None
+    class_name: OptionalObjectName = None
+    tls_secret: OptionalObjectName = None
+
+
+class ApiKeySection(Section):
+    secret_name: ObjectName = None
+    key: SecretKey = None
+
+
+class DeploymentSection(Section):
+    replicas: Count = None
+    port: Port = None
+    cpu_request: CpuQuantity = None
+    cpu_limit: CpuQuantity = None
+    memory_request: MemoryQuantity = None
+    memory_limit: MemoryQuantity = None
+    max_batch: Positive = None
+    container_port: Port = None
+    web_concurrency: Positive = None
+    progress_deadline_seconds: Positive = None
+    confirm: bool = None
+    autoscaling: AutoscalingSection = None
+    service: ServiceSection = None
+    ingress: IngressSection = None
+    api_key: ApiKeySection = None
+    smoke_local_port: Port = None
+
+
+class LocalServicesSection(Section):
+    azurite_port: Port = None
+    registry_port: Port = None
+
+
+class EnvironmentSection(Section):
+    """`modelship.defaults` merged with `modelship.environments.<env>`."""
+
+    runtime: Literal["kubernetes", "docker"] = None
+    model_store: ModelStoreSection
+    image: ImageSection
+    registry: RegistrySection
+    kubernetes: KubernetesSection
+    deployment: DeploymentSection = None
+    local_services: LocalServicesSection = None
+
+
+EnvironmentName = _text(_LABEL_1123, "an RFC 1123 label (lower-case letters, digits and '-')",
+                        63)
+
+
+class ModelshipSection(Section):
+    """The top of the `modelship` block; each environment is checked once merged."""
+
+    default_env: EnvironmentName = None
+    app_name: Dns1035Label
+    model_name: ModelName
+    defaults: dict[str, Any] = None
+    # `dev:` with nothing under it is an environment that changes no default.
+    environments: dict[EnvironmentName, Annotated[dict[str, Any], BeforeValidator(
+        lambda value: {} if value is None else value)]]
+
+
+# --- walking the schema --------------------------------------------------------------------
+
+
+def section_model(annotation: Any) -> type[Section] | None:
+    """The Section a field holds, or None for a leaf setting."""
+    if isinstance(annotation, type) and issubclass(annotation, Section):
+        return annotation
+    return None
+
+
+def model_at(model: type[Section], path: tuple) -> type[Section] | None:
+    """The Section found at `path` below `model` (None once the path leaves the schema)."""
+    for key in path:
+        field = model.model_fields.get(key) if isinstance(key, str) else None
+        model = section_model(field.annotation) if field else None
+        if model is None:
+            return None
+    return model
+
+
+def leaf_paths(model: type[Section], prefix: tuple = ()) -> list[tuple[str, ...]]:
+    """Every setting below `model`, as key paths: ('deployment', 'autoscaling', 'enabled')."""
+    paths = []
+    for name, field in model.model_fields.items():
+        inner = section_model(field.annotation)
+        paths.extend(leaf_paths(inner, prefix + (name,)) if inner else [prefix + (name,)])
+    return paths
+
+
+def is_text(model: type[Section], path: tuple[str, ...]) -> bool:
+    """True when the setting at `path` holds a string (not a number, flag, list or choice)."""
+    return model_at(model, path[:-1]).model_fields[path[-1]].annotation is str
