@@ -47,7 +47,8 @@ DEFAULT_KILL_TIMEOUT_SECONDS = 15
 # A client has this long to send a request's headers, and a kept-alive connection may
 # sit idle this long between requests.
 DEFAULT_HEADER_TIMEOUT_SECONDS = 10
-# The whole request line and header section; beyond it the client gets a 431 (or 414).
+# Granian's read buffer, which bounds the request line and header section: past it
+# the client gets a 431 (or 414). Hyper lets the buffer grow up to about twice this.
 HEADER_BUFFER_BYTES = 64 * 1024
 
 
