@@ -1,4 +1,4 @@
-# The serving image: app code + one ONNX model, run by gunicorn as a non-root user.
+# The serving image: app code + one ONNX model, served by Granian (app/serve.py) as a non-root user.
 # Built with networking disabled: dependencies come from build/wheelhouse (prepared on the
 # host for the image's platform), the model from build/model (fetched and verified).
 ARG BASE_IMAGE=python:3.11-slim
@@ -35,4 +35,4 @@ USER 10001:10001
 EXPOSE 8080
 HEALTHCHECK --interval=10s --timeout=3s --start-period=10s --retries=3 \
   CMD ["python3", "-c", "import os,urllib.request; urllib.request.urlopen('http://127.0.0.1:%s/healthz' % os.environ.get('PORT', '8080'), timeout=2)"]
-CMD ["gunicorn", "--config", "/opt/service/app/gunicorn_conf.py", "app:create_app()"]
+CMD ["python3", "-m", "app.serve"]

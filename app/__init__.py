@@ -1,6 +1,7 @@
 """The serving app: a Flask factory that exposes one ONNX model over HTTP.
 
-`create_app()` is the WSGI entry gunicorn calls (`app:create_app()`). Settings come
+`create_app()` builds the WSGI app; `app.serve` runs one per server worker behind
+Granian (`python -m app.serve`). Settings come
 from defaults, then plain environment variables (the names the Kubernetes manifests
 set), then `test_config`. The app serves whatever model `MODEL_DIR` holds: nothing in
 this package may know which model that is, and nothing here may start Flask's
@@ -23,15 +24,18 @@ DEFAULTS = {
     "APP_VERSION": "unknown",
     "MAX_BATCH": 1000,
     "MAX_CONTENT_LENGTH": 1024 * 1024,
+    # Seconds a client has to send a request body once its headers arrived (408 after).
+    "BODY_TIMEOUT_SECONDS": 10,
     "API_KEY": "",
     "API_KEY_FILE": "",
-    # Where gunicorn workers share their counters; empty keeps them in this process.
+    # Where the server's workers share their counters; empty keeps them in this process.
     "METRICS_DIR": "",
-    # Set by gunicorn_conf.py: check the model here, open it in each forked worker.
-    "OPEN_MODEL_IN_WORKERS": False,
+    # A file whose existence means the server is shutting down (/readyz 503); set by
+    # app.serve. Empty: never.
+    "SHUTDOWN_MARKER": "",
 }
-_INTEGER_SETTINGS = {"MAX_BATCH", "MAX_CONTENT_LENGTH"}
-_BOOLEAN_SETTINGS = {"OPEN_MODEL_IN_WORKERS"}
+_INTEGER_SETTINGS = {"MAX_BATCH", "MAX_CONTENT_LENGTH", "BODY_TIMEOUT_SECONDS"}
+_BOOLEAN_SETTINGS: set[str] = set()
 
 
 def settings_from_environment(environ=os.environ) -> dict:

@@ -73,12 +73,22 @@ def http_error_as_api_error(error: HTTPException, method: str, body_limit) -> Ap
     elif error.code == 405 and getattr(error, "valid_methods", None):
         message = f"{method} is not allowed here; use {', '.join(error.valid_methods)}"
     elif error.code == 413:
-        message = f"request body is larger than the limit of {body_limit} bytes"
+        return body_too_large(body_limit)
     else:
         message = error.description
     # Keep headers such as Allow (405) but not the HTML content type.
     headers = [(key, value) for key, value in error.get_headers() if key.lower() != "content-type"]
     return ApiError(error.code, code, message, headers)
+
+
+def body_too_large(body_limit, headers=None) -> ApiError:
+    """The 413 for a body over `body_limit` bytes, whoever notices it (app or server bridge)."""
+    return ApiError(
+        413,
+        _HTTP_ERROR_CODES[413],
+        f"request body is larger than the limit of {body_limit} bytes",
+        headers,
+    )
 
 
 def _handle_http_exception(error: HTTPException):

@@ -30,6 +30,9 @@ from app.request_log import REQUEST_ID_HEADER, log_request, request_id_for
 
 _JSON_CONTENT_TYPE = "application/json"
 _ROUTE_KEY = "modelship.route"
+# Set by the server bridge (app.rsgi_bridge) when the body itself was refused (too
+# large, too slow, malformed): the answer is that error, whatever the route.
+BODY_PROBLEM_KEY = "modelship.body_problem"
 _STATUS_LINES = {status.value: f"{status.value} {status.phrase}" for status in HTTPStatus}
 
 
@@ -46,7 +49,15 @@ class ServiceFront:
         started = time.perf_counter()
         request_id = request_id_for(environ)
         method = environ.get("REQUEST_METHOD", "")
-        if method == scoring.METHOD and environ.get("PATH_INFO") == scoring.ROUTE:
+        is_scoring = method == scoring.METHOD and environ.get("PATH_INFO") == scoring.ROUTE
+        body_problem = environ.get(BODY_PROBLEM_KEY)
+        if body_problem is not None:
+            status, headers, body = self._error(body_problem, request_id)
+            start_response(_STATUS_LINES[status], headers)
+            self._finish(method, scoring.ROUTE if is_scoring else None, status, started,
+                         request_id)
+            return [body]
+        if is_scoring:
             status, headers, body = self._score(environ, method, request_id)
             start_response(_STATUS_LINES[status], headers)
             self._finish(method, scoring.ROUTE, status, started, request_id)

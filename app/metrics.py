@@ -1,4 +1,4 @@
-"""Prometheus metrics that stay correct when several gunicorn workers serve one port.
+"""Prometheus metrics that stay correct when several server workers serve one port.
 
 Each worker process adds to its own file of counters (`worker-<pid>.metrics` in
 `METRICS_DIR`, memory-mapped, so an increment is a write to memory, not a system

@@ -2,8 +2,8 @@
 
 `init_app` loads the model from `MODEL_DIR` (`model.onnx` + `metadata.json`) when the
 app is created, warms it up and replays the golden samples the metadata carries; only
-then is the process ready. Under gunicorn the master reads and verifies the files and
-each forked worker opens the session (`open_in_worker`). Requests reach the model
+then is the process ready. Each server worker builds its own app, so each reads,
+verifies and opens the model once, before it takes connections. Requests reach the model
 through `get_model()` and nothing else. The input signature comes from the ONNX session
 itself, so this module knows nothing about any particular model, and it must never load
 a model per request or serve a model whose bytes do not match the sha256 its metadata
@@ -70,8 +70,8 @@ class OnnxModel:
         model_path = model_dir / MODEL_FILENAME
         if not model_path.is_file():
             raise ModelLoadError(f"{model_path} not found")
-        # The bytes stay in memory: under gunicorn they are read and checked once in the
-        # master and shared copy-on-write; each worker builds its session from them.
+        # The bytes stay in memory until open() builds the session from exactly what
+        # was hashed.
         self._model_bytes = model_path.read_bytes()
         self.sha256 = hashlib.sha256(self._model_bytes).hexdigest()
         declared_sha256 = self.metadata.get("sha256")
@@ -90,11 +90,11 @@ class OnnxModel:
         """Build this process's inference session, warm it up and replay the golden samples."""
         # Imported here, not at the top: importing onnxruntime starts a native thread,
         # and a process forked after that aborts at exit trying to join a thread it
-        # does not have. The gunicorn master checks the model without ever importing it.
+        # does not have. (The server spawns its workers, but tests and tools fork.)
         import onnxruntime
 
         options = onnxruntime.SessionOptions()
-        # One thread per inference: gunicorn workers already use every CPU the pod has,
+        # One thread per inference: the server's workers already use every CPU the pod has,
         # and onnxruntime's default pool per worker would oversubscribe them.
         options.intra_op_num_threads = 1
         options.inter_op_num_threads = 1
@@ -202,37 +202,15 @@ class _LoadedModel:
     problem: str | None = None
 
 
-_WAITING_FOR_WORKER = (
-    "the model is checked but opened only in forked workers (OPEN_MODEL_IN_WORKERS is set); "
-    "this process is not one"
-)
-
-
 def init_app(app: Flask) -> None:
-    """Load and check the model; open it here too unless workers forked later will.
-
-    With `OPEN_MODEL_IN_WORKERS` (set by gunicorn_conf.py), this process only reads
-    and verifies the files, and `open_in_worker` finishes the job after each fork.
-    """
+    """Load, check and open the model; the app is unready (not crashed) if that fails."""
     model_dir = app.config["MODEL_DIR"]
     try:
         model = OnnxModel(model_dir)
     except Exception as error:
         _mark_unready(app, error, model_dir)
         return
-    if app.config["OPEN_MODEL_IN_WORKERS"]:
-        app.extensions[_EXTENSION_KEY] = _LoadedModel(model, _WAITING_FOR_WORKER)
-        logger.info("model checked", extra={"fields": _identity(model)})
-        return
     _open(app, model)
-
-
-def open_in_worker(app: Flask) -> None:
-    """Open, in a freshly forked worker, the model its master loaded and checked."""
-    loaded = app.extensions.get(_EXTENSION_KEY)
-    if loaded is None or loaded.model is None:  # not this app, or nothing to open
-        return
-    _open(app, loaded.model)
 
 
 def _open(app: Flask, model: OnnxModel) -> None:
@@ -269,8 +247,8 @@ def model_problem() -> str | None:
 def model_of(app: Flask) -> OnnxModel:
     """`app`'s model, ready to predict; a 503 for the client when it is not.
 
-    Looked up on every request rather than kept: a gunicorn worker opens the model
-    after the app (and its front) were built in the master.
+    Looked up on every request rather than kept, so the front never holds a model
+    that failed its checks.
     """
     loaded = app.extensions[_EXTENSION_KEY]
     if loaded.problem is not None:

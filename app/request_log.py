@@ -96,7 +96,7 @@ def _iso_time(created: float) -> str:
 def ensure_log_output(logger: logging.Logger, stream=None) -> None:
     """Send `logger`'s INFO records to stderr as JSON unless logging is already set up.
 
-    Under gunicorn nobody configures the root logger, so without this the request
+    Under the server nobody configures the root logger, so without this the request
     lines would be dropped; under pytest or an embedding app, their handlers win.
     """
     if logger.level == logging.NOTSET:

@@ -9,6 +9,8 @@ and scrapers carry none.
 
 from __future__ import annotations
 
+import os
+
 from flask import Blueprint, Response, current_app, jsonify, request
 
 from app import metrics, scoring
@@ -33,6 +35,10 @@ def healthz():
 
 @api.get("/readyz")
 def readyz():
+    marker = current_app.config["SHUTDOWN_MARKER"]
+    if marker and os.path.exists(marker):
+        # Draining: Kubernetes stops sending new traffic while requests are still served.
+        return error_response(503, "shutting_down", "the server is shutting down")
     problem = model_problem()
     if problem:
         return error_response(503, "model_not_ready", f"the model is not loaded: {problem}")

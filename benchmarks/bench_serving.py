@@ -1,15 +1,18 @@
-"""Serving benchmark: the app under its production gunicorn configuration against its floor.
+"""Serving benchmark: the app under its production server (Granian) against the gunicorn floor.
 
     .venv/bin/python benchmarks/bench_serving.py [--duration 10] [--rounds 3] [--json FILE]
 
 Trains the sample digits model into a temporary directory, then on 127.0.0.1 only:
-measures launch-to-ready of the app, drives it with `wrk` (1-row and 100-row POST
-/score, API key on, request log and metrics on), drives the HTTP floor (the same
-Flask + gunicorn configuration answering a constant JSON) the same way, alternating
-floor and app for several rounds, and times raw in-process onnxruntime predictions on
-the same rows. Prints each round and, against the issue's targets, the median
-app/floor ratio and median p99. It needs `wrk` (Debian package) and the `publish` extra. It must
-never talk to another address and never leave a process behind.
+measures launch-to-ready of the app (`python -m app.serve`), drives it with `wrk`
+(1-row and 100-row POST /score, API key on, request log and metrics on), drives the
+HTTP floor (Flask answering a constant JSON under the project's previous gunicorn
+configuration, benchmarks/gunicorn_floor_conf.py) the same way, alternating floor
+and app for several rounds, then holds 16 slow clients open against the app (8 send
+their headers one line per second, 8 their body one byte per second) while wrk
+measures /healthz and 1-row /score. It also times raw in-process onnxruntime
+predictions on the same rows. Prints each round and, against the issue's targets, the
+medians. It needs `wrk` (Debian package), gunicorn (the `test` extra) and the
+`publish` extra. It must never talk to another address and never leave a process behind.
 """
 
 from __future__ import annotations
@@ -25,6 +28,7 @@ import statistics
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 import urllib.request
 from pathlib import Path
@@ -32,13 +36,19 @@ from pathlib import Path
 import numpy as np
 
 REPO = Path(__file__).resolve().parent.parent
-GUNICORN_CONF = REPO / "app" / "gunicorn_conf.py"
+GUNICORN_CONF = REPO / "benchmarks" / "gunicorn_floor_conf.py"
+FLOOR_COMMAND = [sys.executable, "-m", "gunicorn", "--config", str(GUNICORN_CONF),
+                 "benchmarks.serving_floor_app:create_app()"]
+APP_COMMAND = [sys.executable, "-m", "app.serve"]
 API_KEY = "bench-key-not-a-secret"
 READY_TIMEOUT_SECONDS = 30
 
-TARGET_FLOOR_SHARE = 0.80
+TARGET_ONE_ROW_SHARE = 2.0
+TARGET_HUNDRED_ROW_SHARE = 0.80
 TARGET_P99_MS = 10.0
 TARGET_READY_SECONDS = 1.0
+TARGET_SLOW_CLIENT_P99_MS = 50.0
+SLOW_CLIENTS = 16
 
 
 def free_port() -> int:
@@ -48,9 +58,9 @@ def free_port() -> int:
 
 
 class Server:
-    """A gunicorn master on 127.0.0.1, stopped (with its workers) on exit."""
+    """A server (gunicorn or app.serve) on 127.0.0.1, stopped with its workers on exit."""
 
-    def __init__(self, wsgi_app: str, environment: dict, log_path: Path):
+    def __init__(self, command: list, environment: dict, log_path: Path):
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         env = {
@@ -59,12 +69,13 @@ class Server:
             "HOST": "127.0.0.1",
             "PORT": str(self.port),
             "PYTHONPATH": str(REPO),
+            "SHUTDOWN_DRAIN_SECONDS": "0",  # nothing routes to it: stop at once
         }
         env.pop("METRICS_DIR", None)
         self._log = open(log_path, "wb")
         self.started = time.perf_counter()
         self.process = subprocess.Popen(
-            [sys.executable, "-m", "gunicorn", "--config", str(GUNICORN_CONF), wsgi_app],
+            command,
             cwd=REPO,
             env=env,
             stdout=self._log,
@@ -77,7 +88,7 @@ class Server:
         deadline = self.started + READY_TIMEOUT_SECONDS
         while time.perf_counter() < deadline:
             if self.process.poll() is not None:
-                raise RuntimeError(f"gunicorn exited early (code {self.process.returncode})")
+                raise RuntimeError(f"{self.process.args} exited early (code {self.process.returncode})")
             try:
                 with urllib.request.urlopen(f"{self.url}/readyz", timeout=1) as response:
                     if response.status == 200:
@@ -141,7 +152,7 @@ def run_wrk(url: str, script: Path, duration: int, connections: int, threads: in
 
 
 def gunicorn_sizing() -> str:
-    """Workers and threads as app/gunicorn_conf.py sets them in this environment."""
+    """Workers and threads as the floor's gunicorn configuration sets them here."""
     code = (
         "import runpy, sys; s = runpy.run_path(sys.argv[1]); s['on_exit'](None); "
         "print(f\"{s['workers']} {s['worker_class']} workers x {s['threads']} threads\")"
@@ -172,10 +183,10 @@ def raw_onnxruntime_rate(model_path: Path, rows: np.ndarray, seconds: float = 2.
     return calls * len(rows) / elapsed
 
 
-def measure(wsgi_app: str, environment: dict, scripts: dict, log_path: Path, args) -> dict:
+def measure(command: list, environment: dict, scripts: dict, log_path: Path, args) -> dict:
     """One server's wrk figures for every batch size, from a fresh launch."""
     figures = {}
-    with Server(wsgi_app, environment, log_path) as server:
+    with Server(command, environment, log_path) as server:
         server.wait_ready()
         for size, script in scripts.items():
             # A short warm-up run so both servers start from warm workers.
@@ -183,6 +194,56 @@ def measure(wsgi_app: str, environment: dict, scripts: dict, log_path: Path, arg
             figures[size] = run_wrk(
                 f"{server.url}/score", script, args.duration, args.connections, args.wrk_threads
             )
+    return figures
+
+
+def hold_slow_clients(port: int, body: bytes, stop: threading.Event) -> list:
+    """SLOW_CLIENTS connections trickling in (half headers, half bodies); threads to join."""
+
+    def trickle(pieces: list):
+        try:
+            with socket.create_connection(("127.0.0.1", port), timeout=5) as connection:
+                for piece in pieces:
+                    if stop.wait(1):
+                        return
+                    connection.sendall(piece)
+        except OSError:
+            pass  # the server gave up on it (its timeouts): that is its job
+
+    head = b"POST /score HTTP/1.1\r\nHost: bench\r\nContent-Type: application/json\r\n"
+    header_lines = [head] + [b"X-Slow-%d: 1\r\n" % number for number in range(60)]
+    body_bytes = [head + b"Content-Length: %d\r\n\r\n" % len(body)] + [
+        body[index:index + 1] for index in range(len(body))
+    ]
+    threads = []
+    for number in range(SLOW_CLIENTS):
+        pieces = header_lines if number % 2 == 0 else body_bytes
+        thread = threading.Thread(target=trickle, args=(pieces,), daemon=True)
+        thread.start()
+        threads.append(thread)
+    return threads
+
+
+def slow_client_run(environment: dict, score_script: Path, scratch: Path, args) -> dict:
+    """/healthz and 1-row /score figures while slow clients are held open."""
+    healthz_script = scratch / "healthz.lua"
+    healthz_script.write_text('wrk.method = "GET"\n')
+    body = json.loads(score_script.read_text().splitlines()[1].split(" = ", 1)[1]).encode()
+    figures = {}
+    with Server(APP_COMMAND, environment, scratch / "slow.log") as server:
+        server.wait_ready()
+        stop = threading.Event()
+        threads = hold_slow_clients(server.port, body, stop)
+        try:
+            time.sleep(2)  # let every slow client get its connection in
+            for name, path, script in (("healthz", "/healthz", healthz_script),
+                                       ("score", "/score", score_script)):
+                figures[name] = run_wrk(f"{server.url}{path}", script, args.duration,
+                                        args.connections, args.wrk_threads)
+        finally:
+            stop.set()
+            for thread in threads:
+                thread.join()
     return figures
 
 
@@ -228,16 +289,15 @@ def main() -> int:
         }
         ready_seconds = []
         for attempt in range(3):  # launch time is noisy; report the worst of three
-            with Server("app:create_app()", app_environment, scratch / "ready.log") as server:
+            with Server(APP_COMMAND, app_environment, scratch / "ready.log") as server:
                 ready_seconds.append(server.wait_ready())
         figures["app_launch_to_ready_s"] = ready_seconds
 
         rounds = []
         app_log = scratch / "app.log"
         for number in range(1, args.rounds + 1):
-            floor = measure("benchmarks.serving_floor_app:create_app()", {}, scripts,
-                            scratch / "floor.log", args)
-            app = measure("app:create_app()", app_environment, scripts, app_log, args)
+            floor = measure(FLOOR_COMMAND, {}, scripts, scratch / "floor.log", args)
+            app = measure(APP_COMMAND, app_environment, scripts, app_log, args)
             served = subprocess.run(
                 ["grep", "-c", '"route": "/score"', str(app_log)], capture_output=True, text=True
             ).stdout.strip()
@@ -247,6 +307,9 @@ def main() -> int:
                 f"{floor[size]['requests_per_second']:.0f} req/s" for size in scripts
             ), file=sys.stderr, flush=True)
         figures["rounds"] = rounds
+        figures["slow_clients"] = slow_client_run(
+            app_environment, scripts[1], scratch, args
+        )
 
         for size, batch in rows.items():
             figures[f"onnxruntime_{size}_row_predictions_per_s"] = raw_onnxruntime_rate(
@@ -262,7 +325,7 @@ def report(figures: dict) -> bool:
     """Print each round and the medians; True when every target is met."""
     rounds = figures["rounds"]
     print(
-        f"gunicorn: {figures['gunicorn']}; wrk: {figures['connections']} connections, "
+        f"app: python -m app.serve (Granian); floor: gunicorn {figures['gunicorn']}; wrk: {figures['connections']} connections, "
         f"{figures['wrk_threads']} thread(s), {figures['duration_s']} s per run; "
         f"{figures['cpus']} CPUs shared by both; {len(rounds)} round(s) of floor then app"
     )
@@ -290,16 +353,32 @@ def report(figures: dict) -> bool:
         )
     logged = sum(round_figures["app_request_log_lines"] for round_figures in rounds)
     print(f"request log: {logged} /score lines written by the app")
+    slow = figures["slow_clients"]
+    print(f"with {SLOW_CLIENTS} slow clients held open (headers 1 line/s, body 1 byte/s):")
+    for name, run in slow.items():
+        print(f"  {name}: {run['requests_per_second']:6.0f} req/s, p50 {run['p50_ms']:.2f} ms, "
+              f"p99 {run['p99_ms']:.2f} ms, non-2xx {run['non_2xx']}")
+    print("launch to /readyz 200: " + ", ".join(
+        f"{seconds:.2f} s" for seconds in figures["app_launch_to_ready_s"]))
 
     one_row_share, one_row_p99 = medians[1]
+    hundred_row_share = medians[100][0]
     worst_ready = max(figures["app_launch_to_ready_s"])
+    worst_slow_p99 = max(run["p99_ms"] for run in slow.values())
     checks = [
-        (f"1-row rate >= {TARGET_FLOOR_SHARE:.0%} of floor", one_row_share >= TARGET_FLOOR_SHARE,
-         f"{one_row_share:.1%} (median of {len(rounds)})"),
+        (f"1-row rate >= {TARGET_ONE_ROW_SHARE:g}x floor", one_row_share >= TARGET_ONE_ROW_SHARE,
+         f"{one_row_share:.2f}x (median of {len(rounds)})"),
+        (f"100-row rate >= {TARGET_HUNDRED_ROW_SHARE:.0%} of floor",
+         hundred_row_share >= TARGET_HUNDRED_ROW_SHARE,
+         f"{hundred_row_share:.1%} (median of {len(rounds)})"),
         (f"1-row p99 <= {TARGET_P99_MS:g} ms", one_row_p99 <= TARGET_P99_MS,
          f"{one_row_p99:.2f} ms (median of {len(rounds)})"),
         (f"launch to /readyz 200 <= {TARGET_READY_SECONDS:g} s",
          worst_ready <= TARGET_READY_SECONDS, f"{worst_ready:.2f} s (worst of 3)"),
+        (f"p99 with {SLOW_CLIENTS} slow clients <= {TARGET_SLOW_CLIENT_P99_MS:g} ms",
+         worst_slow_p99 <= TARGET_SLOW_CLIENT_P99_MS
+         and all(run["non_2xx"] == 0 for run in slow.values()),
+         f"{worst_slow_p99:.2f} ms (worse of /healthz and /score)"),
     ]
     for name, passed, value in checks:
         print(f"{'PASS' if passed else 'MISS'}  {name}: {value}")

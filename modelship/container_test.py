@@ -1,8 +1,9 @@
 """The container contract test: start the built image, prove it serves its model, remove it.
 
 Runs before any push: readiness within a deadline, the model's golden samples through
-`/score`, `/version` against the image's own labels, a non-root process, and no secret-looking
-value in the image's history or environment. The container uses host networking on a free
+`/score`, `/version` against the image's own labels, a non-root process, the production
+HTTP server (Granian, started by `python -m app.serve`), and no secret-looking value in the
+image's history or environment. The container uses host networking on a free
 loopback port and is removed afterwards, pass or fail. It must never leave a container behind.
 """
 
@@ -10,6 +11,8 @@ from __future__ import annotations
 
 import re
 import socket
+
+import requests
 
 from .errors import PipelineError
 from .service_checks import check_golden, check_version, wait_ready
@@ -60,6 +63,30 @@ def find_secrets(image) -> list[str]:
     return sorted(set(findings))
 
 
+SERVING_COMMAND = ["python3", "-m", "app.serve"]
+SERVER_HEADER = "granian"
+
+
+def check_server(image, base_url: str) -> str:
+    """The image starts app.serve and Granian answers; returns the Server header."""
+    command = image.attrs["Config"].get("Cmd") or []
+    if command != SERVING_COMMAND:
+        raise PipelineError(
+            f"The image starts {command!r}, not the serving entry point {SERVING_COMMAND!r}.",
+            "Keep the Dockerfile's CMD: the service must run under app.serve (Granian).",
+        )
+    try:
+        server = requests.get(f"{base_url}/healthz", timeout=5).headers.get("Server", "")
+    except requests.RequestException as error:
+        raise PipelineError(f"/healthz did not answer: {error}.", "Read the container logs.")
+    if server.lower() != SERVER_HEADER:
+        raise PipelineError(
+            f"/healthz was answered by {server or 'an unnamed server'!r}, not {SERVER_HEADER}.",
+            "Keep the Dockerfile's CMD and granian in requirements/image.in.",
+        )
+    return server
+
+
 def check_labels_match(version: dict, labels: dict) -> None:
     expected = {
         "git_revision": labels.get("org.opencontainers.image.revision"),
@@ -105,7 +132,8 @@ def run_contract(client, image_ref: str, metadata: dict, echo) -> None:
                 "The service runs as root inside the image.",
                 "Keep the Dockerfile's `USER` line (a non-root uid).",
             )
-        echo(f"  ready on {base_url}, running as uid {uid}")
+        server = check_server(image, base_url)
+        echo(f"  ready on {base_url}, served by {server}, running as uid {uid}")
         check_labels_match(check_version(base_url, metadata), image.labels)
         count = check_golden(base_url, metadata)
         echo(f"  /score returned the expected label for {count} golden samples")

@@ -263,72 +263,65 @@ def test_app_code_does_not_know_about_digits():
         assert "digit" not in path.read_text().lower(), path
 
 
-# --- loading before fork ----------------------------------------------------------
+# --- the server's settings -----------------------------------------------------------
 
 
-def test_the_gunicorn_master_checks_the_model_without_importing_onnxruntime(sample_model_dir):
-    """Importing onnxruntime starts a thread a forked worker cannot join: keep it out."""
-    code = (
-        "import sys; from app import create_app; "
-        f"app = create_app({{'MODEL_DIR': {str(sample_model_dir)!r}, "
-        "'OPEN_MODEL_IN_WORKERS': True}); "
-        "c = app.test_client(); "
-        "print(c.get('/readyz').status_code, 'onnxruntime' in sys.modules, "
-        "c.get('/version').get_json()['model'])"
+def test_server_settings_size_workers_from_cpus_and_bound_clients(clean_environ):
+    from app.serve import server_settings
+
+    settings = server_settings({})
+
+    assert settings["workers"] == min(len(os.sched_getaffinity(0)), 4)
+    assert (settings["host"], settings["port"]) == ("0.0.0.0", 8080)
+    # The drain and the kill timeout together stay under Kubernetes' 30 s grace period.
+    assert 0 < settings["drain_seconds"] + settings["kill_timeout_seconds"] < 30
+    assert 0 < settings["header_timeout_seconds"] <= 30
+
+
+def test_server_settings_come_from_the_manifests_variables():
+    from app.serve import server_settings
+
+    settings = server_settings(
+        {"HOST": "127.0.0.1", "PORT": "9000", "WEB_CONCURRENCY": "7", "SHUTDOWN_DRAIN_SECONDS": "0"}
     )
-    env = {k: v for k, v in os.environ.items() if k not in ("MODEL_DIR", "API_KEY")}
-    result = subprocess.run(
-        [sys.executable, "-c", code], cwd=REPO, env=env, capture_output=True, text=True, check=True
-    )
-    assert result.stdout.split()[:2] == ["503", "False"]
+
+    assert (settings["host"], settings["port"], settings["workers"]) == ("127.0.0.1", 9000, 7)
+    assert settings["drain_seconds"] == 0
 
 
-def test_a_forked_worker_opens_the_checked_model_and_becomes_ready(make_app):
-    from app.model import open_in_worker
+@pytest.mark.parametrize("name, raw", [("WEB_CONCURRENCY", "two"), ("WEB_CONCURRENCY", "0"),
+                                       ("PORT", "80.5")])
+def test_server_settings_refuse_nonsense_with_the_variable_named(name, raw):
+    from app.serve import server_settings
 
-    app = make_app(OPEN_MODEL_IN_WORKERS=True)
-    client = app.test_client()
-    assert client.get("/readyz").status_code == 503
-    assert client.post("/score", json=zero_rows()).status_code == 503
+    with pytest.raises(SystemExit, match=name):
+        server_settings({name: raw})
 
-    open_in_worker(app)
 
+def test_the_run_directory_is_emptied_of_an_earlier_runs_files(tmp_path):
+    from app.serve import SHUTDOWN_MARKER_NAME, prepare_run_directory
+
+    (tmp_path / "worker-123.metrics").write_bytes(b"old")
+    (tmp_path / SHUTDOWN_MARKER_NAME).touch()
+    (tmp_path / "unrelated").touch()
+
+    directory, made_here = prepare_run_directory({"METRICS_DIR": str(tmp_path)})
+
+    assert (directory, made_here) == (tmp_path, False)
+    assert sorted(path.name for path in tmp_path.iterdir()) == ["unrelated"]
+
+
+def test_readiness_is_503_while_the_server_drains(make_app, tmp_path):
+    marker = tmp_path / "shutting-down"
+    client = make_app(SHUTDOWN_MARKER=str(marker)).test_client()
     assert client.get("/readyz").status_code == 200
-    assert client.post("/score", json=zero_rows()).status_code == 200
 
+    marker.touch()
 
-def test_gunicorn_config_sizes_workers_from_cpus_and_limits_requests(clean_environ):
-    import runpy
-
-    # setenv (not delenv) so the variables the config file sets are restored afterwards.
-    clean_environ.setenv("WEB_CONCURRENCY", "")
-    clean_environ.setenv("GUNICORN_THREADS", "")
-    clean_environ.setenv("METRICS_DIR", "")
-    clean_environ.setenv("OPEN_MODEL_IN_WORKERS", "")
-    settings = runpy.run_path(str(REPO / "app" / "gunicorn_conf.py"))
-    try:
-        cpus = len(os.sched_getaffinity(0))
-        assert settings["workers"] == min(cpus, 4)
-        assert (settings["worker_class"], settings["threads"]) == ("gthread", 1)
-        assert settings["preload_app"] is True
-        assert settings["timeout"] > 0 and 0 < settings["graceful_timeout"] < 30
-        assert settings["limit_request_line"] > 0
-        assert Path(os.environ["METRICS_DIR"]).is_dir()
-        assert os.environ["OPEN_MODEL_IN_WORKERS"] == "1"
-    finally:
-        settings["on_exit"](None)
-    assert not Path(os.environ["METRICS_DIR"]).exists()
-
-
-def test_workers_can_be_set_explicitly(clean_environ):
-    import runpy
-
-    clean_environ.setenv("WEB_CONCURRENCY", "7")
-    clean_environ.setenv("METRICS_DIR", "")
-    clean_environ.setenv("OPEN_MODEL_IN_WORKERS", "")
-    settings = runpy.run_path(str(REPO / "app" / "gunicorn_conf.py"))
-    settings["on_exit"](None)
-    assert settings["workers"] == 7
+    answer = client.get("/readyz")
+    assert answer.status_code == 503
+    assert answer.get_json()["error"]["code"] == "shutting_down"
+    assert client.get("/healthz").status_code == 200  # alive: do not restart a draining pod
 
 
 def test_model_input_and_values_pass_through_unchanged(client, sample_metadata):

@@ -1,11 +1,10 @@
-"""Gunicorn settings for the serving container: `gunicorn -c app/gunicorn_conf.py`.
+"""The gunicorn configuration the service ran under before Granian: the benchmark's floor.
 
-Everything that differs between environments comes from environment variables, so one
-image runs anywhere. The master loads the app and checks the model files once, then
-forks the workers; each worker builds its own onnxruntime session from the bytes it
-inherited, warms it up and replays the golden samples before it serves. This file must
-never bind anything but the address it is given, and never write outside the temporary
-directory (the container's root file system is read-only).
+bench_serving.py runs the floor app (Flask answering a constant JSON) with it, so
+"before" keeps meaning what it meant: one single-threaded gthread worker per CPU,
+preloaded, keep-alive 5 s. It is not the serving configuration any more (that is
+app/serve.py); it must not be changed to flatter either side, and must never bind
+anything but the address it is given.
 """
 
 import gc
@@ -35,14 +34,9 @@ workers = int(os.environ.get("WEB_CONCURRENCY") or _default_workers())
 worker_class = "gthread"
 threads = int(os.environ.get("GUNICORN_THREADS") or 1)
 
-# Load the app in the master before forking: Flask, numpy and the app's code are
-# imported once, and the model files are read and their sha256 checked once, so a
-# corrupt model stops nothing but readiness and workers share those pages. What is
-# not safe before fork is onnxruntime itself (its import starts a native thread that
-# a forked worker aborts on at exit), so each worker imports it and opens the
-# session in post_worker_init below.
+# The service loaded its app in the master before forking and opened the model in
+# each worker; the floor keeps the preload.
 preload_app = True
-os.environ["OPEN_MODEL_IN_WORKERS"] = "1"
 
 timeout = 30
 graceful_timeout = 20  # below Kubernetes' default 30 s termination grace period
@@ -83,10 +77,7 @@ else:
 
 
 def post_worker_init(worker):
-    from app.model import open_in_worker
-
-    open_in_worker(worker.wsgi)
-    # Everything alive now (Flask, numpy, the session) lives as long as the worker:
+    # (The service opened its model here; the floor app has none.) Everything alive now (Flask, numpy, the session) lives as long as the worker:
     # keep it out of the collector's full passes, which otherwise walk it all again
     # every few thousand requests.
     gc.freeze()
