@@ -239,6 +239,7 @@ def _record(plan: BuildPlan, settings: Settings, **image) -> ReleaseRecord:
             name=str(plan.model["name"]), version=str(plan.model["version"]),
             sha256=str(plan.model["sha256"]), task=str(plan.model.get("task", "classification")),
             golden=list(plan.model.get("golden") or []),
+            tolerance=dict(plan.model.get("tolerance") or {}),
         ),
         source=SourceRecord(revision=plan.source.revision, dirty=plan.source.dirty),
     )

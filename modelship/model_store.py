@@ -17,13 +17,13 @@ import functools
 import hashlib
 import json
 import os
-import re
 import tempfile
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
 from urllib.parse import urlparse
 
+from . import model_metadata
 from .errors import PipelineError
 from .redact import mask
 from .stores import FileStore, ModelStore, StoreObjectMissing, is_loopback, refuse_plain_http
@@ -40,9 +40,8 @@ MODEL_FILE = "model.onnx"
 METADATA_FILE = "metadata.json"
 LATEST_POINTER = "latest.json"
 LOCK_FILE = "model.lock.json"
-VERSION_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
-SHA256_PATTERN = re.compile(r"^[0-9a-f]{64}$")
-REQUIRED_METADATA = ("name", "version", "sha256", "size", "created", "input")
+VERSION_PATTERN = model_metadata.LABEL_SAFE
+SHA256_PATTERN = model_metadata.SHA256
 HASH_CHUNK = 8 * 1024 * 1024
 # A corrupted transfer is downloaded once more before giving up: the SDKs retry broken
 # connections themselves, but only the sha256 can tell that bytes were altered.
@@ -122,12 +121,9 @@ def read_model_dir(model_dir: Path) -> dict:
     except ValueError as error:
         raise PipelineError(f"{metadata_path} is not valid JSON ({error}).",
                             "Export the model again.") from None
-    missing = [key for key in REQUIRED_METADATA if key not in metadata]
-    if missing:
-        raise PipelineError(
-            f"{metadata_path} lacks {', '.join(missing)}.",
-            "Describe the model with modelship.sample_model.describe_model before publishing.",
-        )
+    model_metadata.check(metadata, str(metadata_path),
+                         "Describe the model again: `invoke model.publish --model FILE.onnx "
+                         "--samples FILE.json` writes valid metadata (docs/model-store.md).")
     if metadata["sha256"] != sha256_of(model_path) or metadata["size"] != model_path.stat().st_size:
         raise PipelineError(
             f"{model_path} does not match the sha256 and size in {metadata_path}.",
@@ -142,7 +138,7 @@ def publish(store: ModelStore, model_dir: Path, version: str, force: bool = Fals
     if not VERSION_PATTERN.match(version):
         raise PipelineError(
             f"'{version}' is not a valid model version.",
-            "Use letters, digits, '.', '_' or '-' (at most 64 characters).",
+            f"Use {model_metadata.LABEL_SAFE_RULE}.",
         )
     metadata = read_model_dir(model_dir)
     if str(metadata["version"]) != version:
@@ -224,12 +220,15 @@ def _read_metadata(store: ModelStore, version: str) -> dict:
             f"Model version {version} is not in {store.uri}.",
             "Check the version, or publish it with `invoke model.publish`.",
         ) from None
-    if not SHA256_PATTERN.match(str(metadata.get("sha256", ""))) or not isinstance(
-        metadata.get("size"), int
-    ):
+    model_metadata.check(
+        metadata, f"{store.uri}/{version}/{METADATA_FILE}",
+        "Refusing to build from it. Publish the model again with valid metadata "
+        "(`invoke model.publish --force`).",
+    )
+    if metadata["version"] != version:
         raise PipelineError(
-            f"The metadata of version {version} in {store.uri} has no valid sha256 and size.",
-            "Publish the model again with `invoke model.publish --force`.",
+            f"{store.uri}/{version}/{METADATA_FILE} describes version {metadata['version']}.",
+            "The store was edited by hand; publish the model again with `--force`.",
         )
     return metadata
 

@@ -347,24 +347,48 @@ def local_down(settings: Settings, *, dry: bool) -> list[str]:
 
 
 def publish_model(settings: Settings, *, version: str | None = None,
-                  model_dir: str | None = None, force: bool = False, dry: bool) -> str:
-    """Publish a model folder, or train and publish the sample digits model."""
-    from . import model_store
+                  model_dir: str | None = None, model: str | None = None,
+                  samples: str | None = None, name: str | None = None, task: str | None = None,
+                  tolerance: float | str | None = None, force: bool = False,
+                  dry: bool) -> str:
+    """Publish an ONNX file with its samples, a model folder, or the sample digits model.
 
+    Whatever the source, the folder is opened as the app would open it and its golden
+    samples replayed before anything is written to the store.
+    """
+    from . import model_store, publishing
+
+    if (model is None) != (samples is None):
+        raise PipelineError("--model and --samples go together.",
+                            "Pass both: the ONNX file and the JSON of its golden samples.")
+    if model is not None and model_dir is not None:
+        raise PipelineError("--model and --model-dir both name a model.", "Pass one of them.")
+    try:
+        tolerance = float(tolerance) if tolerance is not None else None
+    except ValueError:
+        raise PipelineError(f"--tolerance {tolerance} is not a number.",
+                            "Pass a relative tolerance such as 1e-4.") from None
     if model_dir is not None and version is None:
         version = str(model_store.read_model_dir(Path(model_dir))["version"])
     version = version or model_store.new_version()
+    name = name or settings.model_name
     store = open_model_store(settings)
     if dry:
-        return f"[dry] would publish {settings.model_name} {version} to {store.uri}"
-    if model_dir is None:
+        return f"[dry] would verify and publish {name} {version} to {store.uri}"
+    if model is not None:
+        model_dir = publishing.export_own_model(
+            Path(model), Path(samples), BUILD_DIR / "publish" / version, name=name,
+            version=version, task=task, tolerance=tolerance)
+    elif model_dir is None:
         from .sample_model import train_digits_model
 
-        model_dir = train_digits_model(BUILD_DIR / "publish" / version,
-                                       name=settings.model_name, version=version)
+        model_dir = train_digits_model(BUILD_DIR / "publish" / version, name=name,
+                                       version=version)
+    model_store.read_model_dir(Path(model_dir))  # the schema first: it names the bad field
+    verified = publishing.verify_serves(Path(model_dir))
     metadata = model_store.publish(store, Path(model_dir), version, force=force)
-    return (f"published {metadata['name']} {version} (sha256 {metadata['sha256'][:12]}…) "
-            f"to {store.uri}")
+    return (f"published {metadata['name']} {version} (sha256 {metadata['sha256'][:12]}…, "
+            f"{verified} golden samples verified) to {store.uri}")
 
 
 def check_model(c, settings: Settings) -> tuple[list[str], bool]:

@@ -21,7 +21,8 @@ def write_model(folder, version, data):
     (folder / "model.onnx").write_bytes(data)
     (folder / "metadata.json").write_text(json.dumps({
         "name": "digits", "version": version, "sha256": hashlib.sha256(data).hexdigest(),
-        "size": len(data), "created": "2024-01-01T00:00:00+00:00", "input": {}, "golden": [],
+        "size": len(data), "created": "2024-01-01T00:00:00+00:00", "input": {"name": "input", "shape": [None, 2], "dtype": "float32"},
+        "golden": [{"instance": [0.0, 1.0], "label": 1}],
     }))
     return folder
 
