@@ -208,6 +208,21 @@ def model_publish(c, env=None, model=None, samples=None, name=None, version=None
                               model_dir=model_dir, force=force, dry=is_dry(c)))
 
 
+@task(name="list", help={"env": ENV_HELP})
+@pipeline_task("model.list")
+def model_list(c, env=None):
+    """List the published model versions: created, size, sha256, and which one is latest."""
+    for line in stages.list_models(_settings(c, env)):
+        echo(line)
+
+
+@task(name="promote", help={"env": ENV_HELP, "version": "The published version latest moves to."})
+@pipeline_task("model.promote")
+def model_promote(c, version, env=None):
+    """Move latest to a published version (also back to an older one); builds then fetch it."""
+    echo(stages.promote_model(_settings(c, env), version=version, dry=is_dry(c)))
+
+
 @task(name="check", help={"env": ENV_HELP})
 def model_check(c, env=None):
     """Compare the latest published model with the one --env runs; exit 1 when they differ.
@@ -247,7 +262,7 @@ def ci_check(c):
 
 
 local = Collection("local", local_up, local_down, local_status)
-model = Collection("model", model_publish, model_check)
+model = Collection("model", model_publish, model_list, model_promote, model_check)
 aks = Collection("aks", aks_credentials)
 namespace = Collection(fetch_model, base_image, lock, build, test, push, render, apply, rollback,
                        deploy, diff, status)

@@ -26,7 +26,8 @@ from urllib.parse import urlparse
 from . import model_metadata
 from .errors import PipelineError
 from .redact import mask
-from .stores import FileStore, ModelStore, StoreObjectMissing, is_loopback, refuse_plain_http
+from .stores import (FileStore, ModelStore, StoreObjectExists, StoreObjectMissing, is_loopback,
+                     refuse_plain_http)
 from .stores.azure_blob import AZURITE_ACCOUNT, AZURITE_KEY
 from .transfer import ProgressFactory, VerifyingWriter
 
@@ -148,17 +149,75 @@ def publish(store: ModelStore, model_dir: Path, version: str, force: bool = Fals
             f"Publish it as --version {metadata['version']}, or export it again as {version}.",
         )
     store.prepare_publish()
-    if store.exists(f"{version}/{METADATA_FILE}") and not force:
-        raise PipelineError(
-            f"Version {version} is already published in {store.uri}.",
-            "Publish under a new version, or pass --force to replace it.",
-        )
-    store.upload_file(f"{version}/{MODEL_FILE}", Path(model_dir) / MODEL_FILE)
-    store.write_bytes(f"{version}/{METADATA_FILE}", json.dumps(metadata, indent=2).encode())
+    metadata_key = f"{version}/{METADATA_FILE}"
+    if store.exists(metadata_key) and not force:
+        raise _already_published(version, store)
+    # The model goes under a name of its own content: a replacement never overwrites the
+    # bytes the current metadata names, and two publishers of one version never write
+    # into the same object. metadata.json, naming the file, is what makes a version exist.
+    model_file = f"model-{metadata['sha256']}.onnx"
+    stored = {**metadata, "model_file": model_file}
+    if not store.exists(f"{version}/{model_file}"):
+        store.upload_file(f"{version}/{model_file}", Path(model_dir) / MODEL_FILE)
+    body = json.dumps(stored, indent=2).encode()
+    if force:
+        store.write_bytes(metadata_key, body)  # one atomic PUT/rename: the switch
+    else:
+        try:
+            store.create_bytes(metadata_key, body)
+        except StoreObjectExists:
+            raise _already_published(version, store) from None
     # The pointer goes last: until it moves, readers keep getting the previous version.
-    pointer = {"version": version, "sha256": metadata["sha256"],
+    write_pointer(store, version, metadata["sha256"])
+    return stored
+
+
+def _already_published(version: str, store: ModelStore) -> PipelineError:
+    return PipelineError(
+        f"Version {version} is already published in {store.uri}.",
+        "Publish under a new version, or pass --force to replace it.",
+    )
+
+
+def write_pointer(store: ModelStore, version: str, sha256: str) -> None:
+    pointer = {"version": version, "sha256": sha256,
                "published": datetime.now(timezone.utc).isoformat()}
     store.write_bytes(LATEST_POINTER, json.dumps(pointer, indent=2).encode())
+
+
+@dataclass(frozen=True)
+class PublishedVersion:
+    version: str
+    created: str
+    sha256: str
+    size: int
+    latest: bool
+
+
+@_secrets_masked
+def list_versions(store: ModelStore) -> list[PublishedVersion]:
+    """Every published version (one whose metadata.json exists and is valid), oldest first."""
+    latest = resolve_version(store) if store.exists(LATEST_POINTER) else None
+    versions = sorted({key.split("/")[0] for key in store.list_keys()
+                       if key.count("/") == 1 and key.endswith(f"/{METADATA_FILE}")})
+    found = []
+    for version in versions:
+        if not VERSION_PATTERN.match(version):
+            continue  # not something publish could have written
+        metadata = _read_metadata(store, version)
+        found.append(PublishedVersion(version, metadata["created"], metadata["sha256"],
+                                      metadata["size"], version == latest))
+    return sorted(found, key=lambda entry: (entry.created, entry.version))
+
+
+@_secrets_masked
+def promote(store: ModelStore, version: str) -> dict:
+    """Move `latest` to a published version, newer or older; return its metadata."""
+    if not VERSION_PATTERN.match(version):
+        raise PipelineError(f"'{version}' is not a valid model version.",
+                            "Pick one that `invoke model.list` shows.")
+    metadata = _read_metadata(store, version)
+    write_pointer(store, version, metadata["sha256"])
     return metadata
 
 
@@ -361,7 +420,7 @@ def fetch(store: ModelStore, target_dir: Path, version: str = "latest", *, locke
         etag = previous_lock.get("etag", "") if previous_lock.get("sha256") == expected else ""
         downloaded = False
     else:
-        key = f"{resolved}/{MODEL_FILE}"
+        key = f"{resolved}/{metadata.get('model_file', MODEL_FILE)}"
         for attempt in range(1, DOWNLOAD_ATTEMPTS + 1):
             try:
                 temporary, etag = _download_once(store, key, expected, size, target_dir,

@@ -391,6 +391,35 @@ def publish_model(settings: Settings, *, version: str | None = None,
             f"{verified} golden samples verified) to {store.uri}")
 
 
+def list_models(settings: Settings) -> list[str]:
+    """One line per published version, oldest first, the one `latest` names marked."""
+    from . import model_store
+
+    store = open_model_store(settings)
+    versions = model_store.list_versions(store)
+    if not versions:
+        return [f"no model is published in {store.uri} yet"]
+    lines = [f"{'':2}{'VERSION':<24}{'CREATED':<34}{'SIZE':>12}  SHA256"]
+    for entry in versions:
+        mark = "* " if entry.latest else "  "
+        lines.append(f"{mark}{entry.version:<24}{entry.created:<34}{entry.size:>12}  "
+                     f"{entry.sha256[:16]}…")
+    return lines + [f"* = latest in {store.uri}"]
+
+
+def promote_model(settings: Settings, *, version: str, dry: bool) -> str:
+    from . import model_store
+
+    store = open_model_store(settings)
+    if dry:
+        return f"[dry] would move latest in {store.uri} to {version}"
+    previous = model_store.resolve_version(store) if store.exists(model_store.LATEST_POINTER) \
+        else "nothing"
+    metadata = model_store.promote(store, version)
+    return (f"latest in {store.uri} now names {version} (sha256 {metadata['sha256'][:12]}…); "
+            f"it named {previous}")
+
+
 def check_model(c, settings: Settings) -> tuple[list[str], bool]:
     """(lines to print, whether to fail): the latest published model against the deployed one.
 

@@ -55,19 +55,30 @@ class RecordingStore(FileStore):
         self.writes.append(key)
         super().upload_file(key, path)
 
+    def create_bytes(self, key, data):
+        self.writes.append(key)
+        super().create_bytes(key, data)
+
     def download(self, key, sink):
         self.downloads += 1
         return super().download(key, sink)
+
+
+def stored_model(store, version):
+    """The store's copy of a version's model: the file its metadata names."""
+    return store.root / version / store.read_json(f"{version}/metadata.json")["model_file"]
 
 
 def test_publish_writes_one_folder_per_version_and_the_pointer_last(tmp_path):
     store = RecordingStore(tmp_path / "store")
     folder = write_model(tmp_path / "export", "1.0", b"model bytes")
     model_store.publish(store, folder, "1.0")
-    assert store.writes == ["1.0/model.onnx", "1.0/metadata.json", "latest.json"]
+    model_file = f"model-{hashlib.sha256(b'model bytes').hexdigest()}.onnx"
+    assert store.writes == [f"1.0/{model_file}", "1.0/metadata.json", "latest.json"]
     assert json.loads((tmp_path / "store" / "latest.json").read_text())["version"] == "1.0"
     metadata = json.loads((tmp_path / "store" / "1.0" / "metadata.json").read_text())
     assert {"name", "version", "sha256", "size", "created", "input", "golden"} <= set(metadata)
+    assert metadata["model_file"] == model_file
 
 
 def test_publishing_an_existing_version_is_refused_unless_forced(publish, store):
@@ -75,7 +86,7 @@ def test_publishing_an_existing_version_is_refused_unless_forced(publish, store)
     with pytest.raises(PipelineError, match="already published"):
         publish("1", b"second")
     publish("1", b"second", force=True)
-    assert (store.root / "1" / "model.onnx").read_bytes() == b"second"
+    assert stored_model(store, "1").read_bytes() == b"second"
 
 
 def test_publish_refuses_a_model_that_does_not_match_its_metadata(tmp_path, store):
@@ -141,7 +152,7 @@ def test_a_corrupt_store_copy_fails_and_keeps_the_previous_model(publish, store,
     publish("1", b"good")
     model_store.fetch(store, tmp_path / "build")
     publish("2", b"new model")
-    (store.root / "2" / "model.onnx").write_bytes(b"bit rot!!")
+    stored_model(store, "2").write_bytes(b"bit rot!!")
     with pytest.raises(PipelineError, match="sha256"):
         model_store.fetch(store, tmp_path / "build")
     assert (tmp_path / "build" / "model.onnx").read_bytes() == b"good"
@@ -296,3 +307,26 @@ def test_the_azure_download_is_authorised_as_the_sdk_client_is(monkeypatch):
     url, headers = authorised_get(with_token)
     assert "?" not in url and headers["Authorization"] == "Bearer token-123"
     assert TokenCredential.scopes == ("https://storage.azure.com/.default",)
+
+
+def test_list_names_every_version_and_marks_latest(publish, store):
+    publish("1", b"one")
+    publish("2", b"two!")
+    (store.root / "3").mkdir()  # a publish killed before metadata.json: not a version
+    (store.root / "3" / "model-x.onnx").write_bytes(b"orphan")
+    versions = model_store.list_versions(store)
+    assert [(v.version, v.size, v.latest) for v in versions] == [("1", 3, False), ("2", 4, True)]
+    assert versions[0].sha256 == hashlib.sha256(b"one").hexdigest()
+
+
+def test_promote_moves_latest_back_to_an_older_version_and_fetch_follows(publish, store,
+                                                                         tmp_path):
+    publish("1", b"one")
+    publish("2", b"two")
+    model_store.promote(store, "1")
+    assert model_store.resolve_version(store) == "1"
+    assert model_store.fetch(store, tmp_path / "build").version == "1"
+    assert (tmp_path / "build" / "model.onnx").read_bytes() == b"one"
+    with pytest.raises(PipelineError, match="Model version 7 is not in"):
+        model_store.promote(store, "7")
+    assert model_store.resolve_version(store) == "1"
