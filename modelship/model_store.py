@@ -17,6 +17,7 @@ import functools
 import hashlib
 import json
 import os
+import shutil
 import tempfile
 from dataclasses import dataclass
 from datetime import datetime, timezone
@@ -324,6 +325,37 @@ def _write_atomically(path: Path, text: str) -> None:
     os.replace(temporary, path)
 
 
+def _link_or_copy(source: Path, target: Path) -> None:
+    try:
+        os.link(source, target)
+    except OSError:
+        shutil.copyfile(source, target)
+        target.chmod(0o644)
+
+
+def _switch_in(staging: Path, target_dir: Path) -> None:
+    """Put the staged folder where `target_dir` is, as two renames.
+
+    Between them `target_dir` is briefly missing (never a mix of two versions); the
+    previous folder is removed only once the new one is in place.
+    """
+    previous = None
+    if target_dir.exists():
+        previous = target_dir.with_name(f".{target_dir.name}-previous-{os.getpid()}")
+        shutil.rmtree(previous, ignore_errors=True)
+        os.rename(target_dir, previous)
+    os.rename(staging, target_dir)
+    if previous is not None:
+        shutil.rmtree(previous, ignore_errors=True)
+
+
+def _remove_leftovers(target_dir: Path) -> None:
+    """Folders a fetch killed mid-switch left beside `target_dir`."""
+    for pattern in (f".{target_dir.name}-staging-*", f".{target_dir.name}-previous-*"):
+        for leftover in target_dir.parent.glob(pattern):
+            shutil.rmtree(leftover, ignore_errors=True)
+
+
 def _disk_error(error: OSError, target_dir: Path, size: int) -> PipelineError:
     if error.errno in (errno.ENOSPC, errno.EDQUOT):
         return PipelineError(
@@ -406,38 +438,50 @@ def fetch(store: ModelStore, target_dir: Path, version: str = "latest", *, locke
             "--locked to take the new one deliberately.",
         )
     try:
-        target_dir.mkdir(parents=True, exist_ok=True)
+        target_dir.parent.mkdir(parents=True, exist_ok=True)
+        _remove_leftovers(target_dir)
+        # Model, metadata and lock are assembled in a folder of their own, then switched in
+        # together: no interruption leaves a new model beside old metadata.
+        staging = Path(tempfile.mkdtemp(prefix=f".{target_dir.name}-staging-",
+                                        dir=target_dir.parent))
+        staging.chmod(0o755)
     except OSError as error:
         raise _disk_error(error, target_dir, size) from None
 
     model_path = target_dir / MODEL_FILE
     previous_lock = read_lock(target_dir) or {}
-    local_matches = (
-        model_path.is_file() and model_path.stat().st_size == size
-        and sha256_of(model_path) == expected
-    )
-    if local_matches:
-        etag = previous_lock.get("etag", "") if previous_lock.get("sha256") == expected else ""
-        downloaded = False
-    else:
-        key = f"{resolved}/{metadata.get('model_file', MODEL_FILE)}"
-        for attempt in range(1, DOWNLOAD_ATTEMPTS + 1):
-            try:
-                temporary, etag = _download_once(store, key, expected, size, target_dir,
-                                                 progress, f"{store.uri}/{key}")
-                break
-            except ChecksumMismatch:
-                if attempt == DOWNLOAD_ATTEMPTS:
-                    raise
-        os.replace(temporary, model_path)
-        downloaded = True
-
-    lock = {"store": store.uri, "version": resolved, "sha256": expected, "size": size,
-            "etag": etag}
     try:
-        _write_atomically(target_dir / METADATA_FILE, json.dumps(metadata, indent=2))
-        if lock != {key: previous_lock.get(key) for key in lock}:
-            _write_atomically(target_dir / LOCK_FILE, json.dumps(lock, indent=2))
+        local_matches = (
+            model_path.is_file() and model_path.stat().st_size == size
+            and sha256_of(model_path) == expected
+        )
+        if local_matches:
+            etag = previous_lock.get("etag", "") if previous_lock.get("sha256") == expected else ""
+            _link_or_copy(model_path, staging / MODEL_FILE)
+            downloaded = False
+        else:
+            key = f"{resolved}/{metadata.get('model_file', MODEL_FILE)}"
+            for attempt in range(1, DOWNLOAD_ATTEMPTS + 1):
+                try:
+                    temporary, etag = _download_once(store, key, expected, size, staging,
+                                                     progress, f"{store.uri}/{key}")
+                    break
+                except ChecksumMismatch:
+                    if attempt == DOWNLOAD_ATTEMPTS:
+                        raise
+            os.replace(temporary, staging / MODEL_FILE)
+            downloaded = True
+        lock = {"store": store.uri, "version": resolved, "sha256": expected, "size": size,
+                "etag": etag}
+        _write_atomically(staging / METADATA_FILE, json.dumps(metadata, indent=2))
+        _write_atomically(staging / LOCK_FILE, json.dumps(lock, indent=2))
+        # Verified once more where it will be switched in: the set is what the lock says.
+        if sha256_of(staging / MODEL_FILE) != expected:
+            raise ChecksumMismatch(f"The staged model in {staging} changed before the switch.",
+                                   "Fetch again; the previous model was kept.")
+        _switch_in(staging, target_dir)
     except OSError as error:
         raise _disk_error(error, target_dir, size) from None
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
     return FetchResult(resolved, expected, size, model_path, downloaded)

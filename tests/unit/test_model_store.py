@@ -330,3 +330,55 @@ def test_promote_moves_latest_back_to_an_older_version_and_fetch_follows(publish
     with pytest.raises(PipelineError, match="Model version 7 is not in"):
         model_store.promote(store, "7")
     assert model_store.resolve_version(store) == "1"
+
+
+def local_set(folder):
+    """(model bytes, metadata version, lock version) of a fetched folder."""
+    return ((folder / "model.onnx").read_bytes(),
+            json.loads((folder / "metadata.json").read_text())["version"],
+            json.loads((folder / "model.lock.json").read_text())["version"])
+
+
+@pytest.mark.parametrize("failing_file", ["metadata.json", "model.lock.json"])
+def test_a_disk_that_fills_after_the_model_leaves_the_previous_set_whole(
+        publish, store, tmp_path, monkeypatch, failing_file):
+    publish("1", b"one")
+    model_store.fetch(store, tmp_path / "build")
+    publish("2", b"two")
+    write = model_store._write_atomically
+
+    def fills_up(path, text):
+        if path.name == failing_file:
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+        write(path, text)
+
+    monkeypatch.setattr(model_store, "_write_atomically", fills_up)
+    with pytest.raises(PipelineError, match="Not enough disk space"):
+        model_store.fetch(store, tmp_path / "build")
+    assert local_set(tmp_path / "build") == (b"one", "1", "1")
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]
+
+
+def test_a_fetch_interrupted_mid_switch_never_leaves_a_mix_and_the_next_one_recovers(
+        publish, store, tmp_path, monkeypatch):
+    publish("1", b"one")
+    model_store.fetch(store, tmp_path / "build")
+    publish("2", b"two")
+    renames = []
+    real_rename = os.rename
+
+    def interrupted_after_moving_the_old_set_away(source, target):
+        renames.append(target)
+        real_rename(source, target)
+        if len(renames) == 1:
+            raise KeyboardInterrupt  # as a killed process would stop there
+
+    monkeypatch.setattr(model_store.os, "rename", interrupted_after_moving_the_old_set_away)
+    with pytest.raises(KeyboardInterrupt):
+        model_store.fetch(store, tmp_path / "build")
+    assert not (tmp_path / "build").exists()  # missing, so nobody builds from a mix
+    monkeypatch.setattr(model_store.os, "rename", real_rename)
+
+    model_store.fetch(store, tmp_path / "build")
+    assert local_set(tmp_path / "build") == (b"two", "2", "2")
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]
