@@ -201,11 +201,12 @@ def local_status(c, env=None):
 @task(name="publish", help={"env": ENV_HELP, **publishing.FLAG_HELP})
 @pipeline_task("model.publish")
 def model_publish(c, env=None, model=None, samples=None, name=None, version=None, task=None,
-                  tolerance=None, model_dir=None, force=False):
+                  tolerance=None, model_dir=None, force=False, signing_key=None):
     """Verify a model against its golden samples, publish it and move latest (default: digits)."""
     echo(stages.publish_model(_settings(c, env), model=model, samples=samples, name=name,
                               version=version, task=task, tolerance=tolerance,
-                              model_dir=model_dir, force=force, dry=is_dry(c)))
+                              model_dir=model_dir, force=force, signing_key=signing_key,
+                              dry=is_dry(c)))
 
 
 @task(name="list", help={"env": ENV_HELP})

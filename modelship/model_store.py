@@ -135,7 +135,8 @@ def read_model_dir(model_dir: Path) -> dict:
 
 
 @_secrets_masked
-def publish(store: ModelStore, model_dir: Path, version: str, force: bool = False) -> dict:
+def publish(store: ModelStore, model_dir: Path, version: str, force: bool = False,
+            signature: Path | None = None) -> dict:
     """Upload model + metadata under `<version>/`, then move the latest pointer to it."""
     if not VERSION_PATTERN.match(version):
         raise PipelineError(
@@ -160,6 +161,9 @@ def publish(store: ModelStore, model_dir: Path, version: str, force: bool = Fals
     stored = {**metadata, "model_file": model_file}
     if not store.exists(f"{version}/{model_file}"):
         store.upload_file(f"{version}/{model_file}", Path(model_dir) / MODEL_FILE)
+    if signature is not None:
+        stored["signature_file"] = _signature_name(model_file)
+        store.upload_file(f"{version}/{stored['signature_file']}", Path(signature))
     body = json.dumps(stored, indent=2).encode()
     if force:
         store.write_bytes(metadata_key, body)  # one atomic PUT/rename: the switch
@@ -171,6 +175,10 @@ def publish(store: ModelStore, model_dir: Path, version: str, force: bool = Fals
     # The pointer goes last: until it moves, readers keep getting the previous version.
     write_pointer(store, version, metadata["sha256"])
     return stored
+
+
+def _signature_name(model_file: str) -> str:
+    return model_file.removesuffix(".onnx") + ".sig"
 
 
 def _already_published(version: str, store: ModelStore) -> PipelineError:
@@ -325,6 +333,26 @@ def _write_atomically(path: Path, text: str) -> None:
     os.replace(temporary, path)
 
 
+def _verify_signature(store: ModelStore, version: str, metadata: dict, staging: Path,
+                      public_key: Path) -> None:
+    from . import signing
+
+    where = f"{store.uri}/{version}"
+    signature_file = metadata.get("signature_file")
+    if not signature_file:
+        raise PipelineError(
+            f"Model version {version} in {store.uri} is not signed, and this environment "
+            "requires a signature (model_store.public_key is set).",
+            "Publish it again with `invoke model.publish --signing-key KEY.pem --force`.",
+        )
+    signature_path = staging / ".model.sig"
+    signature_path.write_bytes(store.read_bytes(f"{version}/{signature_file}"))
+    try:
+        signing.verify(staging / MODEL_FILE, signature_path, public_key, where)
+    finally:
+        signature_path.unlink(missing_ok=True)
+
+
 def _link_or_copy(source: Path, target: Path) -> None:
     try:
         os.link(source, target)
@@ -418,7 +446,8 @@ def _download_once(store: ModelStore, key: str, expected: str, size: int, target
 
 @_secrets_masked
 def fetch(store: ModelStore, target_dir: Path, version: str = "latest", *, locked: bool = False,
-          lock_file: Path | None = None, progress: ProgressFactory | None = None) -> FetchResult:
+          lock_file: Path | None = None, progress: ProgressFactory | None = None,
+          public_key: Path | None = None) -> FetchResult:
     """Make `target_dir` hold the verified model `version` (or the locked one) from `store`."""
     target_dir = Path(target_dir)
     version = version or "latest"
@@ -475,6 +504,8 @@ def fetch(store: ModelStore, target_dir: Path, version: str = "latest", *, locke
                 "etag": etag}
         _write_atomically(staging / METADATA_FILE, json.dumps(metadata, indent=2))
         _write_atomically(staging / LOCK_FILE, json.dumps(lock, indent=2))
+        if public_key:
+            _verify_signature(store, resolved, metadata, staging, Path(public_key))
         # Verified once more where it will be switched in: the set is what the lock says.
         if sha256_of(staging / MODEL_FILE) != expected:
             raise ChecksumMismatch(f"The staged model in {staging} changed before the switch.",

@@ -28,6 +28,7 @@ FLAG_HELP = {
     "task": "classification or regression (default: guessed from the expected values).",
     "tolerance": "Relative tolerance for served numbers vs the expected ones (default 1e-4).",
     "model_dir": "Publish this folder (model.onnx + metadata.json) instead.",
+    "signing_key": "Sign the model with this EC private key (PEM); see docs/model-store.md.",
     "force": "Replace a version that is already published (switches only when complete).",
 }
 

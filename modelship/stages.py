@@ -63,10 +63,15 @@ def fetch_model(settings: Settings, *, version: str | None = None, locked: bool 
         return f"[dry] would fetch {wanted} from {store.uri} into build/model and verify it"
     result = model_store.fetch(store, BUILD_DIR / "model", version, locked=locked,
                                lock_file=Path(lock_file) if lock_file else None,
-                               progress=console_progress)
+                               progress=console_progress, public_key=_public_key(settings))
     state = ("downloaded and verified" if result.downloaded
              else "already up to date, nothing downloaded")
     return f"model {result.version} ({result.size} bytes, sha256 {result.sha256[:12]}…): {state}"
+
+
+def _public_key(settings: Settings) -> Path | None:
+    configured = settings.model_store.public_key
+    return PROJECT_ROOT / configured if configured else None
 
 
 # --- build -----------------------------------------------------------------------------------
@@ -350,7 +355,7 @@ def publish_model(settings: Settings, *, version: str | None = None,
                   model_dir: str | None = None, model: str | None = None,
                   samples: str | None = None, name: str | None = None, task: str | None = None,
                   tolerance: float | str | None = None, force: bool = False,
-                  dry: bool) -> str:
+                  signing_key: str | None = None, dry: bool) -> str:
     """Publish an ONNX file with its samples, a model folder, or the sample digits model.
 
     Whatever the source, the folder is opened as the app would open it and its golden
@@ -386,7 +391,14 @@ def publish_model(settings: Settings, *, version: str | None = None,
                                        version=version)
     model_store.read_model_dir(Path(model_dir))  # the schema first: it names the bad field
     verified = publishing.verify_serves(Path(model_dir))
-    metadata = model_store.publish(store, Path(model_dir), version, force=force)
+    signature = None
+    if signing_key is not None:
+        from . import signing
+
+        signature = Path(model_dir) / "model.sig"
+        signing.sign(Path(model_dir) / model_store.MODEL_FILE, Path(signing_key), signature)
+    metadata = model_store.publish(store, Path(model_dir), version, force=force,
+                                   signature=signature)
     return (f"published {metadata['name']} {version} (sha256 {metadata['sha256'][:12]}…, "
             f"{verified} golden samples verified) to {store.uri}")
 
