@@ -66,9 +66,10 @@ def guess_task(golden: list[dict]) -> str:
     """Regression when some expected value is a fractional number, else classification."""
     for sample in golden:
         label = sample["label"]
-        if isinstance(label, Real) and not isinstance(label, (bool, Integral)):
-            if not float(label).is_integer():
-                return "regression"
+        fractional = (isinstance(label, Real) and not isinstance(label, (bool, Integral))
+                      and not float(label).is_integer())
+        if fractional:
+            return "regression"
     return "classification"
 
 

@@ -18,8 +18,14 @@ from datetime import datetime, timedelta, timezone
 
 from ..errors import PipelineError
 from ..redact import mask, without_query
-from . import (ModelStore, StoreObjectExists, StoreObjectMissing, is_loopback, ranged_http,
-               refuse_plain_http)
+from . import (
+    ModelStore,
+    StoreObjectExists,
+    StoreObjectMissing,
+    is_loopback,
+    ranged_http,
+    refuse_plain_http,
+)
 
 # Azurite's documented development account: public by design, valid only against the emulator.
 AZURITE_ACCOUNT = "devstoreaccount1"

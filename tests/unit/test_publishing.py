@@ -210,3 +210,18 @@ def test_the_release_record_refuses_an_injected_model_name():
     with pytest.raises(ValidationError, match="label-safe"):
         ModelRecord(name=INJECTED_NAME, version="1", sha256="0" * 64)
     assert ModelRecord(name="a", version="1", sha256="0" * 64).tolerance.rel == 1e-4
+
+
+def test_a_hand_edited_fetched_model_is_refused_before_it_becomes_image_labels(
+        settings, regressor, tmp_path):
+    from modelship import image
+
+    published(settings, model=str(regressor / "ridge.onnx"),
+              samples=str(regressor / "samples.json"), version="b1")
+    model_store.fetch(FileStore(tmp_path / "store"), tmp_path / "model")
+    assert image.read_model_metadata(tmp_path / "model")["version"] == "b1"
+    metadata = json.loads((tmp_path / "model" / "metadata.json").read_text())
+    (tmp_path / "model" / "metadata.json").write_text(
+        json.dumps({**metadata, "name": INJECTED_NAME}))
+    with pytest.raises(PipelineError, match="not valid model metadata: name"):
+        image.read_model_metadata(tmp_path / "model")

@@ -9,11 +9,10 @@ import json
 import pytest
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
+from test_model_store_races import store_spec  # noqa: F401  (the same three stores)
 
 from modelship import model_store, signing
 from modelship.errors import PipelineError
-
-from test_model_store_races import store_spec  # noqa: F401  (the same three stores)
 
 pytestmark = pytest.mark.integration
 
