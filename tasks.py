@@ -12,7 +12,7 @@ import functools
 
 from invoke import Collection, Exit, task
 
-from modelship import local_services, stages
+from modelship import local_services, publishing, stages
 from modelship.errors import PipelineError
 from modelship.settings import Settings, load_settings
 
@@ -198,18 +198,30 @@ def local_status(c, env=None):
 # --- the data scientists' side ------------------------------------------------------------
 
 
-@task(name="publish", help={
-    "env": ENV_HELP,
-    "version": "Version to publish under (default: the model's own version with --model-dir, "
-               "else a UTC timestamp).",
-    "model_dir": "Publish this folder (model.onnx + metadata.json) instead of training the sample.",
-    "force": "Replace a version that is already published.",
-})
+@task(name="publish", help={"env": ENV_HELP, **publishing.FLAG_HELP})
 @pipeline_task("model.publish")
-def model_publish(c, env=None, version=None, model_dir=None, force=False):
-    """Train the sample digits classifier, export it to ONNX and publish it to the model store."""
-    echo(stages.publish_model(_settings(c, env), version=version, model_dir=model_dir,
-                              force=force, dry=is_dry(c)))
+def model_publish(c, env=None, model=None, samples=None, name=None, version=None, task=None,
+                  tolerance=None, model_dir=None, force=False, signing_key=None):
+    """Verify a model against its golden samples, publish it and move latest (default: digits)."""
+    echo(stages.publish_model(_settings(c, env), model=model, samples=samples, name=name,
+                              version=version, task=task, tolerance=tolerance,
+                              model_dir=model_dir, force=force, signing_key=signing_key,
+                              dry=is_dry(c)))
+
+
+@task(name="list", help={"env": ENV_HELP})
+@pipeline_task("model.list")
+def model_list(c, env=None):
+    """List the published model versions: created, size, sha256, and which one is latest."""
+    for line in stages.list_models(_settings(c, env)):
+        echo(line)
+
+
+@task(name="promote", help={"env": ENV_HELP, "version": "The published version latest moves to."})
+@pipeline_task("model.promote")
+def model_promote(c, version, env=None):
+    """Move latest to a published version (also back to an older one); builds then fetch it."""
+    echo(stages.promote_model(_settings(c, env), version=version, dry=is_dry(c)))
 
 
 @task(name="check", help={"env": ENV_HELP})
@@ -251,7 +263,7 @@ def ci_check(c):
 
 
 local = Collection("local", local_up, local_down, local_status)
-model = Collection("model", model_publish, model_check)
+model = Collection("model", model_publish, model_list, model_promote, model_check)
 aks = Collection("aks", aks_credentials)
 namespace = Collection(fetch_model, base_image, lock, build, test, push, render, apply, rollback,
                        deploy, diff, status)

@@ -15,7 +15,6 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-import math
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -24,6 +23,7 @@ import numpy as np
 from flask import Flask, current_app
 
 from app.errors import ApiError
+from app.golden import Tolerance, first_mismatch
 
 logger = logging.getLogger(__name__)
 
@@ -156,7 +156,6 @@ class OnnxModel:
             return
         try:
             rows = [sample["instance"] for sample in golden]
-            expected = [sample["label"] for sample in golden]
             instances = np.asarray(rows, dtype=self.input.dtype)
         except (KeyError, TypeError, ValueError) as error:
             raise ModelLoadError(f"{METADATA_FILENAME}: malformed golden samples ({error})")
@@ -165,12 +164,9 @@ class OnnxModel:
                 f"{METADATA_FILENAME}: golden instances must have "
                 f"{self.input.feature_count} features each"
             )
-        predicted = self.predict(instances)["predictions"]
-        for index, (want, got) in enumerate(zip(expected, predicted)):
-            if not _same_prediction(want, got):
-                raise ModelLoadError(
-                    f"golden sample {index}: expected {want!r}, the model predicted {got!r}"
-                )
+        mismatch = first_mismatch(golden, self.predict(instances), Tolerance.of(self.metadata))
+        if mismatch:
+            raise ModelLoadError(mismatch)
 
     def _read_input_spec(self) -> InputSpec:
         inputs = self._session.get_inputs()
@@ -274,16 +270,6 @@ def _read_metadata(path: Path) -> dict:
     if missing:
         raise ModelLoadError(f"{path} lacks {', '.join(missing)}")
     return metadata
-
-
-def _same_prediction(expected, predicted) -> bool:
-    # Regressors' outputs pass through float32; labels must match exactly.
-    if isinstance(expected, float) or isinstance(predicted, float):
-        try:
-            return math.isclose(expected, predicted, rel_tol=1e-4, abs_tol=1e-6)
-        except TypeError:
-            return False
-    return expected == predicted
 
 
 def _json_ready(values: np.ndarray) -> list:

@@ -136,6 +136,6 @@ def run_contract(client, image_ref: str, metadata: dict, echo) -> None:
         echo(f"  ready on {base_url}, served by {server}, running as uid {uid}")
         check_labels_match(check_version(base_url, metadata), image.labels)
         count = check_golden(base_url, metadata)
-        echo(f"  /score returned the expected label for {count} golden samples")
+        echo(f"  /score matched {count} golden samples (app.golden, within tolerance)")
     finally:
         container.remove(force=True)

@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
 
-from . import __version__
+from . import __version__, model_metadata
 from .release_record import ImageRecord, ModelRecord, PushRecord, ReleaseRecord, SourceRecord
 from .errors import PipelineError
 from .gitinfo import SourceState
@@ -54,7 +54,14 @@ def read_model_metadata(model_dir: Path = MODEL_DIR) -> dict:
             f"No fetched model in {model_dir}.",
             "Run `invoke fetch-model` first.",
         )
-    return json.loads(metadata.read_text())
+    try:
+        content = json.loads(metadata.read_text())
+    except ValueError as error:
+        raise PipelineError(f"{metadata} is not valid JSON ({error}).",
+                            "Run `invoke fetch-model` again.") from None
+    # Its fields become image labels and, through the record, manifests: checked again here
+    # in case the fetched file was edited by hand.
+    return model_metadata.check(content, str(metadata), "Run `invoke fetch-model` again.")
 
 
 def content_tag(source: SourceState, model_sha256: str) -> str:
@@ -239,6 +246,7 @@ def _record(plan: BuildPlan, settings: Settings, **image) -> ReleaseRecord:
             name=str(plan.model["name"]), version=str(plan.model["version"]),
             sha256=str(plan.model["sha256"]), task=str(plan.model.get("task", "classification")),
             golden=list(plan.model.get("golden") or []),
+            tolerance=dict(plan.model.get("tolerance") or {}),
         ),
         source=SourceRecord(revision=plan.source.revision, dirty=plan.source.dirty),
     )

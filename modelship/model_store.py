@@ -17,16 +17,18 @@ import functools
 import hashlib
 import json
 import os
-import re
+import shutil
 import tempfile
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
 from urllib.parse import urlparse
 
+from . import model_metadata
 from .errors import PipelineError
 from .redact import mask
-from .stores import FileStore, ModelStore, StoreObjectMissing, is_loopback, refuse_plain_http
+from .stores import (FileStore, ModelStore, StoreObjectExists, StoreObjectMissing, is_loopback,
+                     refuse_plain_http)
 from .stores.azure_blob import AZURITE_ACCOUNT, AZURITE_KEY
 from .transfer import ProgressFactory, VerifyingWriter
 
@@ -40,9 +42,8 @@ MODEL_FILE = "model.onnx"
 METADATA_FILE = "metadata.json"
 LATEST_POINTER = "latest.json"
 LOCK_FILE = "model.lock.json"
-VERSION_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
-SHA256_PATTERN = re.compile(r"^[0-9a-f]{64}$")
-REQUIRED_METADATA = ("name", "version", "sha256", "size", "created", "input")
+VERSION_PATTERN = model_metadata.LABEL_SAFE
+SHA256_PATTERN = model_metadata.SHA256
 HASH_CHUNK = 8 * 1024 * 1024
 # A corrupted transfer is downloaded once more before giving up: the SDKs retry broken
 # connections themselves, but only the sha256 can tell that bytes were altered.
@@ -122,12 +123,9 @@ def read_model_dir(model_dir: Path) -> dict:
     except ValueError as error:
         raise PipelineError(f"{metadata_path} is not valid JSON ({error}).",
                             "Export the model again.") from None
-    missing = [key for key in REQUIRED_METADATA if key not in metadata]
-    if missing:
-        raise PipelineError(
-            f"{metadata_path} lacks {', '.join(missing)}.",
-            "Describe the model with modelship.sample_model.describe_model before publishing.",
-        )
+    model_metadata.check(metadata, str(metadata_path),
+                         "Describe the model again: `invoke model.publish --model FILE.onnx "
+                         "--samples FILE.json` writes valid metadata (docs/model-store.md).")
     if metadata["sha256"] != sha256_of(model_path) or metadata["size"] != model_path.stat().st_size:
         raise PipelineError(
             f"{model_path} does not match the sha256 and size in {metadata_path}.",
@@ -137,12 +135,13 @@ def read_model_dir(model_dir: Path) -> dict:
 
 
 @_secrets_masked
-def publish(store: ModelStore, model_dir: Path, version: str, force: bool = False) -> dict:
+def publish(store: ModelStore, model_dir: Path, version: str, force: bool = False,
+            signature: Path | None = None) -> dict:
     """Upload model + metadata under `<version>/`, then move the latest pointer to it."""
     if not VERSION_PATTERN.match(version):
         raise PipelineError(
             f"'{version}' is not a valid model version.",
-            "Use letters, digits, '.', '_' or '-' (at most 64 characters).",
+            f"Use {model_metadata.LABEL_SAFE_RULE}.",
         )
     metadata = read_model_dir(model_dir)
     if str(metadata["version"]) != version:
@@ -152,17 +151,82 @@ def publish(store: ModelStore, model_dir: Path, version: str, force: bool = Fals
             f"Publish it as --version {metadata['version']}, or export it again as {version}.",
         )
     store.prepare_publish()
-    if store.exists(f"{version}/{METADATA_FILE}") and not force:
-        raise PipelineError(
-            f"Version {version} is already published in {store.uri}.",
-            "Publish under a new version, or pass --force to replace it.",
-        )
-    store.upload_file(f"{version}/{MODEL_FILE}", Path(model_dir) / MODEL_FILE)
-    store.write_bytes(f"{version}/{METADATA_FILE}", json.dumps(metadata, indent=2).encode())
+    metadata_key = f"{version}/{METADATA_FILE}"
+    if store.exists(metadata_key) and not force:
+        raise _already_published(version, store)
+    # The model goes under a name of its own content: a replacement never overwrites the
+    # bytes the current metadata names, and two publishers of one version never write
+    # into the same object. metadata.json, naming the file, is what makes a version exist.
+    model_file = f"model-{metadata['sha256']}.onnx"
+    stored = {**metadata, "model_file": model_file}
+    if not store.exists(f"{version}/{model_file}"):
+        store.upload_file(f"{version}/{model_file}", Path(model_dir) / MODEL_FILE)
+    if signature is not None:
+        stored["signature_file"] = _signature_name(model_file)
+        store.upload_file(f"{version}/{stored['signature_file']}", Path(signature))
+    body = json.dumps(stored, indent=2).encode()
+    if force:
+        store.write_bytes(metadata_key, body)  # one atomic PUT/rename: the switch
+    else:
+        try:
+            store.create_bytes(metadata_key, body)
+        except StoreObjectExists:
+            raise _already_published(version, store) from None
     # The pointer goes last: until it moves, readers keep getting the previous version.
-    pointer = {"version": version, "sha256": metadata["sha256"],
+    write_pointer(store, version, metadata["sha256"])
+    return stored
+
+
+def _signature_name(model_file: str) -> str:
+    return model_file.removesuffix(".onnx") + ".sig"
+
+
+def _already_published(version: str, store: ModelStore) -> PipelineError:
+    return PipelineError(
+        f"Version {version} is already published in {store.uri}.",
+        "Publish under a new version, or pass --force to replace it.",
+    )
+
+
+def write_pointer(store: ModelStore, version: str, sha256: str) -> None:
+    pointer = {"version": version, "sha256": sha256,
                "published": datetime.now(timezone.utc).isoformat()}
     store.write_bytes(LATEST_POINTER, json.dumps(pointer, indent=2).encode())
+
+
+@dataclass(frozen=True)
+class PublishedVersion:
+    version: str
+    created: str
+    sha256: str
+    size: int
+    latest: bool
+
+
+@_secrets_masked
+def list_versions(store: ModelStore) -> list[PublishedVersion]:
+    """Every published version (one whose metadata.json exists and is valid), oldest first."""
+    latest = resolve_version(store) if store.exists(LATEST_POINTER) else None
+    versions = sorted({key.split("/")[0] for key in store.list_keys()
+                       if key.count("/") == 1 and key.endswith(f"/{METADATA_FILE}")})
+    found = []
+    for version in versions:
+        if not VERSION_PATTERN.match(version):
+            continue  # not something publish could have written
+        metadata = _read_metadata(store, version)
+        found.append(PublishedVersion(version, metadata["created"], metadata["sha256"],
+                                      metadata["size"], version == latest))
+    return sorted(found, key=lambda entry: (entry.created, entry.version))
+
+
+@_secrets_masked
+def promote(store: ModelStore, version: str) -> dict:
+    """Move `latest` to a published version, newer or older; return its metadata."""
+    if not VERSION_PATTERN.match(version):
+        raise PipelineError(f"'{version}' is not a valid model version.",
+                            "Pick one that `invoke model.list` shows.")
+    metadata = _read_metadata(store, version)
+    write_pointer(store, version, metadata["sha256"])
     return metadata
 
 
@@ -224,12 +288,15 @@ def _read_metadata(store: ModelStore, version: str) -> dict:
             f"Model version {version} is not in {store.uri}.",
             "Check the version, or publish it with `invoke model.publish`.",
         ) from None
-    if not SHA256_PATTERN.match(str(metadata.get("sha256", ""))) or not isinstance(
-        metadata.get("size"), int
-    ):
+    model_metadata.check(
+        metadata, f"{store.uri}/{version}/{METADATA_FILE}",
+        "Refusing to build from it. Publish the model again with valid metadata "
+        "(`invoke model.publish --force`).",
+    )
+    if metadata["version"] != version:
         raise PipelineError(
-            f"The metadata of version {version} in {store.uri} has no valid sha256 and size.",
-            "Publish the model again with `invoke model.publish --force`.",
+            f"{store.uri}/{version}/{METADATA_FILE} describes version {metadata['version']}.",
+            "The store was edited by hand; publish the model again with `--force`.",
         )
     return metadata
 
@@ -264,6 +331,57 @@ def _write_atomically(path: Path, text: str) -> None:
     temporary = path.with_name(f".{path.name}.partial")
     temporary.write_text(text + "\n")
     os.replace(temporary, path)
+
+
+def _verify_signature(store: ModelStore, version: str, metadata: dict, staging: Path,
+                      public_key: Path) -> None:
+    from . import signing
+
+    where = f"{store.uri}/{version}"
+    signature_file = metadata.get("signature_file")
+    if not signature_file:
+        raise PipelineError(
+            f"Model version {version} in {store.uri} is not signed, and this environment "
+            "requires a signature (model_store.public_key is set).",
+            "Publish it again with `invoke model.publish --signing-key KEY.pem --force`.",
+        )
+    signature_path = staging / ".model.sig"
+    signature_path.write_bytes(store.read_bytes(f"{version}/{signature_file}"))
+    try:
+        signing.verify(staging / MODEL_FILE, signature_path, public_key, where)
+    finally:
+        signature_path.unlink(missing_ok=True)
+
+
+def _link_or_copy(source: Path, target: Path) -> None:
+    try:
+        os.link(source, target)
+    except OSError:
+        shutil.copyfile(source, target)
+        target.chmod(0o644)
+
+
+def _switch_in(staging: Path, target_dir: Path) -> None:
+    """Put the staged folder where `target_dir` is, as two renames.
+
+    Between them `target_dir` is briefly missing (never a mix of two versions); the
+    previous folder is removed only once the new one is in place.
+    """
+    previous = None
+    if target_dir.exists():
+        previous = target_dir.with_name(f".{target_dir.name}-previous-{os.getpid()}")
+        shutil.rmtree(previous, ignore_errors=True)
+        os.rename(target_dir, previous)
+    os.rename(staging, target_dir)
+    if previous is not None:
+        shutil.rmtree(previous, ignore_errors=True)
+
+
+def _remove_leftovers(target_dir: Path) -> None:
+    """Folders a fetch killed mid-switch left beside `target_dir`."""
+    for pattern in (f".{target_dir.name}-staging-*", f".{target_dir.name}-previous-*"):
+        for leftover in target_dir.parent.glob(pattern):
+            shutil.rmtree(leftover, ignore_errors=True)
 
 
 def _disk_error(error: OSError, target_dir: Path, size: int) -> PipelineError:
@@ -328,7 +446,8 @@ def _download_once(store: ModelStore, key: str, expected: str, size: int, target
 
 @_secrets_masked
 def fetch(store: ModelStore, target_dir: Path, version: str = "latest", *, locked: bool = False,
-          lock_file: Path | None = None, progress: ProgressFactory | None = None) -> FetchResult:
+          lock_file: Path | None = None, progress: ProgressFactory | None = None,
+          public_key: Path | None = None) -> FetchResult:
     """Make `target_dir` hold the verified model `version` (or the locked one) from `store`."""
     target_dir = Path(target_dir)
     version = version or "latest"
@@ -348,38 +467,52 @@ def fetch(store: ModelStore, target_dir: Path, version: str = "latest", *, locke
             "--locked to take the new one deliberately.",
         )
     try:
-        target_dir.mkdir(parents=True, exist_ok=True)
+        target_dir.parent.mkdir(parents=True, exist_ok=True)
+        _remove_leftovers(target_dir)
+        # Model, metadata and lock are assembled in a folder of their own, then switched in
+        # together: no interruption leaves a new model beside old metadata.
+        staging = Path(tempfile.mkdtemp(prefix=f".{target_dir.name}-staging-",
+                                        dir=target_dir.parent))
+        staging.chmod(0o755)
     except OSError as error:
         raise _disk_error(error, target_dir, size) from None
 
     model_path = target_dir / MODEL_FILE
     previous_lock = read_lock(target_dir) or {}
-    local_matches = (
-        model_path.is_file() and model_path.stat().st_size == size
-        and sha256_of(model_path) == expected
-    )
-    if local_matches:
-        etag = previous_lock.get("etag", "") if previous_lock.get("sha256") == expected else ""
-        downloaded = False
-    else:
-        key = f"{resolved}/{MODEL_FILE}"
-        for attempt in range(1, DOWNLOAD_ATTEMPTS + 1):
-            try:
-                temporary, etag = _download_once(store, key, expected, size, target_dir,
-                                                 progress, f"{store.uri}/{key}")
-                break
-            except ChecksumMismatch:
-                if attempt == DOWNLOAD_ATTEMPTS:
-                    raise
-        os.replace(temporary, model_path)
-        downloaded = True
-
-    lock = {"store": store.uri, "version": resolved, "sha256": expected, "size": size,
-            "etag": etag}
     try:
-        _write_atomically(target_dir / METADATA_FILE, json.dumps(metadata, indent=2))
-        if lock != {key: previous_lock.get(key) for key in lock}:
-            _write_atomically(target_dir / LOCK_FILE, json.dumps(lock, indent=2))
+        local_matches = (
+            model_path.is_file() and model_path.stat().st_size == size
+            and sha256_of(model_path) == expected
+        )
+        if local_matches:
+            etag = previous_lock.get("etag", "") if previous_lock.get("sha256") == expected else ""
+            _link_or_copy(model_path, staging / MODEL_FILE)
+            downloaded = False
+        else:
+            key = f"{resolved}/{metadata.get('model_file', MODEL_FILE)}"
+            for attempt in range(1, DOWNLOAD_ATTEMPTS + 1):
+                try:
+                    temporary, etag = _download_once(store, key, expected, size, staging,
+                                                     progress, f"{store.uri}/{key}")
+                    break
+                except ChecksumMismatch:
+                    if attempt == DOWNLOAD_ATTEMPTS:
+                        raise
+            os.replace(temporary, staging / MODEL_FILE)
+            downloaded = True
+        lock = {"store": store.uri, "version": resolved, "sha256": expected, "size": size,
+                "etag": etag}
+        _write_atomically(staging / METADATA_FILE, json.dumps(metadata, indent=2))
+        _write_atomically(staging / LOCK_FILE, json.dumps(lock, indent=2))
+        if public_key:
+            _verify_signature(store, resolved, metadata, staging, Path(public_key))
+        # Verified once more where it will be switched in: the set is what the lock says.
+        if sha256_of(staging / MODEL_FILE) != expected:
+            raise ChecksumMismatch(f"The staged model in {staging} changed before the switch.",
+                                   "Fetch again; the previous model was kept.")
+        _switch_in(staging, target_dir)
     except OSError as error:
         raise _disk_error(error, target_dir, size) from None
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
     return FetchResult(resolved, expected, size, model_path, downloaded)

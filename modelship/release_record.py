@@ -17,10 +17,13 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict, ValidationError
+from pydantic import BaseModel, ConfigDict, ValidationError, field_validator
+
+from app import golden as golden_rules
 
 from . import settings as settings_module
 from .errors import PipelineError
+from .model_metadata import LABEL_SAFE, SHA256
 
 SCHEMA_VERSION = 2
 RECORD_NAME = "record.json"
@@ -49,6 +52,11 @@ class ImageRecord(_Frozen):
     up_to_date: bool = False
 
 
+class Tolerance(_Frozen):
+    rel: float = golden_rules.DEFAULT_RELATIVE
+    abs: float = golden_rules.DEFAULT_ABSOLUTE
+
+
 class ModelRecord(_Frozen):
     name: str
     version: str
@@ -57,6 +65,24 @@ class ModelRecord(_Frozen):
     # The published golden samples ({"instance": [...], "label": ...}): what the contract
     # test, the local deploy and the post-rollout smoke test score.
     golden: list[dict[str, Any]] = []
+    # How far served numbers may be from the golden ones (app.golden); the defaults for
+    # records written before the model carried one.
+    tolerance: Tolerance = Tolerance()
+
+    @field_validator("name", "version")
+    @classmethod
+    def _label_safe(cls, value: str) -> str:
+        # These reach image labels and manifests: a newline here could inject YAML.
+        if not LABEL_SAFE.match(value):
+            raise ValueError(f"{value!r} is not Kubernetes-label-safe")
+        return value
+
+    @field_validator("sha256")
+    @classmethod
+    def _hex_digest(cls, value: str) -> str:
+        if not SHA256.match(value):
+            raise ValueError(f"{value!r} is not 64 lowercase hex digits")
+        return value
 
     def as_metadata(self) -> dict:
         """The shape `service_checks` reads, the same as the model's own metadata.json."""

@@ -12,6 +12,8 @@ from typing import Callable
 
 import requests
 
+from app.golden import Tolerance, first_mismatch
+
 from .errors import PipelineError
 
 
@@ -39,7 +41,7 @@ def wait_ready(base_url: str, seconds: float, still_running: Callable[[], bool],
 
 def check_golden(base_url: str, metadata: dict, limit: int | None = None,
                  api_key: str | None = None, key_fix: str = "Send the service's API key.") -> int:
-    """Score the model's golden samples; raise unless every prediction is the expected one."""
+    """Score the model's golden samples; raise unless each matches (app.golden's comparison)."""
     golden = metadata.get("golden") or []
     if not golden:
         raise PipelineError(
@@ -65,11 +67,10 @@ def check_golden(base_url: str, metadata: dict, limit: int | None = None,
             f"/score answered {response.status_code} to the golden samples: {response.text[:200]}",
             "The service does not serve its model correctly; check its logs.",
         )
-    predictions = response.json().get("predictions", [])
-    expected = [s["label"] for s in samples]
-    if predictions != expected:
+    mismatch = first_mismatch(samples, response.json(), Tolerance.of(metadata))
+    if mismatch:
         raise PipelineError(
-            f"/score predicted {predictions} for the golden samples; expected {expected}.",
+            f"/score disagrees with the published model: {mismatch}.",
             "The served model is not the published one, or the app mangles input.",
         )
     return len(samples)

@@ -60,6 +60,8 @@ class ModelStoreSettings:
     account_url: str = ""
     # S3-compatible servers (MinIO, moto, …): their endpoint; empty for AWS itself.
     endpoint_url: str = ""
+    # The publisher's public key (PEM): when set, fetch-model refuses unsigned models.
+    public_key: str = ""
 
 
 @dataclass(frozen=True)

@@ -51,6 +51,8 @@ TASK_FILES: dict[str, TaskFiles] = {
     "local.status": NOTHING,
     "model.publish": NOTHING,
     "model.check": NOTHING,
+    "model.list": NOTHING,
+    "model.promote": NOTHING,
     "ci.check": NOTHING,
 }
 

@@ -63,10 +63,15 @@ def fetch_model(settings: Settings, *, version: str | None = None, locked: bool 
         return f"[dry] would fetch {wanted} from {store.uri} into build/model and verify it"
     result = model_store.fetch(store, BUILD_DIR / "model", version, locked=locked,
                                lock_file=Path(lock_file) if lock_file else None,
-                               progress=console_progress)
+                               progress=console_progress, public_key=_public_key(settings))
     state = ("downloaded and verified" if result.downloaded
              else "already up to date, nothing downloaded")
     return f"model {result.version} ({result.size} bytes, sha256 {result.sha256[:12]}…): {state}"
+
+
+def _public_key(settings: Settings) -> Path | None:
+    configured = settings.model_store.public_key
+    return PROJECT_ROOT / configured if configured else None
 
 
 # --- build -----------------------------------------------------------------------------------
@@ -347,24 +352,84 @@ def local_down(settings: Settings, *, dry: bool) -> list[str]:
 
 
 def publish_model(settings: Settings, *, version: str | None = None,
-                  model_dir: str | None = None, force: bool = False, dry: bool) -> str:
-    """Publish a model folder, or train and publish the sample digits model."""
-    from . import model_store
+                  model_dir: str | None = None, model: str | None = None,
+                  samples: str | None = None, name: str | None = None, task: str | None = None,
+                  tolerance: float | str | None = None, force: bool = False,
+                  signing_key: str | None = None, dry: bool) -> str:
+    """Publish an ONNX file with its samples, a model folder, or the sample digits model.
 
+    Whatever the source, the folder is opened as the app would open it and its golden
+    samples replayed before anything is written to the store.
+    """
+    from . import model_store, publishing
+
+    if (model is None) != (samples is None):
+        raise PipelineError("--model and --samples go together.",
+                            "Pass both: the ONNX file and the JSON of its golden samples.")
+    if model is not None and model_dir is not None:
+        raise PipelineError("--model and --model-dir both name a model.", "Pass one of them.")
+    try:
+        tolerance = float(tolerance) if tolerance is not None else None
+    except ValueError:
+        raise PipelineError(f"--tolerance {tolerance} is not a number.",
+                            "Pass a relative tolerance such as 1e-4.") from None
     if model_dir is not None and version is None:
         version = str(model_store.read_model_dir(Path(model_dir))["version"])
     version = version or model_store.new_version()
+    name = name or settings.model_name
     store = open_model_store(settings)
     if dry:
-        return f"[dry] would publish {settings.model_name} {version} to {store.uri}"
-    if model_dir is None:
+        return f"[dry] would verify and publish {name} {version} to {store.uri}"
+    if model is not None:
+        model_dir = publishing.export_own_model(
+            Path(model), Path(samples), BUILD_DIR / "publish" / version, name=name,
+            version=version, task=task, tolerance=tolerance)
+    elif model_dir is None:
         from .sample_model import train_digits_model
 
-        model_dir = train_digits_model(BUILD_DIR / "publish" / version,
-                                       name=settings.model_name, version=version)
-    metadata = model_store.publish(store, Path(model_dir), version, force=force)
-    return (f"published {metadata['name']} {version} (sha256 {metadata['sha256'][:12]}…) "
-            f"to {store.uri}")
+        model_dir = train_digits_model(BUILD_DIR / "publish" / version, name=name,
+                                       version=version)
+    model_store.read_model_dir(Path(model_dir))  # the schema first: it names the bad field
+    verified = publishing.verify_serves(Path(model_dir))
+    signature = None
+    if signing_key is not None:
+        from . import signing
+
+        signature = Path(model_dir) / "model.sig"
+        signing.sign(Path(model_dir) / model_store.MODEL_FILE, Path(signing_key), signature)
+    metadata = model_store.publish(store, Path(model_dir), version, force=force,
+                                   signature=signature)
+    return (f"published {metadata['name']} {version} (sha256 {metadata['sha256'][:12]}…, "
+            f"{verified} golden samples verified) to {store.uri}")
+
+
+def list_models(settings: Settings) -> list[str]:
+    """One line per published version, oldest first, the one `latest` names marked."""
+    from . import model_store
+
+    store = open_model_store(settings)
+    versions = model_store.list_versions(store)
+    if not versions:
+        return [f"no model is published in {store.uri} yet"]
+    lines = [f"{'':2}{'VERSION':<24}{'CREATED':<34}{'SIZE':>12}  SHA256"]
+    for entry in versions:
+        mark = "* " if entry.latest else "  "
+        lines.append(f"{mark}{entry.version:<24}{entry.created:<34}{entry.size:>12}  "
+                     f"{entry.sha256[:16]}…")
+    return lines + [f"* = latest in {store.uri}"]
+
+
+def promote_model(settings: Settings, *, version: str, dry: bool) -> str:
+    from . import model_store
+
+    store = open_model_store(settings)
+    if dry:
+        return f"[dry] would move latest in {store.uri} to {version}"
+    previous = model_store.resolve_version(store) if store.exists(model_store.LATEST_POINTER) \
+        else "nothing"
+    metadata = model_store.promote(store, version)
+    return (f"latest in {store.uri} now names {version} (sha256 {metadata['sha256'][:12]}…); "
+            f"it named {previous}")
 
 
 def check_model(c, settings: Settings) -> tuple[list[str], bool]:

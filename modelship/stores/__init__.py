@@ -11,12 +11,17 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import tempfile
 from pathlib import Path
 from urllib.parse import urlparse
 
 from ..errors import PipelineError
 
 COPY_CHUNK = 8 * 1024 * 1024
+
+
+class StoreObjectExists(PipelineError):
+    """A create-only write found the object already there: someone else wrote it first."""
 
 
 class StoreObjectMissing(PipelineError):
@@ -58,7 +63,19 @@ class ModelStore:
     def upload_file(self, key: str, path: Path) -> None:
         raise NotImplementedError
 
+    def create_bytes(self, key: str, data: bytes) -> None:
+        """Write `key` only if it does not exist, atomically; else raise StoreObjectExists.
+
+        Of two writers racing for the same key exactly one succeeds: the check and the
+        write are one operation on the server (If-None-Match: *, or an exclusive link).
+        """
+        raise NotImplementedError
+
     def exists(self, key: str) -> bool:
+        raise NotImplementedError
+
+    def list_keys(self, prefix: str = "") -> list[str]:
+        """Every key below `prefix` (relative to the store's own prefix), sorted."""
         raise NotImplementedError
 
     def download(self, key: str, sink) -> str:
@@ -79,6 +96,13 @@ class ModelStore:
                 "Publish the model again with `invoke model.publish --force`.",
             )
         return value
+
+
+def _unique_temporary(path: Path) -> Path:
+    """A partial file beside `path` that no concurrent writer shares (one fixed name would)."""
+    handle, name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".partial", dir=path.parent)
+    os.close(handle)
+    return Path(name)
 
 
 class FileStore(ModelStore):
@@ -103,19 +127,48 @@ class FileStore(ModelStore):
     def write_bytes(self, key, data):
         path = self._path(key)
         path.parent.mkdir(parents=True, exist_ok=True)
-        temporary = path.with_name(f".{path.name}.partial")
-        temporary.write_bytes(data)
-        os.replace(temporary, path)
+        temporary = _unique_temporary(path)
+        try:
+            temporary.write_bytes(data)
+            os.replace(temporary, path)
+        finally:
+            temporary.unlink(missing_ok=True)
 
     def upload_file(self, key, path):
         target = self._path(key)
         target.parent.mkdir(parents=True, exist_ok=True)
-        temporary = target.with_name(f".{target.name}.partial")
-        shutil.copyfile(path, temporary)
-        os.replace(temporary, target)
+        temporary = _unique_temporary(target)
+        try:
+            shutil.copyfile(path, temporary)
+            os.replace(temporary, target)
+        finally:
+            temporary.unlink(missing_ok=True)
+
+    def create_bytes(self, key, data):
+        path = self._path(key)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        handle, temporary = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".partial",
+                                             dir=path.parent)
+        try:
+            with os.fdopen(handle, "wb") as stream:
+                stream.write(data)
+            os.chmod(temporary, 0o644)
+            # link() refuses an existing target, and the file it links is already whole.
+            os.link(temporary, path)
+        except FileExistsError:
+            raise StoreObjectExists(f"{self.uri}/{key} already exists.") from None
+        finally:
+            Path(temporary).unlink(missing_ok=True)
 
     def exists(self, key):
         return self._path(key).is_file()
+
+    def list_keys(self, prefix=""):
+        base = self._path(prefix) if prefix else self.root
+        if not base.is_dir():
+            return []
+        return sorted(str(path.relative_to(self.root)) for path in base.rglob("*")
+                      if path.is_file() and not path.name.startswith("."))
 
     def download(self, key, sink):
         path = self._existing(key)

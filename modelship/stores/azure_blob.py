@@ -18,7 +18,14 @@ from datetime import datetime, timedelta, timezone
 
 from ..errors import PipelineError
 from ..redact import mask, without_query
-from . import ModelStore, StoreObjectMissing, is_loopback, ranged_http, refuse_plain_http
+from . import (
+    ModelStore,
+    StoreObjectExists,
+    StoreObjectMissing,
+    is_loopback,
+    ranged_http,
+    refuse_plain_http,
+)
 
 # Azurite's documented development account: public by design, valid only against the emulator.
 AZURITE_ACCOUNT = "devstoreaccount1"
@@ -183,9 +190,26 @@ class AzureBlobStore(ModelStore):
             self._blob(key).upload_blob(handle, overwrite=True,
                                         max_concurrency=UPLOAD_CONCURRENCY)
 
+    def create_bytes(self, key, data):
+        from azure.core.exceptions import ResourceExistsError, ResourceModifiedError
+
+        with self._translated_errors(key):
+            try:
+                # overwrite=False makes the SDK send If-None-Match: *: the service itself
+                # refuses the second writer (409 BlobAlreadyExists, or 412).
+                self._blob(key).upload_blob(data, overwrite=False)
+            except (ResourceExistsError, ResourceModifiedError):
+                raise StoreObjectExists(f"{self.uri}/{key} already exists.") from None
+
     def exists(self, key):
         with self._translated_errors(key):
             return self._blob(key).exists()
+
+    def list_keys(self, prefix=""):
+        start = f"{self.prefix}/" if self.prefix else ""
+        with self._translated_errors(""):
+            return sorted(blob.name[len(start):] for blob in
+                          self._container.list_blobs(name_starts_with=start + prefix))
 
     def download(self, key, sink):
         where = f"{self.uri}/{key}"

@@ -13,7 +13,7 @@ from contextlib import contextmanager
 
 from ..errors import PipelineError
 from ..redact import without_query
-from . import ModelStore, StoreObjectMissing, is_loopback, refuse_plain_http
+from . import ModelStore, StoreObjectExists, StoreObjectMissing, is_loopback, refuse_plain_http
 
 TRANSFER_CHUNK = 8 * 1024 * 1024
 TRANSFER_CONCURRENCY = 4
@@ -134,6 +134,31 @@ class S3Store(ModelStore):
         with self._translated_errors(key):
             self._client.upload_file(str(path), self.bucket, self._key(key),
                                      Config=_transfer_config())
+
+    def create_bytes(self, key, data):
+        from botocore.exceptions import ClientError
+
+        with self._translated_errors(key):
+            try:
+                # If-None-Match: * -- S3 refuses the write when the key exists (412), or
+                # when another conditional write to it is in flight (409).
+                self._client.put_object(Bucket=self.bucket, Key=self._key(key), Body=data,
+                                        IfNoneMatch="*")
+            except ClientError as error:
+                code = str(error.response.get("Error", {}).get("Code", ""))
+                if code in ("PreconditionFailed", "ConditionalRequestConflict", "412", "409"):
+                    raise StoreObjectExists(f"{self.uri}/{key} already exists.") from None
+                raise
+
+    def list_keys(self, prefix=""):
+        start = f"{self.prefix}/" if self.prefix else ""
+        keys = []
+        with self._translated_errors(""):
+            pages = self._client.get_paginator("list_objects_v2").paginate(
+                Bucket=self.bucket, Prefix=start + prefix)
+            for page in pages:
+                keys.extend(item["Key"][len(start):] for item in page.get("Contents", []))
+        return sorted(keys)
 
     def exists(self, key):
         try:

@@ -21,7 +21,8 @@ def write_model(folder, version, data):
     (folder / "model.onnx").write_bytes(data)
     (folder / "metadata.json").write_text(json.dumps({
         "name": "digits", "version": version, "sha256": hashlib.sha256(data).hexdigest(),
-        "size": len(data), "created": "2024-01-01T00:00:00+00:00", "input": {}, "golden": [],
+        "size": len(data), "created": "2024-01-01T00:00:00+00:00", "input": {"name": "input", "shape": [None, 2], "dtype": "float32"},
+        "golden": [{"instance": [0.0, 1.0], "label": 1}],
     }))
     return folder
 
@@ -54,19 +55,30 @@ class RecordingStore(FileStore):
         self.writes.append(key)
         super().upload_file(key, path)
 
+    def create_bytes(self, key, data):
+        self.writes.append(key)
+        super().create_bytes(key, data)
+
     def download(self, key, sink):
         self.downloads += 1
         return super().download(key, sink)
+
+
+def stored_model(store, version):
+    """The store's copy of a version's model: the file its metadata names."""
+    return store.root / version / store.read_json(f"{version}/metadata.json")["model_file"]
 
 
 def test_publish_writes_one_folder_per_version_and_the_pointer_last(tmp_path):
     store = RecordingStore(tmp_path / "store")
     folder = write_model(tmp_path / "export", "1.0", b"model bytes")
     model_store.publish(store, folder, "1.0")
-    assert store.writes == ["1.0/model.onnx", "1.0/metadata.json", "latest.json"]
+    model_file = f"model-{hashlib.sha256(b'model bytes').hexdigest()}.onnx"
+    assert store.writes == [f"1.0/{model_file}", "1.0/metadata.json", "latest.json"]
     assert json.loads((tmp_path / "store" / "latest.json").read_text())["version"] == "1.0"
     metadata = json.loads((tmp_path / "store" / "1.0" / "metadata.json").read_text())
     assert {"name", "version", "sha256", "size", "created", "input", "golden"} <= set(metadata)
+    assert metadata["model_file"] == model_file
 
 
 def test_publishing_an_existing_version_is_refused_unless_forced(publish, store):
@@ -74,7 +86,7 @@ def test_publishing_an_existing_version_is_refused_unless_forced(publish, store)
     with pytest.raises(PipelineError, match="already published"):
         publish("1", b"second")
     publish("1", b"second", force=True)
-    assert (store.root / "1" / "model.onnx").read_bytes() == b"second"
+    assert stored_model(store, "1").read_bytes() == b"second"
 
 
 def test_publish_refuses_a_model_that_does_not_match_its_metadata(tmp_path, store):
@@ -140,7 +152,7 @@ def test_a_corrupt_store_copy_fails_and_keeps_the_previous_model(publish, store,
     publish("1", b"good")
     model_store.fetch(store, tmp_path / "build")
     publish("2", b"new model")
-    (store.root / "2" / "model.onnx").write_bytes(b"bit rot!!")
+    stored_model(store, "2").write_bytes(b"bit rot!!")
     with pytest.raises(PipelineError, match="sha256"):
         model_store.fetch(store, tmp_path / "build")
     assert (tmp_path / "build" / "model.onnx").read_bytes() == b"good"
@@ -295,3 +307,78 @@ def test_the_azure_download_is_authorised_as_the_sdk_client_is(monkeypatch):
     url, headers = authorised_get(with_token)
     assert "?" not in url and headers["Authorization"] == "Bearer token-123"
     assert TokenCredential.scopes == ("https://storage.azure.com/.default",)
+
+
+def test_list_names_every_version_and_marks_latest(publish, store):
+    publish("1", b"one")
+    publish("2", b"two!")
+    (store.root / "3").mkdir()  # a publish killed before metadata.json: not a version
+    (store.root / "3" / "model-x.onnx").write_bytes(b"orphan")
+    versions = model_store.list_versions(store)
+    assert [(v.version, v.size, v.latest) for v in versions] == [("1", 3, False), ("2", 4, True)]
+    assert versions[0].sha256 == hashlib.sha256(b"one").hexdigest()
+
+
+def test_promote_moves_latest_back_to_an_older_version_and_fetch_follows(publish, store,
+                                                                         tmp_path):
+    publish("1", b"one")
+    publish("2", b"two")
+    model_store.promote(store, "1")
+    assert model_store.resolve_version(store) == "1"
+    assert model_store.fetch(store, tmp_path / "build").version == "1"
+    assert (tmp_path / "build" / "model.onnx").read_bytes() == b"one"
+    with pytest.raises(PipelineError, match="Model version 7 is not in"):
+        model_store.promote(store, "7")
+    assert model_store.resolve_version(store) == "1"
+
+
+def local_set(folder):
+    """(model bytes, metadata version, lock version) of a fetched folder."""
+    return ((folder / "model.onnx").read_bytes(),
+            json.loads((folder / "metadata.json").read_text())["version"],
+            json.loads((folder / "model.lock.json").read_text())["version"])
+
+
+@pytest.mark.parametrize("failing_file", ["metadata.json", "model.lock.json"])
+def test_a_disk_that_fills_after_the_model_leaves_the_previous_set_whole(
+        publish, store, tmp_path, monkeypatch, failing_file):
+    publish("1", b"one")
+    model_store.fetch(store, tmp_path / "build")
+    publish("2", b"two")
+    write = model_store._write_atomically
+
+    def fills_up(path, text):
+        if path.name == failing_file:
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+        write(path, text)
+
+    monkeypatch.setattr(model_store, "_write_atomically", fills_up)
+    with pytest.raises(PipelineError, match="Not enough disk space"):
+        model_store.fetch(store, tmp_path / "build")
+    assert local_set(tmp_path / "build") == (b"one", "1", "1")
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]
+
+
+def test_a_fetch_interrupted_mid_switch_never_leaves_a_mix_and_the_next_one_recovers(
+        publish, store, tmp_path, monkeypatch):
+    publish("1", b"one")
+    model_store.fetch(store, tmp_path / "build")
+    publish("2", b"two")
+    renames = []
+    real_rename = os.rename
+
+    def interrupted_after_moving_the_old_set_away(source, target):
+        renames.append(target)
+        real_rename(source, target)
+        if len(renames) == 1:
+            raise KeyboardInterrupt  # as a killed process would stop there
+
+    monkeypatch.setattr(model_store.os, "rename", interrupted_after_moving_the_old_set_away)
+    with pytest.raises(KeyboardInterrupt):
+        model_store.fetch(store, tmp_path / "build")
+    assert not (tmp_path / "build").exists()  # missing, so nobody builds from a mix
+    monkeypatch.setattr(model_store.os, "rename", real_rename)
+
+    model_store.fetch(store, tmp_path / "build")
+    assert local_set(tmp_path / "build") == (b"two", "2", "2")
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]

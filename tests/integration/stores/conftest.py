@@ -72,7 +72,7 @@ def write_model(folder: Path, version: str, size: int, seed: int = 0) -> Path:
         "name": "digits", "version": version, "sha256": hashlib.sha256(data).hexdigest(),
         "size": size, "created": datetime.now(timezone.utc).isoformat(),
         "input": {"name": "input", "shape": [None, 64], "dtype": "float32"},
-        "golden": [],
+        "golden": [{"instance": [0.0] * 64, "label": 0}],
     }))
     return folder
 
