@@ -47,8 +47,6 @@ def _settings(c, env: str | None) -> Settings:
 
 
 # --- pipeline stages ------------------------------------------------------------------------
-
-
 @task(help={
     "env": ENV_HELP,
     "version": "Model version to fetch, or 'latest' (default).",
@@ -169,8 +167,6 @@ def deploy(c, env=None):
 
 
 # --- the local environment ----------------------------------------------------------------
-
-
 @task(name="up", help={"env": ENV_HELP})
 @pipeline_task("local.up")
 def local_up(c, env=None):
@@ -196,8 +192,6 @@ def local_status(c, env=None):
 
 
 # --- the data scientists' side ------------------------------------------------------------
-
-
 @task(name="publish", help={"env": ENV_HELP, **publishing.FLAG_HELP})
 @pipeline_task("model.publish")
 def model_publish(c, env=None, model=None, samples=None, name=None, version=None, task=None,
@@ -228,9 +222,8 @@ def model_promote(c, version, env=None):
 def model_check(c, env=None):
     """Compare the latest published model with the one --env runs; exit 1 when they differ.
 
-    Under Azure Pipelines (TF_BUILD set) it exits 0 either way and sets the output variables
-    `changed` (true/false), `latestVersion`, `latestSha256` and `deployedSha256` instead, so a
-    stage condition decides. Exit 2 means it could not tell (store or cluster unreachable).
+    Under Azure Pipelines (TF_BUILD) it exits 0 and sets output variables instead (see
+    stages.check_model); exit 2 means it could not tell (store or cluster unreachable).
     """
     try:
         lines, differs = stages.check_model(c, _settings(c, env))
@@ -243,31 +236,17 @@ def model_check(c, env=None):
 
 
 # --- the pipeline definition ----------------------------------------------------------------
-
-
 @task(name="check")
 @pipeline_task("ci.check")
 def ci_check(c):
     """Validate ci/ against the Azure Pipelines schema; every `invoke` call must name real tasks."""
-    from modelship import pipeline_check
-    from modelship.settings import known_environments
-
-    problems = pipeline_check.check(environments=known_environments(c.config))
-    for problem in problems:
-        echo(str(problem))
-    if problems:
-        raise PipelineError(f"{len(problems)} problem(s) in the pipeline files (listed above).",
-                            "Fix them; a pipeline run would fail on each.")
-    echo(f"ci/: {len(pipeline_check.pipeline_files())} pipeline files valid; every invoke call "
-         "names existing tasks and flags and finds its inputs")
+    echo(stages.check_pipeline(c.config, echo))
 
 
-local = Collection("local", local_up, local_down, local_status)
-model = Collection("model", model_publish, model_list, model_promote, model_check)
-aks = Collection("aks", aks_credentials)
 namespace = Collection(fetch_model, base_image, lock, build, test, push, render, apply, rollback,
                        deploy, diff, status)
-namespace.add_collection(aks)
-namespace.add_collection(local)
-namespace.add_collection(model)
+namespace.add_collection(Collection("aks", aks_credentials))
+namespace.add_collection(Collection("local", local_up, local_down, local_status))
+namespace.add_collection(Collection("model", model_publish, model_list, model_promote,
+                                    model_check))
 namespace.add_collection(Collection("ci", ci_check))

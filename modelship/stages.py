@@ -449,3 +449,18 @@ def check_model(c, settings: Settings) -> tuple[list[str], bool]:
     if model_check.running_in_azure_pipelines(os.environ):
         return lines + model_check.pipeline_variables(comparison), False
     return lines, comparison.differs
+
+
+def check_pipeline(config, echo: Echo) -> str:
+    """`ci.check`: each problem in ci/, then a PipelineError; or the one line saying valid."""
+    from . import pipeline_check
+    from .settings import known_environments
+
+    problems = pipeline_check.check(environments=known_environments(config))
+    if problems:
+        for problem in problems:
+            echo(str(problem))
+        raise PipelineError(f"{len(problems)} problem(s) in the pipeline files (listed above).",
+                            "Fix them; a pipeline run would fail on each.")
+    return (f"ci/: {len(pipeline_check.pipeline_files())} pipeline files valid; every invoke "
+            "call names existing tasks and flags and finds its inputs")
