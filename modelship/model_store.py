@@ -220,13 +220,18 @@ def list_versions(store: ModelStore) -> list[PublishedVersion]:
 
 
 @_secrets_masked
-def promote(store: ModelStore, version: str) -> dict:
-    """Move `latest` to a published version, newer or older; return its metadata."""
+def promote(store: ModelStore, version: str, *, dry: bool = False) -> dict:
+    """Move `latest` to a published version, newer or older; return its metadata.
+
+    With `dry`, everything is checked (the version exists and its metadata is valid) but the
+    pointer is left where it is.
+    """
     if not VERSION_PATTERN.match(version):
         raise PipelineError(f"'{version}' is not a valid model version.",
                             "Pick one that `invoke model.list` shows.")
     metadata = _read_metadata(store, version)
-    write_pointer(store, version, metadata["sha256"])
+    if not dry:
+        write_pointer(store, version, metadata["sha256"])
     return metadata
 
 

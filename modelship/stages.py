@@ -423,11 +423,12 @@ def promote_model(settings: Settings, *, version: str, dry: bool) -> str:
     from . import model_store
 
     store = open_model_store(settings)
-    if dry:
-        return f"[dry] would move latest in {store.uri} to {version}"
     previous = model_store.resolve_version(store) if store.exists(model_store.LATEST_POINTER) \
         else "nothing"
-    metadata = model_store.promote(store, version)
+    metadata = model_store.promote(store, version, dry=dry)
+    if dry:
+        return (f"[dry] would move latest in {store.uri} from {previous} to {version} "
+                f"(sha256 {metadata['sha256'][:12]}…)")
     return (f"latest in {store.uri} now names {version} (sha256 {metadata['sha256'][:12]}…); "
             f"it named {previous}")
 

@@ -29,6 +29,8 @@ ALSO_DEV = {"render", "apply", "rollback", "diff", "status", "aks.credentials", 
 # Runs whose right answer is a one-line refusal: local has no AKS cluster, and nothing was
 # rendered for dev in this checkout.
 EXPECTED_REFUSALS = {("aks.credentials", "--env=local"), ("diff", "--env=dev")}
+# Tasks with a required argument get one that names something real.
+REQUIRED_ARGUMENTS = {"model.promote": lambda published: ["--version", published]}
 CLAIMS_OF_WORK = re.compile(
     r"\bdone\b|\brolled out\b|\brolled back\b|^published |^pushed |^built |^rendered \d+|"
     r"^removed |^stopped: (?!nothing)|^locked \d+", re.M)
@@ -101,26 +103,28 @@ def deployed(published_model, local_stack):
     return local_stack
 
 
-def dry_runs(tasks: list[str]) -> list[list[str]]:
+def dry_runs(tasks: list[str], published_version: str) -> list[list[str]]:
     runs = []
     for name in tasks:
         if name in NO_ENV:
             runs.append([name])
             continue
-        runs.append([name, "--env=local"])
+        extra = REQUIRED_ARGUMENTS[name](published_version) if name in REQUIRED_ARGUMENTS else []
+        runs.append([name, "--env=local", *extra])
         if name in ALSO_DEV:
-            runs.append([name, "--env=dev"])
+            runs.append([name, "--env=dev", *extra])
     return runs
 
 
-def test_every_task_under_dry_changes_nothing_and_claims_nothing(deployed, docker_client):
+def test_every_task_under_dry_changes_nothing_and_claims_nothing(deployed, docker_client,
+                                                                 published_model):
     tasks = listed_tasks()
     assert {"fetch-model", "build", "test", "push", "render", "apply", "deploy"} <= set(tasks)
     before = snapshot(deployed, docker_client)
     assert before["build"] and before["store"] and before["registry"] and before["engine"]
 
     ran = set()
-    for argv in dry_runs(tasks):
+    for argv in dry_runs(tasks, published_model):
         result = subprocess.run([sys.executable, "-m", "invoke", "--dry", *argv],
                                 cwd=PROJECT_ROOT, capture_output=True, text=True, timeout=600)
         output = result.stdout + result.stderr

@@ -332,6 +332,16 @@ def test_promote_moves_latest_back_to_an_older_version_and_fetch_follows(publish
     assert model_store.resolve_version(store) == "1"
 
 
+def test_dry_promote_checks_the_version_and_leaves_latest(publish, store):
+    publish("1", b"one")
+    publish("2", b"two")
+    pointer_before = (store.root / model_store.LATEST_POINTER).read_bytes()
+    assert model_store.promote(store, "1", dry=True)["version"] == "1"
+    with pytest.raises(PipelineError, match="Model version 7 is not in"):
+        model_store.promote(store, "7", dry=True)
+    assert (store.root / model_store.LATEST_POINTER).read_bytes() == pointer_before
+
+
 def local_set(folder):
     """(model bytes, metadata version, lock version) of a fetched folder."""
     return ((folder / "model.onnx").read_bytes(),
