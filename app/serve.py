@@ -14,8 +14,11 @@ waited on it until killed; a spawned worker keeps the default action until Grani
 installs its own, and stops at once. And the first SIGTERM drains before stopping:
 `/readyz` answers 503 for SHUTDOWN_DRAIN_SECONDS while every request is still served
 (Kubernetes takes the pod out of its Service meanwhile), then the workers finish what
-they are serving and exit, killed after WORKERS_KILL_TIMEOUT_SECONDS at the latest; the
-two together stay under the pod's 30 s grace period. A second signal stops at once.
+they are serving and exit, killed after WORKERS_KILL_TIMEOUT_SECONDS at the latest. In a
+pod the preStop hook (`app.drain`) has already drained before SIGTERM arrives; the server
+sees its marker and goes straight to finishing in-flight requests. The manifests set the
+pod's grace period to the drain plus the kill timeout plus a margin. A second signal
+stops at once.
 
 Everything that differs between environments comes from environment variables. This
 module must never bind anything but HOST:PORT, and never write outside METRICS_DIR or
@@ -37,12 +40,11 @@ from granian import Granian
 from granian.constants import HTTPModes, Interfaces
 from granian.http import HTTP1Settings
 
+from app.drain import DEFAULT_DRAIN_SECONDS, SHUTDOWN_MARKER_NAME
+
 logger = logging.getLogger(__name__)
 
 METRICS_FILE_GLOB = "worker-*.metrics"
-SHUTDOWN_MARKER_NAME = "shutting-down"
-# Seconds; the drain plus the kill timeout must stay below terminationGracePeriodSeconds.
-DEFAULT_DRAIN_SECONDS = 5
 DEFAULT_KILL_TIMEOUT_SECONDS = 15
 # A client has this long to send a request's headers, and a kept-alive connection may
 # sit idle this long between requests.
@@ -113,6 +115,10 @@ class DrainingGranian(Granian):
 
     def signal_handler_interrupt(self, *args, **kwargs):
         if self._draining or self._drain_seconds == 0:
+            return super().signal_handler_interrupt(*args, **kwargs)
+        if self._shutdown_marker.exists():
+            # The preStop hook (app.drain) already drained: finish what is in flight.
+            logger.info("shutting down: drained by the preStop hook; workers stop")
             return super().signal_handler_interrupt(*args, **kwargs)
         self._draining = True
         self._shutdown_marker.touch()

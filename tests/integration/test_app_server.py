@@ -92,20 +92,23 @@ def served(tmp_path_factory, model_dir):
     process, port, log_path = start_server(scratch, model_dir, METRICS_DIR=str(metrics_dir))
     base_url = f"http://127.0.0.1:{port}"
     try:
-        deadline = time.monotonic() + 30
-        while time.monotonic() < deadline:
-            try:
-                if requests.get(f"{base_url}/readyz", timeout=1).status_code == 200:
-                    break
-            except requests.ConnectionError:
-                pass
-            assert process.poll() is None, log_path.read_text()
-            time.sleep(0.05)
-        else:
-            pytest.fail(f"not ready in 30 s: {log_path.read_text()}")
+        wait_until_ready(base_url, process, log_path)
         yield base_url, metrics_dir, process, log_path
     finally:
         stop(process)
+
+
+def wait_until_ready(base_url: str, process: subprocess.Popen, log_path: Path) -> None:
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        try:
+            if requests.get(f"{base_url}/readyz", timeout=1).status_code == 200:
+                return
+        except requests.ConnectionError:
+            pass
+        assert process.poll() is None, log_path.read_text()
+        time.sleep(0.05)
+    pytest.fail(f"not ready in 30 s: {log_path.read_text()}")
 
 
 def raw_exchange(base_url: str, request: bytes, close_write: bool = False, wait: float = 10) -> bytes:
@@ -396,5 +399,49 @@ def test_sigterm_while_workers_are_still_starting_stops_the_server(tmp_path, mod
         log = log_path.read_text()
         assert "Killing worker" not in log, log  # they stopped; none had to be killed
         assert "model loaded" not in log  # the signal did arrive during the start
+    finally:
+        stop(process)
+
+
+def test_the_prestop_hook_drains_then_sigterm_finishes_the_request_in_flight(tmp_path,
+                                                                            model_dir):
+    """The pod's stop sequence: preStop (app.drain), then SIGTERM, then in-flight finishes."""
+    run_directory = tmp_path / "run"
+    # A drain the server would take on its own would outlast this test's bounds: the
+    # server must notice the hook already drained.
+    process, port, log_path = start_server(tmp_path, model_dir,
+                                           METRICS_DIR=str(run_directory),
+                                           SHUTDOWN_DRAIN_SECONDS="120")
+    base_url = f"http://127.0.0.1:{port}"
+    try:
+        wait_until_ready(base_url, process, log_path)
+        hook_env = {**os.environ, "METRICS_DIR": str(run_directory),
+                    "SHUTDOWN_DRAIN_SECONDS": "1"}
+        hook = subprocess.run([sys.executable, "-m", "app.drain"], cwd=REPO, env=hook_env,
+                              capture_output=True, text=True, timeout=30)
+        assert hook.returncode == 0, hook.stderr
+        assert requests.get(f"{base_url}/readyz", timeout=5).status_code == 503
+        scored = requests.post(f"{base_url}/score", data=ONE_ROW, timeout=5,
+                               headers={"Content-Type": "application/json",
+                                        "X-API-Key": API_KEY})
+        assert scored.status_code == 200  # still serving while out of the endpoints
+
+        # A request in flight when SIGTERM comes: head and half its body sent.
+        in_flight = socket.create_connection(("127.0.0.1", port), timeout=20)
+        in_flight.sendall(b"POST /score HTTP/1.1\r\nHost: t\r\n"
+                          b"Content-Type: application/json\r\nX-API-Key: " + API_KEY.encode()
+                          + b"\r\nContent-Length: %d\r\n\r\n" % len(ONE_ROW)
+                          + ONE_ROW[:10])
+        time.sleep(0.3)
+        process.send_signal(signal.SIGTERM)
+        time.sleep(0.5)
+        in_flight.sendall(ONE_ROW[10:])
+        answer = read_until_closed(in_flight)
+        in_flight.close()
+        assert status_of(answer) == 200, answer[:200]
+        assert process.wait(timeout=30) == 0
+        log = log_path.read_text()
+        assert "drained by the preStop hook" in log
+        assert "Killing worker" not in log
     finally:
         stop(process)

@@ -328,3 +328,22 @@ def test_model_input_and_values_pass_through_unchanged(client, sample_metadata):
     rows = [sample["instance"] for sample in sample_metadata["golden"]]
     body = client.post("/score", json={"instances": rows}).get_json()
     assert np.argmax(body["probabilities"], axis=1).tolist() == body["predictions"]
+
+
+def test_the_prestop_hook_marks_the_server_draining_then_waits_the_drain(tmp_path):
+    from app import drain
+
+    waited = []
+    environ = {"METRICS_DIR": str(tmp_path / "run"), "SHUTDOWN_DRAIN_SECONDS": "7"}
+    assert drain.main(environ, sleep=waited.append) == 0
+    assert (tmp_path / "run" / drain.SHUTDOWN_MARKER_NAME).exists()
+    assert waited == [7]
+
+
+@pytest.mark.parametrize("raw, seconds", [("", 5), ("nonsense", 5), ("-3", 0), ("0", 0)])
+def test_the_prestop_hook_never_blocks_a_stop_on_a_bad_setting(tmp_path, raw, seconds):
+    from app import drain
+
+    waited = []
+    assert drain.main({"SHUTDOWN_DRAIN_SECONDS": raw}, sleep=waited.append) == 0
+    assert waited == [seconds]
