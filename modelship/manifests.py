@@ -75,6 +75,14 @@ def _pinned_image(settings: Settings, release: Release) -> str:
     return release.image
 
 
+# Where the server keeps its shared counters and the drain marker the preStop hook sets:
+# inside the pod's /tmp emptyDir, the only writable place.
+POD_RUN_DIRECTORY = "/tmp/modelship"
+# Seconds between the server's last request and the kubelet's SIGKILL, on top of the drain
+# and the server's own shutdown timeout.
+GRACE_MARGIN_SECONDS = 5
+
+
 def app_config(settings: Settings, release: Release) -> dict:
     """The ConfigMap's data: plain settings the app reads from its environment."""
     deployment = settings.deployment
@@ -82,8 +90,37 @@ def app_config(settings: Settings, release: Release) -> dict:
         "APP_VERSION": release.version_label,
         "GIT_REVISION": release.revision,
         "MAX_BATCH": str(deployment["max_batch"]),
+        "METRICS_DIR": POD_RUN_DIRECTORY,
+        "SHUTDOWN_DRAIN_SECONDS": str(deployment["drain_seconds"]),
         "WEB_CONCURRENCY": str(deployment["web_concurrency"]),
+        "WORKERS_KILL_TIMEOUT_SECONDS": str(deployment["shutdown_timeout_seconds"]),
     }
+
+
+def config_map_name(app_name: str, config: dict) -> str:
+    """`<app>-config-<10 hex of the data's sha256>`: new data, new name (kustomize's way)."""
+    digest = hashlib.sha256(json.dumps(config, sort_keys=True).encode()).hexdigest()
+    return f"{app_name}-config-{digest[:10]}"
+
+
+def uses_ingress(deployment: dict) -> bool:
+    return bool(deployment["ingress"]["hosts"])
+
+
+def _public_edge(settings: Settings) -> bool:
+    """True when the Service itself is the public load balancer (no Ingress in front)."""
+    deployment = settings.deployment
+    if not uses_ingress(deployment):
+        return True
+    if deployment["service"].get("dns_label"):
+        raise PipelineError(
+            f"'{settings.env}' sets both deployment.ingress.hosts and "
+            "deployment.service.dns_label: with an Ingress the Service is ClusterIP and has no "
+            "public address to name.",
+            "Remove deployment.service.dns_label (the Ingress hosts are the public names), or "
+            "empty ingress.hosts to expose a LoadBalancer instead.",
+        )
+    return False
 
 
 def template_values(settings: Settings, release: Release) -> dict:
@@ -119,9 +156,10 @@ def _template_values(settings: Settings, release: Release) -> dict:
         "model": {"name": release.model_name, "version": release.model_version,
                   "sha256": release.model_sha256},
         "app_config": config,
-        "config_sha256": hashlib.sha256(
-            json.dumps(config, sort_keys=True).encode()
-        ).hexdigest(),
+        "config_map_name": config_map_name(settings.app_name, config),
+        "public_load_balancer": _public_edge(settings),
+        "termination_grace_seconds": int(deployment["drain_seconds"])
+        + int(deployment["shutdown_timeout_seconds"]) + GRACE_MARGIN_SECONDS,
         "release_annotations": {
             "modelship.ai/git-revision": release.revision,
             "modelship.ai/source-dirty": str(release.dirty).lower(),

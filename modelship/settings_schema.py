@@ -196,6 +196,7 @@ class IngressSection(Section):
     hosts: list[IngressHost] = None
     class_name: OptionalObjectName = None
     tls_secret: OptionalObjectName = None
+    controller_namespace: Rfc1123Label = None
 
 
 class ApiKeySection(Section):
@@ -213,6 +214,8 @@ class DeploymentSection(Section):
     max_batch: Positive = None
     container_port: Port = None
     web_concurrency: Positive = None
+    drain_seconds: Positive = None
+    shutdown_timeout_seconds: Positive = None
     progress_deadline_seconds: Positive = None
     confirm: bool = None
     autoscaling: AutoscalingSection = None

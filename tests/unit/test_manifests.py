@@ -11,6 +11,7 @@ from __future__ import annotations
 import copy
 import dataclasses
 import os
+import re
 import shutil
 from pathlib import Path
 
@@ -138,13 +139,40 @@ def test_optional_objects_follow_the_environment_config(record, tmp_path):
                                "secretName": "digits-example-com-tls"}]
 
 
-def test_service_is_a_load_balancer_with_the_azure_dns_label_when_configured(record, tmp_path):
-    prod = render_env("prod", record, tmp_path / "prod")["service.yaml"]
-    assert prod["spec"]["type"] == "LoadBalancer"
-    assert prod["metadata"]["annotations"] == {
-        "service.beta.kubernetes.io/azure-dns-label-name": "modelship-digits"}
+def test_without_an_ingress_the_service_is_the_public_load_balancer_with_its_dns_label(
+        record, tmp_path):
+    dev = render_env("dev", record, tmp_path / "dev")
+    assert dev["service.yaml"]["spec"]["type"] == "LoadBalancer"
+    assert dev["service.yaml"]["metadata"]["annotations"] == {
+        "service.beta.kubernetes.io/azure-dns-label-name": "modelship-digits-dev"}
+    assert "ingress.yaml" not in dev
+    # Anyone may reach the pods, but only on the HTTP port.
+    assert dev["networkpolicy.yaml"]["spec"]["ingress"] == [
+        {"ports": [{"port": "http", "protocol": "TCP"}]}]
     local = render_env("local", record, tmp_path / "local")["service.yaml"]
     assert "annotations" not in local["metadata"]
+
+
+def test_with_an_ingress_the_service_is_cluster_internal_and_only_the_controller_connects(
+        record, tmp_path):
+    prod = render_env("prod", record, tmp_path / "prod")
+    service = prod["service.yaml"]
+    assert service["spec"]["type"] == "ClusterIP"
+    assert "annotations" not in service["metadata"]
+    assert prod["ingress.yaml"]["spec"]["tls"][0]["secretName"] == "digits-example-com-tls"
+    assert prod["networkpolicy.yaml"]["spec"]["ingress"] == [{
+        "from": [{"namespaceSelector": {"matchLabels": {
+            "kubernetes.io/metadata.name": "app-routing-system"}}}],
+        "ports": [{"port": "http", "protocol": "TCP"}],
+    }]
+
+
+def test_an_ingress_and_a_dns_label_together_are_refused_in_one_line(record, tmp_path):
+    service = {"port": 80, "dns_label": "modelship-digits"}
+    with pytest.raises(PipelineError) as refused:
+        render_env("prod", record, tmp_path / "prod", service=service)
+    assert "ClusterIP" in str(refused.value) and "\n" not in str(refused.value)
+    assert not (tmp_path / "prod").exists()
 
 
 # --- the Deployment ---------------------------------------------------------------------
@@ -226,12 +254,50 @@ def test_service_account_and_network_policy(record, tmp_path):
     assert objects["poddisruptionbudget.yaml"]["spec"]["maxUnavailable"] == 1
 
 
-def test_a_config_change_restarts_the_pods(record, tmp_path):
-    before = render_env("dev", record, tmp_path / "a")["deployment.yaml"]
-    after = render_env("dev", record, tmp_path / "b", max_batch=10)["deployment.yaml"]
-    key = "modelship.ai/config-sha256"
-    assert before["spec"]["template"]["metadata"]["annotations"][key] != \
-        after["spec"]["template"]["metadata"]["annotations"][key]
+def config_map_reference(deployment: dict) -> str:
+    container = deployment["spec"]["template"]["spec"]["containers"][0]
+    return container["envFrom"][0]["configMapRef"]["name"]
+
+
+def test_the_config_map_is_named_by_its_content_and_the_pods_point_at_that_name(
+        record, tmp_path):
+    before = render_env("dev", record, tmp_path / "a")
+    again = render_env("dev", record, tmp_path / "again")
+    after = render_env("dev", record, tmp_path / "b", max_batch=10)
+    name = before["configmap.yaml"]["metadata"]["name"]
+    assert re.fullmatch(r"digits-api-config-[0-9a-f]{10}", name)
+    assert before["configmap.yaml"]["immutable"] is True
+    assert config_map_reference(before["deployment.yaml"]) == name
+    # Same data, same name; new data, a new ConfigMap and a new pod template (a rollout).
+    assert again["configmap.yaml"]["metadata"]["name"] == name
+    changed = after["configmap.yaml"]["metadata"]["name"]
+    assert changed != name and config_map_reference(after["deployment.yaml"]) == changed
+    assert after["configmap.yaml"]["data"]["MAX_BATCH"] == "10"
+
+
+def test_pods_drain_before_they_stop_within_their_grace_period(record, tmp_path):
+    objects = render_env("prod", record, tmp_path / "prod", drain_seconds=12,
+                         shutdown_timeout_seconds=20)
+    pod = objects["deployment.yaml"]["spec"]["template"]["spec"]
+    container = pod["containers"][0]
+    assert container["lifecycle"]["preStop"]["exec"]["command"] == [
+        "python3", "-m", "app.drain"]
+    config = objects["configmap.yaml"]["data"]
+    assert (config["SHUTDOWN_DRAIN_SECONDS"], config["WORKERS_KILL_TIMEOUT_SECONDS"]) == \
+        ("12", "20")
+    # The drain marker lives in the pod's writable /tmp.
+    assert config["METRICS_DIR"].startswith("/tmp/")
+    assert pod["terminationGracePeriodSeconds"] == 12 + 20 + manifests.GRACE_MARGIN_SECONDS
+    readiness = container["readinessProbe"]
+    # The drain outlasts the time a failing readiness probe needs to take the pod out.
+    assert readiness["periodSeconds"] * readiness["failureThreshold"] < 12
+
+
+def test_replicas_are_spread_over_nodes_and_zones(prod_deployment):
+    constraints = prod_deployment["spec"]["template"]["spec"]["topologySpreadConstraints"]
+    assert {c["topologyKey"] for c in constraints} == {
+        "kubernetes.io/hostname", "topology.kubernetes.io/zone"}
+    assert all(c["whenUnsatisfiable"] == "ScheduleAnyway" for c in constraints)
 
 
 # --- strictness -------------------------------------------------------------------------
