@@ -3,9 +3,17 @@
 Every kubectl call that reads or changes the cluster goes through the Invoke context, always
 with the environment's `--context` and `--namespace`, so `--dry` prints the exact sequence
 and tests can script kubectl's answers with MockContext or a stand-in `kubectl` on PATH.
-The smoke test reaches the Service through `kubectl port-forward` bound to 127.0.0.1. This
-module must never apply anything but the folder `render` wrote, never to a context other
-than the environment's, and never print or pass a secret's value.
+The smoke test reaches the Service through `kubectl port-forward` bound to 127.0.0.1.
+
+`apply` prunes: an object of this app (its instance and managed-by labels, in its namespace)
+of an allowlisted kind that the folder no longer holds is deleted, so switching an Ingress or
+autoscaler off in the settings removes it. ConfigMaps are not on that list: they are named
+by their content, and one is deleted only once no ReplicaSet of the app refers to it, so
+`rollout undo` always finds the config its ReplicaSet was made with. A first deploy that
+fails deletes what it created instead of "rolling back" to nothing. This module must never
+apply anything but the folder `render` wrote, never to a context other than the
+environment's, never delete outside the app's labels and namespace, and never print or pass
+a secret's value.
 """
 
 from __future__ import annotations
@@ -16,6 +24,7 @@ import json
 import os
 import shutil
 import subprocess
+from dataclasses import dataclass
 from typing import Callable, Iterator, Mapping
 
 import yaml
@@ -40,11 +49,39 @@ def _selector(settings: Settings) -> str:
     return f"app.kubernetes.io/instance={settings.app_name}-{settings.env}"
 
 
+def owned_selector(settings: Settings) -> str:
+    """The objects this tool made for the app in this environment: the only ones it deletes."""
+    return f"{_selector(settings)},app.kubernetes.io/managed-by=modelship"
+
+
+# The kinds `apply --prune` may delete when the folder no longer holds them (group/version/kind,
+# "core" for the core group). ConfigMaps are left out on purpose: see collect_old_configs.
+PRUNE_ALLOWLIST = (
+    "apps/v1/Deployment",
+    "autoscaling/v2/HorizontalPodAutoscaler",
+    "core/v1/Service",
+    "core/v1/ServiceAccount",
+    "networking.k8s.io/v1/Ingress",
+    "networking.k8s.io/v1/NetworkPolicy",
+    "policy/v1/PodDisruptionBudget",
+)
+
+
+def prune_flags(settings: Settings) -> list[str]:
+    return ["--prune", f"--selector={owned_selector(settings)}",
+            *(f"--prune-allowlist={kind}" for kind in PRUNE_ALLOWLIST)]
+
+
 def apply_commands(settings: Settings) -> dict[str, str]:
     deployment = f"deployment/{settings.app_name}"
     timeout = f"--timeout={settings.kubernetes.rollout_timeout}"
     return {
-        "apply": kubectl(settings, "apply", f"--filename={settings.render_dir}"),
+        # Which of the rendered objects exist already: on a failed first deploy, the rest
+        # is what the apply created and is deleted again.
+        "existing": kubectl(settings, "get", f"--filename={settings.render_dir}",
+                            "--ignore-not-found", "--output=name"),
+        "apply": kubectl(settings, "apply", f"--filename={settings.render_dir}",
+                         *prune_flags(settings)),
         "rollout": kubectl(settings, "rollout", "status", deployment, timeout),
         "events": kubectl(settings, "get", "events", "--sort-by=.lastTimestamp",
                           "--field-selector=involvedObject.kind=Pod,type!=Normal"),
@@ -52,6 +89,10 @@ def apply_commands(settings: Settings) -> dict[str, str]:
                         "--output=wide"),
         "undo": kubectl(settings, "rollout", "undo", deployment),
         "undo_wait": kubectl(settings, "rollout", "status", deployment, timeout),
+        "replicasets": kubectl(settings, "get", "replicasets",
+                               f"--selector={_selector(settings)}", "--output=json"),
+        "configmaps": kubectl(settings, "get", "configmaps",
+                              f"--selector={owned_selector(settings)}", "--output=name"),
     }
 
 
@@ -90,10 +131,15 @@ def require_current_render(settings: Settings, pushed_reference: str) -> None:
         )
 
 
+def diff_command(settings: Settings) -> str:
+    return kubectl(settings, "diff", f"--filename={settings.render_dir}", *prune_flags(settings))
+
+
 def diff(c, settings: Settings) -> bool:
-    """`kubectl diff` of the rendered folder against the cluster; True when they differ."""
+    """`kubectl diff` of the rendered folder against the cluster, including what `apply`
+    would prune; True when they differ."""
     _require_rendered(settings)
-    result = c.run(kubectl(settings, "diff", f"--filename={settings.render_dir}"), warn=True)
+    result = c.run(diff_command(settings), warn=True)
     if result is None or result.exited == 0:
         return False
     if result.exited == 1:  # kubectl diff's way of saying "there are differences"
@@ -114,11 +160,82 @@ def roll_back(c, commands: dict[str, str], echo: Echo) -> bool:
     return _ok(c.run(commands["undo_wait"], warn=True))
 
 
+def _object_names(listing: str) -> set[str]:
+    """`kind/name` of each line `kubectl get --output=name` printed (group dropped)."""
+    names = set()
+    for line in listing.split():
+        kind, _, name = line.partition("/")
+        if name:
+            names.add(f"{kind.split('.', 1)[0].lower()}/{name}")
+    return names
+
+
+def rendered_objects(settings: Settings) -> list[str]:
+    """`kind/name` of every object in the rendered folder, in file order."""
+    names = []
+    for path in sorted(settings.render_dir.glob("*.yaml")):
+        for document in yaml.safe_load_all(path.read_text()):
+            if document:
+                names.append(f"{document['kind'].lower()}/{document['metadata']['name']}")
+    return names
+
+
+@dataclass(frozen=True)
+class Undo:
+    """How a failed release is taken back: the previous revision, or nothing left behind."""
+    first_deploy: bool
+    created: tuple[str, ...]
+
+    def run(self, c, settings: Settings, commands: dict[str, str], echo: Echo) -> str:
+        if not self.first_deploy:
+            if roll_back(c, commands, echo):
+                return "it was rolled back to the previous revision."
+            return ("the rollback failed too; the failed revision is still in place "
+                    f"(`kubectl rollout history deployment/{settings.app_name}` lists them).")
+        if not self.created:
+            return "there was no earlier release to go back to, and it created nothing."
+        echo("first deploy failed: deleting what it created")
+        deleted = c.run(kubectl(settings, "delete", *self.created, "--ignore-not-found",
+                                "--wait=false"), warn=True)
+        if _ok(deleted):
+            return ("this was the first deploy, so there was nothing to roll back to: what it "
+                    f"created was deleted again ({', '.join(self.created)}).")
+        return ("this was the first deploy and deleting what it created failed too: remove "
+                f"{', '.join(self.created)} by hand.")
+
+
+def plan_undo(c, settings: Settings, commands: dict[str, str]) -> Undo:
+    """Before applying: whether the Deployment exists, and which objects the apply creates."""
+    result = c.run(commands["existing"], warn=True, hide=True)
+    if result is not None and not result.ok:
+        raise PipelineError(
+            f"Could not read the cluster in context '{settings.kubernetes.context}': "
+            f"{(result.stderr or '').strip()[-300:]}",
+            f"Check the credentials (`invoke aks.credentials --env={settings.env}`) and that "
+            f"namespace '{settings.kubernetes.namespace}' exists.",
+        )
+    if _dry(c):
+        return Undo(first_deploy=False, created=())
+    existing = _object_names(_stdout(result))
+    created = tuple(name for name in rendered_objects(settings) if name not in existing)
+    return Undo(first_deploy=f"deployment/{settings.app_name}" not in existing,
+                created=created)
+
+
+def _dry(c) -> bool:
+    return bool(getattr(c.config.run, "dry", False))
+
+
 def apply(c, settings: Settings, smoke: Callable[[], None] | None = None,
           echo: Echo = print) -> None:
-    """Apply the rendered folder, wait for the rollout, smoke test; undo on any failure."""
+    """Apply (and prune), wait for the rollout, smoke test; undo on any failure; then delete
+    the ConfigMaps no ReplicaSet refers to any more."""
     _require_rendered(settings)
     commands = apply_commands(settings)
+    undo = plan_undo(c, settings, commands)
+    if _dry(c):
+        echo(f"[dry] would prune objects labelled {owned_selector(settings)} of the kinds "
+             f"{', '.join(PRUNE_ALLOWLIST)} that {settings.render_dir} no longer holds")
     if not _ok(c.run(commands["apply"], warn=True)):
         raise PipelineError(
             f"kubectl apply to context '{settings.kubernetes.context}' failed.",
@@ -130,27 +247,71 @@ def apply(c, settings: Settings, smoke: Callable[[], None] | None = None,
         # Read the events before the undo replaces the failing pods.
         events = c.run(commands["events"], warn=True, hide=True)
         pods = c.run(commands["pods"], warn=True, hide=True)
-        rolled_back = roll_back(c, commands, echo)
+        outcome = undo.run(c, settings, commands, echo)
         echo("pods of the failed rollout:\n" + (_stdout(pods).strip() or "(none listed)"))
         echo("their warning events:\n" + (_stdout(events).strip() or "(none recorded)"))
         raise PipelineError(
             f"The rollout of {settings.app_name} in '{settings.env}' did not finish within "
-            f"{settings.kubernetes.rollout_timeout}; "
-            + ("it was rolled back to the previous revision." if rolled_back else
-               "the rollback failed too (is there an earlier revision?)."),
+            f"{settings.kubernetes.rollout_timeout}; {outcome}",
             "Read the pod events above, fix the cause, and deploy again.",
         )
-    if smoke is None:
+    if smoke is not None:
+        try:
+            smoke()
+        except PipelineError as failure:
+            outcome = undo.run(c, settings, commands, echo)
+            raise PipelineError(
+                f"The smoke test after the rollout failed: {failure.problem} The release: "
+                f"{outcome}",
+                failure.fix,
+            ) from None
+    collect_old_configs(c, settings, commands, echo)
+
+
+def referenced_configs(replicasets: dict) -> set[str]:
+    """ConfigMap names the pod templates of these ReplicaSets read (envFrom, env, volumes)."""
+    names: set[str] = set()
+    for replicaset in replicasets.get("items", []):
+        pod = replicaset.get("spec", {}).get("template", {}).get("spec", {})
+        for container in [*pod.get("containers", []), *pod.get("initContainers", [])]:
+            for source in container.get("envFrom", []):
+                if "configMapRef" in source:
+                    names.add(source["configMapRef"]["name"])
+            for variable in container.get("env", []):
+                reference = variable.get("valueFrom", {}).get("configMapKeyRef")
+                if reference:
+                    names.add(reference["name"])
+        for volume in pod.get("volumes", []):
+            if "configMap" in volume:
+                names.add(volume["configMap"]["name"])
+            for source in volume.get("projected", {}).get("sources", []):
+                if "configMap" in source:
+                    names.add(source["configMap"]["name"])
+    return names
+
+
+def collect_old_configs(c, settings: Settings, commands: dict[str, str], echo: Echo) -> None:
+    """Delete this app's ConfigMaps that no ReplicaSet (current or kept for undo) refers to."""
+    replicasets = c.run(commands["replicasets"], warn=True, hide=True)
+    configs = c.run(commands["configmaps"], warn=True, hide=True)
+    if _dry(c):
+        echo("[dry] would delete this app's ConfigMaps that no ReplicaSet refers to")
         return
-    try:
-        smoke()
-    except PipelineError as failure:
-        rolled_back = roll_back(c, commands, echo)
-        raise PipelineError(
-            f"The smoke test after the rollout failed: {failure.problem} "
-            + ("The release was rolled back." if rolled_back else "The rollback failed too."),
-            failure.fix,
-        ) from None
+    if not (_ok(replicasets) and _ok(configs)) or not _stdout(replicasets).strip():
+        echo("kept the old ConfigMaps: could not list the ReplicaSets or ConfigMaps")
+        return
+    in_use = referenced_configs(json.loads(_stdout(replicasets)))
+    # A ConfigMap the rendered folder holds stays even before a ReplicaSet refers to it.
+    in_use |= {name.split("/", 1)[1] for name in rendered_objects(settings)
+               if name.startswith("configmap/")}
+    unused = sorted(name for name in _object_names(_stdout(configs))
+                    if name.split("/", 1)[1] not in in_use)
+    if not unused:
+        return
+    if _ok(c.run(kubectl(settings, "delete", *unused, "--ignore-not-found"), warn=True)):
+        echo(f"deleted {len(unused)} ConfigMap(s) no ReplicaSet uses: {', '.join(unused)}")
+    else:
+        echo("could not delete the unused ConfigMaps; they stay until the next apply")
 
 
 @contextlib.contextmanager

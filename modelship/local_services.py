@@ -22,7 +22,7 @@ from typing import Callable
 import requests
 
 from .errors import PipelineError
-from .model_store import AZURITE_ACCOUNT, AZURITE_KEY
+from .model_store import AZURITE_ACCOUNT
 from .settings import LOCAL_STATE_DIR, PROJECT_ROOT, LocalServiceSettings
 
 RUN_DIR = LOCAL_STATE_DIR / "run"

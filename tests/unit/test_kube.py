@@ -11,6 +11,7 @@ import io
 import json
 import os
 import re
+import shutil
 import socket
 import stat
 import subprocess
@@ -18,6 +19,7 @@ import sys
 import textwrap
 import invoke
 import pytest
+import yaml
 from invoke import Exit, MockContext, Result
 
 import tasks
@@ -82,19 +84,107 @@ def failed(stdout="", exited=1) -> Result:
 
 # --- the sequence, with MockContext -----------------------------------------------------
 
+# What `kubectl get --filename=<folder> --output=name` prints when the app runs already.
+EXISTING = ("deployment.apps/digits-api\nservice/digits-api\n"
+            "configmap/digits-api-config-0000000001\n")
+
+
+def replicaset_listing(*config_names: str) -> str:
+    return json.dumps({"items": [
+        {"spec": {"template": {"spec": {"containers": [
+            {"name": "server", "envFrom": [{"configMapRef": {"name": name}}]}]}}}}
+        for name in config_names]})
+
+
+def current_config(settings) -> str:
+    return next(name.split("/", 1)[1] for name in kube.rendered_objects(settings)
+                if name.startswith("configmap/"))
+
+
+def cluster(settings, **answers) -> MockContext:
+    """A cluster where the app runs, with its ReplicaSets and ConfigMaps, unless overridden."""
+    commands = kube.apply_commands(settings)
+    current = current_config(settings)
+    defaults = {
+        "existing": ok(EXISTING), "apply": ok(), "rollout": ok(),
+        "replicasets": ok(replicaset_listing(current)),
+        "configmaps": ok(f"configmap/{current}\n"),
+    }
+    defaults.update(answers)
+    return MockContext(run={commands[name]: answer for name, answer in defaults.items()})
+
+
+def ran(c) -> list[str]:
+    return [call.args[0] for call in c.run.call_args_list]
+
 
 def test_apply_then_rollout_then_smoke_in_the_environments_context(dev):
     commands = kube.apply_commands(dev)
-    c = MockContext(run={commands["apply"]: ok(), commands["rollout"]: ok()})
+    c = cluster(dev)
     smoked = []
     kube.apply(c, dev, smoke=lambda: smoked.append(True), echo=lambda line: None)
-    assert [call.args[0] for call in c.run.call_args_list] == [
-        commands["apply"], commands["rollout"]]
+    assert ran(c) == [commands[name] for name in
+                      ("existing", "apply", "rollout", "replicasets", "configmaps")]
     assert smoked == [True]
-    for command in (commands["apply"], commands["rollout"]):
+    for command in ran(c):
         assert "--context=aks-modelship-dev --namespace=digits-dev" in command
     assert f"--filename={dev.render_dir}" in commands["apply"]
     assert "--timeout=300s" in commands["rollout"]
+
+
+def test_apply_prunes_only_this_apps_objects_of_the_allowlisted_kinds(dev):
+    apply = kube.apply_commands(dev)["apply"]
+    assert " --prune " in apply
+    assert ("--selector=app.kubernetes.io/instance=digits-api-dev,"
+            "app.kubernetes.io/managed-by=modelship") in apply
+    allowed = re.findall(r"--prune-allowlist=(\S+)", apply)
+    assert "networking.k8s.io/v1/Ingress" in allowed
+    assert "autoscaling/v2/HorizontalPodAutoscaler" in allowed
+    # Never the kinds that must outlive a rendering: config kept for undo, secrets by ops.
+    assert not any(kind.endswith(("/ConfigMap", "/Secret")) for kind in allowed)
+    # kubectl diff shows the same deletions.
+    assert kube.prune_flags(dev) == apply.split(f"--filename={dev.render_dir} ", 1)[1].split()
+    assert kube.diff_command(dev).endswith(" ".join(kube.prune_flags(dev)))
+    diff = MockContext(run={kube.diff_command(dev): Result(exited=1)})
+    assert kube.diff(diff, dev) is True
+
+
+def test_old_configs_are_deleted_only_once_no_replicaset_refers_to_them(dev):
+    current = current_config(dev)
+    kept_for_undo = "digits-api-config-00000000aa"
+    c = cluster(dev, replicasets=ok(replicaset_listing(current, kept_for_undo)),
+                configmaps=ok(f"configmap/{current}\nconfigmap/{kept_for_undo}\n"
+                              "configmap/digits-api-config-00000000bb\nconfigmap/digits-api\n"))
+    delete = kube.kubectl(dev, "delete", "configmap/digits-api",
+                          "configmap/digits-api-config-00000000bb", "--ignore-not-found")
+    c.set_result_for("run", delete, ok())
+    lines = []
+    kube.apply(c, dev, echo=lines.append)
+    assert ran(c)[-1] == delete
+    assert any("deleted 2 ConfigMap(s)" in line for line in lines)
+
+
+def test_undo_brings_back_the_config_its_replicaset_was_made_with(dev, tmp_path):
+    """After a config-only change, `rollout undo` goes back to a ReplicaSet whose ConfigMap
+    the apply kept, so the pods get the old settings back, not only the old image."""
+    old_settings = dev
+    old_config = current_config(old_settings)
+    new_settings = load_settings(project_config(max_batch=10), "dev")
+    render_for(new_settings, fake_record())
+    new_config = current_config(new_settings)
+    assert new_config != old_config
+    # The new release fails its rollout: undo, and the old ConfigMap was never deleted.
+    c = cluster(new_settings, rollout=[failed(), ok()],
+                replicasets=ok(replicaset_listing(new_config, old_config)))
+    commands = kube.apply_commands(new_settings)
+    for name in ("events", "pods", "undo"):
+        c.set_result_for("run", commands[name], ok())
+    with pytest.raises(PipelineError, match="rolled back to the previous revision"):
+        kube.apply(c, new_settings, echo=lambda line: None)
+    assert not any(" delete " in command for command in ran(c))
+    # A later successful apply of either release keeps both while both ReplicaSets exist.
+    assert kube.referenced_configs(json.loads(replicaset_listing(new_config, old_config))) == {
+        new_config, old_config}
 
 
 def test_failed_rollout_is_undone_and_the_pod_events_are_shown(dev):
@@ -102,50 +192,81 @@ def test_failed_rollout_is_undone_and_the_pod_events_are_shown(dev):
     events = "Warning  BackOff  pod/digits-api-7d9  Back-off restarting failed container"
     # Waiting for the undo is the same `rollout status` command: it fails, then succeeds.
     assert commands["rollout"] == commands["undo_wait"]
-    c = MockContext(run={
-        commands["apply"]: ok(), commands["rollout"]: [failed(), ok()],
-        commands["events"]: ok(events), commands["pods"]: ok("digits-api-7d9 0/1 Error"),
-        commands["undo"]: ok(),
-    })
+    c = cluster(dev, rollout=[failed(), ok()], events=ok(events),
+                pods=ok("digits-api-7d9 0/1 Error"), undo=ok())
     lines, smoked = [], []
     with pytest.raises(PipelineError, match="did not finish.*rolled back to the previous"):
         kube.apply(c, dev, smoke=lambda: smoked.append(True), echo=lines.append)
-    ran = [call.args[0] for call in c.run.call_args_list]
     # Events are read before the undo replaces the failing pods.
-    assert ran == [commands[name] for name in
-                   ("apply", "rollout", "events", "pods", "undo", "undo_wait")]
+    assert ran(c) == [commands[name] for name in
+                      ("existing", "apply", "rollout", "events", "pods", "undo", "undo_wait")]
     assert any(events in line for line in lines)
     assert smoked == []
 
 
 def test_a_rollback_that_fails_too_is_reported(dev):
-    commands = kube.apply_commands(dev)
-    c = MockContext(run={
-        commands["apply"]: ok(), commands["rollout"]: failed(), commands["events"]: ok(),
-        commands["pods"]: ok(), commands["undo"]: failed("no rollout history found"),
-    })
+    c = cluster(dev, rollout=failed(), events=ok(), pods=ok(),
+                undo=failed("no rollout history found"))
     with pytest.raises(PipelineError, match="rollback failed too"):
         kube.apply(c, dev, echo=lambda line: None)
 
 
+@pytest.mark.parametrize("failure", ["rollout", "smoke"])
+def test_a_failed_first_deploy_deletes_what_it_created_and_claims_no_rollback(dev, failure):
+    commands = kube.apply_commands(dev)
+    created = kube.rendered_objects(dev)
+    delete = kube.kubectl(dev, "delete", *created, "--ignore-not-found", "--wait=false")
+    c = cluster(dev, existing=ok(""), rollout=failed() if failure == "rollout" else ok(),
+                events=ok(), pods=ok())
+    c.set_result_for("run", delete, ok())
+
+    def smoke():
+        raise PipelineError("/readyz answered 503.", "Check the model.")
+
+    with pytest.raises(PipelineError) as refused:
+        kube.apply(c, dev, smoke=smoke, echo=lambda line: None)
+    message = str(refused.value)
+    assert "first deploy" in message and "nothing to roll back to" in message
+    assert "rollback failed" not in message and "rolled back" not in message
+    assert ran(c)[-1] == delete
+    assert commands["undo"] not in ran(c)
+    assert "deployment/digits-api" in created and "service/digits-api" in created
+
+
+def test_a_failed_deploy_deletes_only_what_did_not_exist_before(dev):
+    # The Service (say, made by an earlier deploy whose Deployment was deleted by hand) stays.
+    created = [name for name in kube.rendered_objects(dev) if name != "service/digits-api"]
+    delete = kube.kubectl(dev, "delete", *created, "--ignore-not-found", "--wait=false")
+    c = cluster(dev, existing=ok("service/digits-api\n"), rollout=failed(), events=ok(),
+                pods=ok())
+    c.set_result_for("run", delete, ok())
+    with pytest.raises(PipelineError, match="first deploy"):
+        kube.apply(c, dev, echo=lambda line: None)
+    assert ran(c)[-1] == delete
+
+
 def test_failed_smoke_test_rolls_back(dev):
     commands = kube.apply_commands(dev)
-    c = MockContext(run={commands["apply"]: ok(), commands["rollout"]: ok(),
-                         commands["undo"]: ok()})
+    c = cluster(dev, undo=ok())
 
     def smoke():
         raise PipelineError("/score predicted [3]; expected [7].", "Check the model.")
 
     with pytest.raises(PipelineError, match=r"smoke test .* expected \[7\].*rolled back"):
         kube.apply(c, dev, smoke=smoke, echo=lambda line: None)
-    assert [call.args[0] for call in c.run.call_args_list][-2:] == [
-        commands["undo"], commands["undo_wait"]]
+    assert ran(c)[-2:] == [commands["undo"], commands["undo_wait"]]
 
 
 def test_a_refused_apply_stops_before_the_rollout(dev):
-    commands = kube.apply_commands(dev)
-    c = MockContext(run={commands["apply"]: failed(exited=1)})
+    c = cluster(dev, apply=failed(exited=1))
     with pytest.raises(PipelineError, match="kubectl apply .* failed"):
+        kube.apply(c, dev, echo=lambda line: None)
+    assert c.run.call_count == 2  # the read of what exists, then the refused apply
+
+
+def test_an_unreadable_cluster_stops_before_anything_is_applied(dev):
+    c = cluster(dev, existing=Result(exited=1, stderr="Unauthorized"))
+    with pytest.raises(PipelineError, match="Could not read the cluster.*Unauthorized"):
         kube.apply(c, dev, echo=lambda line: None)
     assert c.run.call_count == 1
 
@@ -166,12 +287,12 @@ def test_apply_refuses_a_folder_rendered_for_another_image(dev):
 
 @pytest.mark.parametrize("exited, differs", [(0, False), (1, True)])
 def test_diff_reports_whether_the_cluster_differs(dev, exited, differs):
-    command = kube.kubectl(dev, "diff", f"--filename={dev.render_dir}")
+    command = kube.diff_command(dev)
     assert kube.diff(MockContext(run={command: Result(exited=exited)}), dev) is differs
 
 
 def test_diff_error_is_a_pipeline_error(dev):
-    command = kube.kubectl(dev, "diff", f"--filename={dev.render_dir}")
+    command = kube.diff_command(dev)
     with pytest.raises(PipelineError, match="kubectl diff .* failed"):
         kube.diff(MockContext(run={command: Result(exited=2)}), dev)
 
@@ -341,6 +462,15 @@ STAND_IN_KUBECTL = textwrap.dedent('''\
         sys.exit("error: no --context given")
     if words[0] == "apply":
         print("deployment.apps/digits-api configured")
+    elif words == ["get"] and any(a.startswith("--filename=") for a in args):
+        if scenario != "first-deploy":
+            print("deployment.apps/digits-api\\nservice/digits-api")
+    elif words[:2] == ["get", "replicasets"]:
+        print(json.dumps({{"items": []}}))
+    elif words[:2] == ["get", "configmaps"]:
+        print("configmap/digits-api-config-0123456789")
+    elif words[0] == "delete":
+        print("\\n".join(f"{{name}} deleted" for name in words[1:]))
     elif words[:2] == ["rollout", "status"]:
         state = os.environ["FAKE_KUBECTL_LOG"] + ".rollouts"
         count = int(open(state).read()) if os.path.exists(state) else 0
@@ -431,12 +561,13 @@ def verbs(calls: list[str]) -> list[str]:
 def test_apply_task_rolls_out_and_smoke_tests_through_the_service(stand_in_kubectl, capsys):
     c, calls = stand_in_kubectl
     tasks.apply(c, env="dev")
-    assert verbs(calls())[:3] == ["apply", "rollout status deployment/digits-api",
+    assert verbs(calls())[:4] == ["get", "apply", "rollout status deployment/digits-api",
                                   "get secret digits-api-key"]
-    assert verbs(calls())[3].startswith("port-forward service/digits-api ")
-    assert len(calls()) == 4
+    assert verbs(calls())[4].startswith("port-forward service/digits-api ")
+    assert verbs(calls())[5:] == ["get replicasets", "get configmaps",
+                                  "delete configmap/digits-api-config-0123456789"]
     assert all("--context=aks-modelship-dev --namespace=digits-dev" in call for call in calls())
-    assert "--address=127.0.0.1" in calls()[-1]
+    assert "--address=127.0.0.1" in calls()[4]
     out = capsys.readouterr().out
     assert "smoke test passed" in out
     assert f"rolled out crmodelshipdev.azurecr.io/digits-api@{DIGEST}" in out
@@ -451,7 +582,7 @@ def test_apply_task_undoes_a_failed_rollout_and_exits_non_zero(stand_in_kubectl,
     assert failure.value.code == 1
     assert "rolled back to the previous revision" in str(failure.value.message)
     assert verbs(calls()) == [
-        "apply", "rollout status deployment/digits-api", "get events", "get pods",
+        "get", "apply", "rollout status deployment/digits-api", "get events", "get pods",
         "rollout undo deployment/digits-api", "rollout status deployment/digits-api"]
     assert "Back-off restarting failed container" in capsys.readouterr().out
 
@@ -475,6 +606,11 @@ def test_dry_apply_prints_every_command_and_runs_none(stand_in_kubectl, capsys):
     assert "rollout status deployment/digits-api --timeout=300s" in out
     assert "[dry] would port-forward service/digits-api" in out
     assert "rolled out" not in out and "[dry] would roll out" in out
+    # The prune selector and allowlist are shown, on the apply command and in words.
+    assert ("--prune --selector=app.kubernetes.io/instance=digits-api-dev,"
+            "app.kubernetes.io/managed-by=modelship --prune-allowlist=apps/v1/Deployment") in out
+    assert "[dry] would prune objects labelled" in out and "networking.k8s.io/v1/Ingress" in out
+    assert "[dry] would delete this app's ConfigMaps that no ReplicaSet refers to" in out
 
 
 def test_prod_apply_without_yes_outside_ci_is_refused_when_nobody_can_answer(
@@ -529,3 +665,29 @@ def test_the_kubernetes_version_and_aks_cluster_come_from_the_kubernetes_section
     assert settings.kubernetes.version == "1.31"
     assert (settings.kubernetes.aks.resource_group, settings.kubernetes.aks.cluster) == (
         "rg-modelship-prod", "aks-modelship-staging")
+
+
+@pytest.mark.skipif(shutil.which("kubectl") is None, reason="kubectl is not installed")
+def test_the_real_kubectl_accepts_every_command_apply_and_diff_send(dev, tmp_path):
+    """Each command line is parsed by the real kubectl, pointed at a port nothing listens on:
+    it must get as far as calling the API server, not stop at a flag it does not know."""
+    kubeconfig = tmp_path / "kubeconfig"
+    kubeconfig.write_text(yaml.safe_dump({
+        "apiVersion": "v1", "kind": "Config", "current-context": dev.kubernetes.context,
+        "clusters": [{"name": "nowhere", "cluster": {"server": "https://127.0.0.1:9"}}],
+        "contexts": [{"name": dev.kubernetes.context,
+                      "context": {"cluster": "nowhere", "user": "nobody"}}],
+        "users": [{"name": "nobody", "user": {"token": "not-a-token"}}],
+    }))
+    commands = dict(kube.apply_commands(dev), diff=kube.diff_command(dev),
+                    delete=kube.kubectl(dev, "delete", *kube.rendered_objects(dev),
+                                        "--ignore-not-found", "--wait=false"))
+    env = {**os.environ, "KUBECONFIG": str(kubeconfig)}
+    for name, command in commands.items():
+        argv = command.split()
+        argv[0] = shutil.which("kubectl")
+        result = subprocess.run(argv, env=env, capture_output=True, text=True, timeout=60)
+        assert result.returncode != 0, name
+        assert "unknown flag" not in result.stderr and "invalid argument" not in result.stderr, \
+            f"{name}: {result.stderr}"
+        assert "127.0.0.1:9" in result.stderr, f"{name}: {result.stderr}"
