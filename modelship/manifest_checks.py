@@ -1,8 +1,9 @@
 """Checks on a rendered manifest folder before anyone applies it.
 
-Two independent checks: every object against the Kubernetes OpenAPI schemas of the
+Three independent checks: every object against the Kubernetes OpenAPI schemas of the
 configured version (`kubernetes-validate`, strict, so a misspelt field is an error rather
-than silently dropped by the API server), and checkov's security policies on the folder and
+than silently dropped by the API server); the AKS deployment safeguards and the restricted
+Pod Security Standard (`safeguards`); and checkov's security policies on the folder and
 the Dockerfile, with skips justified in `.checkov.yaml`. Checkov runs as a separate
 executable because it pins libraries the pipeline itself needs newer. This module must
 never contact a cluster or any service off this machine.
@@ -17,6 +18,7 @@ import subprocess
 import sys
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Sequence
 
 import yaml
 
@@ -161,10 +163,15 @@ def run_checkov(manifest_dir: Path, dockerfile: Path = DOCKERFILE,
 
 
 def check_rendered(folder: Path, kubernetes_version: str,
-                   require_checkov: bool = False) -> list[str]:
-    """Schema validation, then checkov when it is installed; lines saying what passed."""
+                   require_checkov: bool = False,
+                   allowed_registries: Sequence[str] = ()) -> list[str]:
+    """Schema validation, the AKS safeguards, then checkov when it is installed; lines saying
+    what passed."""
+    from . import safeguards
+
     lines = [f"{validate_schemas(folder, kubernetes_version)} objects valid against the "
-             f"Kubernetes {kubernetes_version} schemas (strict)"]
+             f"Kubernetes {kubernetes_version} schemas (strict)",
+             safeguards.check_folder(folder, allowed_registries=allowed_registries)]
     executable = find_checkov()
     if executable is None and not require_checkov:
         return lines + [f"checkov skipped: not installed. {CHECKOV_INSTALL_HINT}"]

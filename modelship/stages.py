@@ -235,8 +235,10 @@ def render(settings: Settings, *, image: str | None = None, check: bool = False,
         return f"rendering for '{settings.env}' matches {expected}"
 
     def validate(folder: Path) -> list[str]:
+        # Pods of an environment pull only from its own registry.
+        registries = [settings.registry.host] if settings.registry.host else []
         return manifest_checks.check_rendered(folder, settings.kubernetes.version,
-                                              require_checkov)
+                                              require_checkov, allowed_registries=registries)
 
     for line in manifests.render(settings, release, validate=validate):
         echo(line)

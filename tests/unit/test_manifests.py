@@ -397,7 +397,33 @@ def test_render_task_writes_the_review_folder_and_validates_it(task_context, bui
     assert (build_dir / "k8s" / "dev" / "deployment.yaml").is_file()
     out = capsys.readouterr().out
     assert "valid against the Kubernetes 1.31 schemas" in out
+    assert "AKS deployment safeguards and the restricted Pod Security Standard" in out
     assert "checkov skipped: not installed" in out
+
+
+def test_render_refuses_an_image_from_outside_the_environments_registry(task_context,
+                                                                       build_dir):
+    tasks.render(task_context, env="dev")
+    reviewed = build_dir / "k8s" / "dev"
+    before = folder_bytes(reviewed)
+    with pytest.raises(invoke.Exit, match="render failed: .*DS-ALLOWED-IMAGES.*"
+                                          "crmodelshipdev.azurecr.io"):
+        tasks.render(task_context, env="dev", image=f"registry.example.com/someone/else@{DIGEST}")
+    assert folder_bytes(reviewed) == before
+
+
+def test_render_refuses_a_template_that_breaks_a_safeguard(task_context, build_dir,
+                                                          monkeypatch):
+    templates = build_dir.parent / "templates"
+    shutil.copytree(manifests.TEMPLATE_DIR, templates)
+    text = (templates / "deployment.yaml.j2").read_text()
+    start = text.index("          livenessProbe:")
+    end = text.index("          resources:")
+    (templates / "deployment.yaml.j2").write_text(text[:start] + text[end:])
+    monkeypatch.setattr(manifests, "TEMPLATE_DIR", templates)
+    with pytest.raises(invoke.Exit, match="render failed: .*DS-PROBES.*liveness"):
+        tasks.render(task_context, env="dev")
+    assert not (build_dir / "k8s" / "dev").exists()
 
 
 def test_render_task_requires_checkov_when_asked(task_context):
