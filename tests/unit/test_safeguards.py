@@ -154,8 +154,8 @@ BREAKAGES = [
     ("DS-AKS-LABELS", "AKS label on the Deployment",
      lambda o: o["deployment.yaml"]["metadata"]["labels"].update(
          {"kubernetes.azure.com/cluster": "aks-x"})),
-    ("DS-ALLOWED-IMAGES", "image from Docker Hub",
-     lambda o: server(o).update(image="registry.example.com/library/nginx@sha256:" + "cd" * 32)),
+    ("DS-ALLOWED-IMAGES", "image from a public registry",
+     lambda o: server(o).update(image="public.example.net/library/nginx@sha256:" + "cd" * 32)),
     ("DS-ALLOWED-IMAGES", "registry name as a prefix of another host",
      lambda o: server(o).update(image=f"{REGISTRY}.evil.io/web@sha256:" + "cd" * 32)),
     ("DS-IMAGE-TAG", "tagged latest", lambda o: server(o).update(image=f"{REGISTRY}/web:latest")),
