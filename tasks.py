@@ -12,7 +12,7 @@ import functools
 
 from invoke import Collection, Exit, task
 
-from modelship import local_services, publishing, stages
+from modelship import publishing, stages
 from modelship.errors import PipelineError
 from modelship.settings import Settings, load_settings
 
@@ -187,7 +187,7 @@ def local_down(c, env=None):
 @pipeline_task("local.status")
 def local_status(c, env=None):
     """Show which local services answer and which of them local.up started."""
-    for line in local_services.describe(_settings(c, env).local_services):
+    for line in stages.local_status(_settings(c, env)):
         echo(line)
 
 

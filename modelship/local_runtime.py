@@ -1,12 +1,17 @@
 """`apply` for the local environment: run the pushed image, pulled from the registry.
 
-The previous container is stopped (not removed) while the new one starts on the same
-loopback port; only when the new one is ready is the old one removed. If the new one fails,
-it is removed and the old one started again: a failed deploy never leaves nothing serving.
+Releases go out without a gap, the way a Kubernetes rolling update does. Clients talk to
+the local edge (`local_edge`, HAProxy on `deployment.port`); the deployment's container
+listens on one of two slot ports behind it. A release starts the new container on the free
+slot, waits until it is ready and scores a golden sample there, routes new requests to it,
+lets the old container finish what it was serving, and only then stops and removes it. A
+new container that never gets ready is removed and the old one never stopped serving. The
+active container is always named `<app>-<env>`; one being started is `<app>-<env>-next`.
 """
 
 from __future__ import annotations
 
+from . import local_edge, local_services
 from .container_test import container_logs, container_running
 from .errors import PipelineError
 from .service_checks import check_golden, wait_ready
@@ -15,6 +20,10 @@ from .settings import Settings
 ROLE_LABEL = "ai.modelship.role"
 # The image the container replaced: what `invoke rollback` runs again.
 PREVIOUS_IMAGE_LABEL = "ai.modelship.previous-image"
+# The slot port a deployment container listens on, behind the edge.
+SLOT_PORT_LABEL = "ai.modelship.slot-port"
+# How long a replaced container may take to stop after the edge stopped sending it work.
+STOP_TIMEOUT_SECONDS = 20
 
 
 def container_name(settings: Settings) -> str:
@@ -22,7 +31,7 @@ def container_name(settings: Settings) -> str:
 
 
 def base_url(settings: Settings) -> str:
-    return f"http://127.0.0.1:{int(settings.deployment['port'])}"
+    return local_edge.Edge.of(settings).url()
 
 
 def _find(client, name: str):
@@ -58,61 +67,98 @@ def previous_image(client, settings: Settings) -> str | None:
     return (container.labels or {}).get(PREVIOUS_IMAGE_LABEL) if container else None
 
 
+def _slot_port(container) -> int | None:
+    raw = (container.labels or {}).get(SLOT_PORT_LABEL)
+    return int(raw) if raw and raw.isdigit() else None
+
+
+def _check_ports(settings: Settings, edge: local_edge.Edge) -> None:
+    if edge.port in edge.slot_ports:
+        raise PipelineError(
+            f"deployment.port {edge.port} of '{settings.env}' is also one of "
+            f"local_services.slot_ports {list(edge.slot_ports)}.",
+            "Give the edge and the two slots three different ports in invoke.yaml.",
+        )
+
+
 def deploy(client, settings: Settings, reference: str, auth: dict | None,
            metadata: dict | None, echo, check_golden_sample: bool = True) -> str:
-    """Run `reference` in place of the current container; restore that one on failure."""
+    """Run `reference` in place of the current container without a gap in service."""
+    edge = local_edge.Edge.of(settings)
+    _check_ports(settings, edge)
     pull(client, reference, auth)
-    port = int(settings.deployment["port"])
-    url = base_url(settings)
     name = container_name(settings)
-    previous_name = f"{name}-previous"
+    for leftover in (f"{name}-next", f"{name}-previous"):  # from a deploy that was killed
+        found = _find(client, leftover)
+        if found is not None:
+            found.remove(force=True)
 
-    leftover = _find(client, previous_name)
-    if leftover is not None:
-        leftover.remove(force=True)
-    previous = _find(client, name)
-    labels = {ROLE_LABEL: "deployment", "ai.modelship.env": settings.env}
-    if previous is not None:
-        labels[PREVIOUS_IMAGE_LABEL] = previous.attrs["Config"]["Image"]
-        previous.rename(previous_name)
-        previous.stop(timeout=20)
+    current = _find(client, name)
+    previous_reference = current.attrs["Config"]["Image"] if current is not None else None
+    if current is not None and _slot_port(current) not in edge.slot_ports:
+        # Made before the edge existed: it holds the edge's port itself.
+        echo("  replacing a container that served without the local edge: one short gap")
+        current.remove(force=True)
+        current = None
+    active_port = _slot_port(current) if current is not None else None
+    if current is not None and current.status != "running":
+        active_port = None
+    echo("  " + local_services.ensure_edge(edge, active_port, echo))
 
+    port = edge.free_port(active_port)
+    labels = {ROLE_LABEL: "deployment", "ai.modelship.env": settings.env,
+              SLOT_PORT_LABEL: str(port)}
+    if previous_reference:
+        labels[PREVIOUS_IMAGE_LABEL] = previous_reference
     container = client.containers.run(
-        reference, name=name, detach=True, network_mode="host",
-        environment={"HOST": "127.0.0.1", "PORT": str(port)},
+        reference, name=f"{name}-next", detach=True, network_mode="host",
+        # The edge stops sending it work before it is stopped: no drain needed on SIGTERM.
+        environment={"HOST": "127.0.0.1", "PORT": str(port), "SHUTDOWN_DRAIN_SECONDS": "0"},
         labels=labels, restart_policy={"Name": "unless-stopped"},
     )
+    slot_url = f"http://127.0.0.1:{port}"
     try:
-        wait_ready(url, 60, lambda: container_running(container),
+        wait_ready(slot_url, 60, lambda: container_running(container),
                    lambda: container_logs(container))
         if check_golden_sample and metadata is not None:
-            check_golden(url, metadata, limit=1)
+            check_golden(slot_url, metadata, limit=1)
     except PipelineError as failure:
         logs = container_logs(container)
         container.remove(force=True)
-        if previous is not None:
-            previous.rename(name)
-            previous.start()
-            try:
-                wait_ready(url, 60, lambda: container_running(previous),
-                           lambda: container_logs(previous))
-                failure.fix += " The previous deployment was restored and serves again."
-            except PipelineError:
-                failure.fix += " The previous deployment was started again but is not ready."
+        if active_port is not None:
+            failure.fix += " The previous deployment kept serving throughout."
         echo(f"  new container's last log lines: {logs}")
         raise
-    if previous is not None:
-        previous.remove(force=True)
-    return url
+    echo(f"  {reference} is ready on slot {edge.slot_of(port)}; routing to it")
+    local_edge.route_to(edge, port, echo)
+    if current is not None:
+        current.stop(timeout=STOP_TIMEOUT_SECONDS)
+        current.remove(force=True)
+    container.rename(name)
+    wait_ready(edge.url(), 10, lambda: container_running(container),
+               lambda: container_logs(container))
+    return edge.url()
+
+
+def ensure_edge_for_running(client, settings: Settings, echo) -> str | None:
+    """After an engine restart: the edge again, routing to the container that runs."""
+    current = _find(client, container_name(settings))
+    if current is None or current.status != "running" or _slot_port(current) is None:
+        return None
+    return local_services.ensure_edge(local_edge.Edge.of(settings), _slot_port(current), echo)
 
 
 def remove(client, settings: Settings) -> bool:
+    """Remove the deployment's containers and stop its edge (if this machine runs it)."""
     removed = False
-    for name in (container_name(settings), f"{container_name(settings)}-previous"):
-        container = _find(client, name)
+    name = container_name(settings)
+    for candidate in (name, f"{name}-next", f"{name}-previous"):
+        container = _find(client, candidate)
         if container is not None:
             container.remove(force=True)
             removed = True
+    edge = local_edge.Edge.of(settings)
+    local_services.stop_started(edge.service_name, run_dir=edge.run_dir)
     return removed
 
 
@@ -131,15 +177,23 @@ def status(client, settings: Settings) -> dict | None:
         "model_sha256": labels.get("ai.modelship.model.sha256", "unknown"),
         "ready_replicas": 1 if container.status == "running" and container_ready(settings) else 0,
         "replicas": 1,
-        "address": f"http://127.0.0.1:{settings.deployment['port']}",
+        "address": base_url(settings),
+        "slot": _describe_slot(settings, container),
     }
+
+
+def _describe_slot(settings: Settings, container) -> str:
+    port = _slot_port(container)
+    edge = local_edge.Edge.of(settings)
+    if port not in edge.slot_ports:
+        return "none (made before the local edge; the next deploy moves it behind the edge)"
+    return f"{edge.slot_of(port)} (127.0.0.1:{port}, behind the edge on :{edge.port})"
 
 
 def container_ready(settings: Settings) -> bool:
     import requests
 
     try:
-        url = f"http://127.0.0.1:{settings.deployment['port']}/readyz"
-        return requests.get(url, timeout=2).status_code == 200
+        return requests.get(f"{base_url(settings)}/readyz", timeout=2).status_code == 200
     except requests.RequestException:
         return False

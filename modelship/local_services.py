@@ -86,8 +86,8 @@ def azurite_answers(port: int) -> bool:
 # --- process bookkeeping -----------------------------------------------------------------
 
 
-def _pid_file(name: str) -> Path:
-    return RUN_DIR / f"{name}.pid"
+def _pid_file(name: str, run_dir: Path | None = None) -> Path:
+    return (run_dir or RUN_DIR) / f"{name}.pid"
 
 
 def _pid_alive(pid: int) -> bool:
@@ -100,9 +100,9 @@ def _pid_alive(pid: int) -> bool:
     return True
 
 
-def started_pid(name: str) -> int | None:
+def started_pid(name: str, run_dir: Path | None = None) -> int | None:
     """PID of a service this module started and that still runs, else None."""
-    path = _pid_file(name)
+    path = _pid_file(name, run_dir)
     if not path.exists():
         return None
     try:
@@ -112,21 +112,25 @@ def started_pid(name: str) -> int | None:
     return pid if _pid_alive(pid) else None
 
 
-def _spawn(name: str, argv: list[str], cwd: Path | None = None) -> int:
-    RUN_DIR.mkdir(parents=True, exist_ok=True)
-    LOG_DIR.mkdir(parents=True, exist_ok=True)
-    log = open(LOG_DIR / f"{name}.log", "ab")
+def _spawn(name: str, argv: list[str], cwd: Path | None = None,
+           run_dir: Path | None = None) -> int:
+    run_dir = run_dir or RUN_DIR
+    log_dir = run_dir if run_dir != RUN_DIR else LOG_DIR
+    run_dir.mkdir(parents=True, exist_ok=True)
+    log_dir.mkdir(parents=True, exist_ok=True)
+    log = open(log_dir / f"{name}.log", "ab")
     # A new session keeps the service alive after the invoke process exits.
     process = subprocess.Popen(
         argv, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
         cwd=cwd, start_new_session=True,
     )
     log.close()
-    _pid_file(name).write_text(f"{process.pid}\n")
+    _pid_file(name, run_dir).write_text(f"{process.pid}\n")
     return process.pid
 
 
-def _wait_until(ready: Callable[[], bool], name: str, pid: int, seconds: float) -> None:
+def _wait_until(ready: Callable[[], bool], name: str, pid: int, seconds: float,
+                log: Path | None = None) -> None:
     deadline = time.monotonic() + seconds
     while time.monotonic() < deadline:
         if ready():
@@ -134,21 +138,25 @@ def _wait_until(ready: Callable[[], bool], name: str, pid: int, seconds: float) 
         if not _pid_alive(pid):
             break
         time.sleep(0.25)
-    log = LOG_DIR / f"{name}.log"
+    log = log or LOG_DIR / f"{name}.log"
     tail = ""
     if log.exists():
         lines = log.read_text(errors="replace").strip().splitlines()[-3:]
         tail = " Last log lines: " + " | ".join(line.strip()[:200] for line in lines)
     raise PipelineError(
         f"{name} did not become ready within {seconds:.0f} s.{tail}",
-        f"See {log.relative_to(PROJECT_ROOT)}; fix the cause, then run `invoke local.up` again.",
+        f"See {_shown(log)}; fix the cause, then run `invoke local.up` again.",
     )
 
 
-def stop_started(name: str, seconds: float = 30) -> bool:
+def _shown(path: Path) -> Path:
+    return path.relative_to(PROJECT_ROOT) if path.is_relative_to(PROJECT_ROOT) else path
+
+
+def stop_started(name: str, seconds: float = 30, run_dir: Path | None = None) -> bool:
     """Stop a service this module started (SIGTERM, then SIGKILL). True if one was running."""
-    pid = started_pid(name)
-    _pid_file(name).unlink(missing_ok=True)
+    pid = started_pid(name, run_dir)
+    _pid_file(name, run_dir).unlink(missing_ok=True)
     if pid is None:
         return False
     os.kill(pid, signal.SIGTERM)
@@ -298,6 +306,58 @@ def ensure_azurite(port: int, echo: Echo) -> str:
     return f"Azurite: started on 127.0.0.1:{port} (pid {pid})"
 
 
+# --- the edge (HAProxy in front of the deployment's container slots) -----------------------
+
+
+def edge_answers(edge) -> bool:
+    from .local_edge import runtime_api
+
+    try:
+        return "Name: HAProxy" in runtime_api(edge, "show info", timeout=2)
+    except PipelineError:
+        return False
+
+
+def _port_taken(port: int) -> bool:
+    import socket
+
+    with socket.socket() as probe:
+        probe.settimeout(1)
+        return probe.connect_ex(("127.0.0.1", port)) == 0
+
+
+def ensure_edge(edge, active_port: int | None, echo: Echo) -> str:
+    """HAProxy for `edge`, routing to `active_port`'s slot, started unless it answers."""
+    from .local_edge import write_config
+
+    if started_pid(edge.service_name, edge.run_dir) and edge_answers(edge):
+        return f"edge: already answering on 127.0.0.1:{edge.port}"
+    # A PID file without a working edge behind it.
+    stop_started(edge.service_name, run_dir=edge.run_dir)
+    if _port_taken(edge.port):
+        raise PipelineError(
+            f"Something else listens on 127.0.0.1:{edge.port}, where the local edge (HAProxy) "
+            f"of '{edge.env}' must listen.",
+            f"Stop it, or set deployment.port for '{edge.env}' to a free port.",
+        )
+    binary = _ensure_command("haproxy", "haproxy", echo)
+    write_config(edge, active_port)
+    checked = subprocess.run([binary, "-c", "-q", "-f", str(edge.config_path)],
+                             capture_output=True, text=True)
+    if checked.returncode != 0:
+        raise PipelineError(
+            f"HAProxy refuses the edge configuration {edge.config_path}: "
+            f"{(checked.stderr or checked.stdout).strip()[-300:]}",
+            "Check local_services.slot_ports and deployment.port for this environment.",
+        )
+    edge.socket_path.unlink(missing_ok=True)
+    pid = _spawn(edge.service_name, [binary, "-db", "-f", str(edge.config_path)],
+                 run_dir=edge.run_dir)
+    _wait_until(lambda: edge_answers(edge), edge.service_name, pid, 30,
+                log=edge.run_dir / f"{edge.service_name}.log")
+    return f"edge: HAProxy started on 127.0.0.1:{edge.port} (pid {pid})"
+
+
 def all_answer(ports: LocalServiceSettings) -> bool:
     return (
         engine_answers()
@@ -325,6 +385,8 @@ def down() -> list[str]:
 
 def down_with_deployment(settings) -> list[str]:
     """`local.down`: the local deployment's container first, then what `up()` started."""
+    from .local_edge import Edge
+
     lines = []
     if engine_answers():
         from .image import docker_client
@@ -332,22 +394,30 @@ def down_with_deployment(settings) -> list[str]:
 
         if remove(docker_client(), settings):
             lines.append("removed the local deployment container")
-    stopped = down()
+    edge = Edge.of(settings)
+    stopped = [edge.service_name] if stop_started(edge.service_name,
+                                                 run_dir=edge.run_dir) else []
+    stopped += down()
     lines.append("stopped: " + (", ".join(stopped) if stopped else
                                 "nothing (local.up started nothing)"))
     return lines
 
 
-def describe(ports: LocalServiceSettings) -> list[str]:
+def describe(ports: LocalServiceSettings, edge=None) -> list[str]:
     """One line per service: whether it answers, and whether `up()` started it."""
     probes = {
         "dockerd": engine_answers(),
         "registry": registry_answers(ports.registry_port),
         "azurite": azurite_answers(ports.azurite_port),
     }
+    started_in = {}
+    if edge is not None:
+        probes[edge.service_name] = edge_answers(edge)
+        started_in[edge.service_name] = edge.run_dir
     lines = []
     for name, answers in probes.items():
-        pid = started_pid(name)
-        owner = f"started by local.up, pid {pid}" if pid else "not started by local.up"
-        lines.append(f"{name:9} {'up' if answers else 'down':5} ({owner})")
+        pid = started_pid(name, started_in.get(name))
+        starter = "deploy" if name in started_in else "local.up"
+        owner = f"started by {starter}, pid {pid}" if pid else f"not started by {starter}"
+        lines.append(f"{name:10} {'up' if answers else 'down':5} ({owner})")
     return lines

@@ -103,6 +103,8 @@ class KubernetesSettings:
 class LocalServiceSettings:
     azurite_port: int = 10000
     registry_port: int = 15000
+    # The two ports the deployment's containers take turns on behind the local edge.
+    slot_ports: tuple[int, int] = (18091, 18092)
 
 
 @dataclass(frozen=True)
@@ -363,6 +365,13 @@ def _kubernetes_settings(section: Mapping) -> KubernetesSettings:
     return KubernetesSettings(**section, aks=aks)
 
 
+def _local_services(section: Mapping) -> LocalServiceSettings:
+    section = dict(section)
+    if "slot_ports" in section:
+        section["slot_ports"] = tuple(section["slot_ports"])
+    return LocalServiceSettings(**section)
+
+
 def known_environments(config: Mapping) -> list[str]:
     return sorted(_plain(config.get("modelship", {})).get("environments", {}))
 
@@ -430,5 +439,5 @@ def load_settings(config: Mapping, env: str | None = None,
         registry=RegistrySettings(**given["registry"]),
         kubernetes=_kubernetes_settings(given["kubernetes"]),
         deployment=given.get("deployment", {}),
-        local_services=LocalServiceSettings(**given.get("local_services", {})),
+        local_services=_local_services(given.get("local_services", {})),
     )

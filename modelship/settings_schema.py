@@ -228,6 +228,15 @@ class DeploymentSection(Section):
 class LocalServicesSection(Section):
     azurite_port: Port = None
     registry_port: Port = None
+    # The deployment's two container slots behind the local edge.
+    slot_ports: Annotated[list[Port], Field(min_length=2, max_length=2)] = None
+
+    @model_validator(mode="after")
+    def _two_different_slots(self):
+        if self.slot_ports is not None and self.slot_ports[0] == self.slot_ports[1]:
+            raise ValueError(f"has slot_ports {self.slot_ports}: the two slots need two "
+                             "different ports")
+        return self
 
 
 class EnvironmentSection(Section):

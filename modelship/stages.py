@@ -337,8 +337,24 @@ def local_up(settings: Settings, *, dry: bool, echo: Echo) -> list[str]:
     from . import local_services
 
     if dry:
-        return ["[dry] would start Docker Engine, the registry and Azurite where none answers"]
-    return local_services.up(settings.local_services, echo)
+        return ["[dry] would start Docker Engine, the registry and Azurite where none answers, "
+                "and the local edge if a deployment container runs"]
+    lines = local_services.up(settings.local_services, echo)
+    if settings.runtime == "docker":
+        from . import local_runtime
+        from .image import docker_client
+
+        edge = local_runtime.ensure_edge_for_running(docker_client(), settings, echo)
+        if edge:
+            lines.append(edge)
+    return lines
+
+
+def local_status(settings: Settings) -> list[str]:
+    from . import local_edge, local_services
+
+    edge = local_edge.Edge.of(settings) if settings.runtime == "docker" else None
+    return local_services.describe(settings.local_services, edge)
 
 
 def local_down(settings: Settings, *, dry: bool) -> list[str]:

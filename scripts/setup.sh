@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # One-time set-up on a fresh Debian/Ubuntu machine with Python 3.11: the system packages the
-# local environment runs (Docker Engine, docker-registry, debootstrap, Node.js for Azurite)
+# local environment runs (Docker Engine, docker-registry, HAProxy for the local edge,
+# debootstrap, Node.js for Azurite)
 # and a virtualenv in .venv with the toolkit and its test dependencies. Safe to run again.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -12,6 +13,7 @@ command -v dockerd >/dev/null 2>&1 || missing+=(docker.io)
 command -v docker >/dev/null 2>&1 || missing+=(docker.io)
 command -v docker-registry >/dev/null 2>&1 || missing+=(docker-registry)
 command -v debootstrap >/dev/null 2>&1 || missing+=(debootstrap)
+command -v haproxy >/dev/null 2>&1 || missing+=(haproxy)
 command -v npm >/dev/null 2>&1 || missing+=(npm)
 command -v git >/dev/null 2>&1 || missing+=(git)
 command -v curl >/dev/null 2>&1 || missing+=(curl)

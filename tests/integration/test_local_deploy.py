@@ -61,7 +61,7 @@ def test_deploy_twice_serves_the_published_model_pulled_from_the_registry(
     assert leftovers == []
 
 
-def test_a_failing_new_container_restores_the_previous_deployment(
+def test_a_failing_new_container_leaves_the_previous_deployment_serving(
     run_invoke, published_model, docker_client, local_settings
 ):
     assert run_invoke("deploy", "--env=local").returncode == 0
@@ -79,7 +79,7 @@ def test_a_failing_new_container_restores_the_previous_deployment(
     with pytest.raises(PipelineError) as failure:
         local_runtime.deploy(docker_client, local_settings, reference, auth,
                              read_record().model.as_metadata(), print)
-    assert "previous deployment was restored" in str(failure.value)
+    assert "previous deployment kept serving throughout" in str(failure.value)
     assert requests.get(f"{base_url}/readyz", timeout=5).status_code == 200
     names = [c.name for c in deployment_containers(docker_client, local_settings)]
     assert names == [local_runtime.container_name(local_settings)]
