@@ -12,15 +12,18 @@ import functools
 
 from invoke import Collection, Exit, task
 
-from modelship import publishing, stages
+from modelship import console, publishing, stages
+from modelship.config_errors import install_config_error_hook
 from modelship.errors import PipelineError
 from modelship.settings import Settings, load_settings
 
 ENV_HELP = "Environment from invoke.yaml: local, dev, staging or prod (default: local)."
+VERBOSE_HELP = "Show the details: the Docker build's output, kubectl's, the libraries' logs."
 
-
-def echo(message: str) -> None:
-    print(message, flush=True)
+# Invoke reads -f files and INVOKE_* variables after loading this file: mistakes there end
+# in one line too, not in a traceback.
+install_config_error_hook()
+echo = console.echo
 
 
 def is_dry(c) -> bool:
@@ -28,10 +31,12 @@ def is_dry(c) -> bool:
 
 
 def pipeline_task(name: str):
-    """Turn expected failures into one line naming the task as typed, exit 1, no traceback."""
+    """Set up the output (`verbose`), and turn expected failures into one line naming the
+    task as typed, exit 1, no traceback."""
     def decorate(function):
         @functools.wraps(function)
         def wrapper(c, *args, **kwargs):
+            console.configure(verbose=bool(kwargs.get("verbose")))
             try:
                 return function(c, *args, **kwargs)
             except stages.StageFailed as failure:
@@ -52,17 +57,18 @@ def _settings(c, env: str | None) -> Settings:
     "version": "Model version to fetch, or 'latest' (default).",
     "locked": "Fetch exactly the version and sha256 the lock file names (reproducible rebuild).",
     "lock_file": "Lock file for --locked (default: build/model/model.lock.json).",
+    "verbose": VERBOSE_HELP,
 })
 @pipeline_task("fetch-model")
-def fetch_model(c, env=None, version=None, locked=False, lock_file=None):
+def fetch_model(c, env=None, version=None, locked=False, lock_file=None, verbose=False):
     """Download the model from the model store into build/model and verify its sha256."""
     echo(stages.fetch_model(_settings(c, env), version=version, locked=locked,
                             lock_file=lock_file, dry=is_dry(c), echo=echo))
 
 
-@task(help={"env": ENV_HELP})
+@task(help={"env": ENV_HELP, "verbose": VERBOSE_HELP})
 @pipeline_task("base-image")
-def base_image(c, env=None):
+def base_image(c, env=None, verbose=False):
     """Build the offline base image (debootstrap + docker import) if image.offline_base is set."""
     echo(stages.base_image(_settings(c, env), dry=is_dry(c), echo=echo))
 
@@ -78,27 +84,34 @@ def lock(c, env=None):
     "env": ENV_HELP,
     "force": "Build even when the registry already holds an image with the same inputs.",
     "no_cache": "Rebuild every layer (implies --force).",
+    "verbose": VERBOSE_HELP,
 })
 @pipeline_task("build")
-def build(c, env=None, force=False, no_cache=False):
+def build(c, env=None, force=False, no_cache=False, verbose=False):
     """Build the serving image (app + model) with networking disabled; writes build/record.json."""
     echo(stages.build(_settings(c, env), force=force, no_cache=no_cache, dry=is_dry(c),
                       echo=echo))
 
 
-@task(help={"env": ENV_HELP, "unit": "Run the unit tests before the container test (default on)."})
+@task(help={
+    "env": ENV_HELP,
+    "unit": "Run the unit tests before the container test (default on).",
+    "force": "Run the tests even where they already passed for the same inputs.",
+    "verbose": VERBOSE_HELP,
+})
 @pipeline_task("test")
-def test(c, env=None, unit=True):
+def test(c, env=None, unit=True, force=False, verbose=False):
     """Run the unit tests, then start the built image and check /readyz, /score and /version."""
-    echo(stages.test(c, _settings(c, env), unit=unit, dry=is_dry(c), echo=echo))
+    echo(stages.test(c, _settings(c, env), unit=unit, force=force, dry=is_dry(c), echo=echo))
 
 
 @task(help={
     "env": ENV_HELP,
     "force": "Push even when the build record says this image is already in the registry.",
+    "verbose": VERBOSE_HELP,
 })
 @pipeline_task("push")
-def push(c, env=None, force=False):
+def push(c, env=None, force=False, verbose=False):
     """Tag and push the built image to the environment's registry; records the digest."""
     echo(stages.push(_settings(c, env), force=force, dry=is_dry(c), echo=echo))
 
@@ -109,9 +122,11 @@ def push(c, env=None, force=False):
     "check": "Render to a temporary folder and fail if it differs from the reviewed one.",
     "against": "With --check: the folder to compare with (default: build/k8s/<env>).",
     "require_checkov": "Fail when checkov is not installed instead of skipping it (CI).",
+    "verbose": VERBOSE_HELP,
 })
 @pipeline_task("render")
-def render(c, env=None, image=None, check=False, against=None, require_checkov=False):
+def render(c, env=None, image=None, check=False, against=None, require_checkov=False,
+           verbose=False):
     """Render templates/k8s into build/k8s/<env>/ (image by digest), validate, then swap in."""
     echo(stages.render(_settings(c, env), image=image, check=check, against=against,
                        require_checkov=require_checkov, dry=is_dry(c), echo=echo))
@@ -121,23 +136,24 @@ def render(c, env=None, image=None, check=False, against=None, require_checkov=F
     "env": ENV_HELP,
     "yes": "Do not ask for confirmation where the environment asks for it (prod).",
     "smoke": "After the rollout, check /readyz and one golden /score through the Service.",
+    "verbose": VERBOSE_HELP,
 })
 @pipeline_task("apply")
-def apply(c, env=None, yes=False, smoke=True):
+def apply(c, env=None, yes=False, smoke=True, verbose=False):
     """Roll out the pushed image: kubectl apply + rollout status, or run it on the local engine."""
     echo(stages.apply(c, _settings(c, env), yes=yes, smoke=smoke, dry=is_dry(c), echo=echo))
 
 
-@task(help={"env": ENV_HELP})
+@task(help={"env": ENV_HELP, "verbose": VERBOSE_HELP})
 @pipeline_task("rollback")
-def rollback(c, env=None):
+def rollback(c, env=None, verbose=False):
     """Go back to the release that ran before the current one (kubectl rollout undo, or local)."""
     echo(stages.rollback(c, _settings(c, env), dry=is_dry(c), echo=echo))
 
 
-@task(help={"env": ENV_HELP})
+@task(help={"env": ENV_HELP, "verbose": VERBOSE_HELP})
 @pipeline_task("diff")
-def diff(c, env=None):
+def diff(c, env=None, verbose=False):
     """Show what `apply` would change: kubectl diff of build/k8s/<env>/ against the cluster."""
     echo(stages.diff(c, _settings(c, env), dry=is_dry(c)))
 
@@ -159,17 +175,17 @@ def aks_credentials(c, env=None):
     echo(kube.fetch_credentials(c, _settings(c, env), is_dry(c), echo))
 
 
-@task(help={"env": ENV_HELP})
+@task(help={"env": ENV_HELP, "verbose": VERBOSE_HELP})
 @pipeline_task("deploy")
-def deploy(c, env=None):
+def deploy(c, env=None, verbose=False):
     """Run fetch-model, build, test, push, render and apply in order; stop at the first failure."""
     echo(stages.deploy(c, _settings(c, env), dry=is_dry(c), echo=echo))
 
 
 # --- the local environment ----------------------------------------------------------------
-@task(name="up", help={"env": ENV_HELP})
+@task(name="up", help={"env": ENV_HELP, "verbose": VERBOSE_HELP})
 @pipeline_task("local.up")
-def local_up(c, env=None):
+def local_up(c, env=None, verbose=False):
     """Start Docker Engine, the authenticated registry and Azurite on 127.0.0.1 if not running."""
     for line in stages.local_up(_settings(c, env), dry=is_dry(c), echo=echo):
         echo(line)
@@ -192,10 +208,11 @@ def local_status(c, env=None):
 
 
 # --- the data scientists' side ------------------------------------------------------------
-@task(name="publish", help={"env": ENV_HELP, **publishing.FLAG_HELP})
+@task(name="publish", help={"env": ENV_HELP, **publishing.FLAG_HELP, "verbose": VERBOSE_HELP})
 @pipeline_task("model.publish")
 def model_publish(c, env=None, model=None, samples=None, name=None, version=None, task=None,
-                  tolerance=None, model_dir=None, force=False, signing_key=None):
+                  tolerance=None, model_dir=None, force=False, signing_key=None,
+                  verbose=False):
     """Verify a model against its golden samples, publish it and move latest (default: digits)."""
     echo(stages.publish_model(_settings(c, env), model=model, samples=samples, name=name,
                               version=version, task=task, tolerance=tolerance,

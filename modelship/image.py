@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
@@ -183,35 +184,47 @@ def _link_or_copy(source, target):
         shutil.copy2(source, target)
 
 
+# "Step 3/27 : COPY ..." in the classic builder's stream.
+BUILD_STEP = re.compile(r"Step (\d+)/(\d+) :")
+
+
 def _run_build(client, context: Path, tag: str, buildargs: dict, labels: dict,
                cache_from: list[str], echo, no_cache: bool = False) -> str:
     import docker
 
+    from .console import current
+
     image_id = None
     recent: list[str] = []
+    output = current()
     try:
         stream = client.api.build(
             path=str(context), dockerfile="Dockerfile", tag=tag, buildargs=buildargs,
             labels=labels, network_mode="none", rm=True, forcerm=True, pull=False, decode=True,
             cache_from=cache_from or None, nocache=no_cache,
         )
-        for chunk in stream:
-            if "error" in chunk:
-                detail = chunk.get("errorDetail", {}).get("message") or chunk["error"]
-                context_lines = " | ".join(recent[-3:])
-                raise PipelineError(
-                    f"The image build failed: {detail.strip()}"
-                    + (f" (after: {context_lines})" if context_lines else ""),
-                    "Fix the Dockerfile step above; the build has no network, so every "
-                    "dependency must be in build/wheelhouse.",
-                )
-            line = chunk.get("stream", "").strip()
-            if line:
-                recent.append(line[:200])
-                if line.startswith("Step "):
-                    echo(f"  {line}")
-            if "aux" in chunk and "ID" in chunk["aux"]:
-                image_id = chunk["aux"]["ID"]
+        with output.progress("building image", None, unit="steps") as steps:
+            for chunk in stream:
+                if "error" in chunk:
+                    detail = chunk.get("errorDetail", {}).get("message") or chunk["error"]
+                    context_lines = " | ".join(recent[-3:])
+                    raise PipelineError(
+                        f"The image build failed: {detail.strip()}"
+                        + (f" (after: {context_lines})" if context_lines else ""),
+                        "Fix the Dockerfile step above; the build has no network, so every "
+                        "dependency must be in build/wheelhouse.",
+                    )
+                line = chunk.get("stream", "").strip()
+                if line:
+                    recent.append(line[:200])
+                    output.detail(f"  {line}")
+                    step = BUILD_STEP.match(line)
+                    if step:
+                        steps.update(int(step.group(1)) - 1, int(step.group(2)))
+                if "aux" in chunk and "ID" in chunk["aux"]:
+                    image_id = chunk["aux"]["ID"]
+            if steps.total:
+                steps.update(steps.total)
     except docker.errors.APIError as error:
         raise PipelineError(
             f"The Docker Engine refused the build: {error.explanation}",

@@ -140,6 +140,18 @@ def deploy(client, settings: Settings, reference: str, auth: dict | None,
     return edge.url()
 
 
+def already_serving(client, settings: Settings, reference: str, echo) -> bool:
+    """True when the running container is `reference`, behind a working edge, and ready:
+    then a release has nothing to do."""
+    current = _find(client, container_name(settings))
+    if current is None or current.status != "running" or \
+            current.attrs["Config"]["Image"] != reference or _slot_port(current) is None:
+        return False
+    local_services.ensure_edge(local_edge.Edge.of(settings), _slot_port(current),
+                               lambda line: None)
+    return container_ready(settings)
+
+
 def ensure_edge_for_running(client, settings: Settings, echo) -> str | None:
     """After an engine restart: the edge again, routing to the container that runs."""
     current = _find(client, container_name(settings))

@@ -162,6 +162,26 @@ def run_checkov(manifest_dir: Path, dockerfile: Path = DOCKERFILE,
     return report
 
 
+def checks_fingerprint(kubernetes_version: str, require_checkov: bool,
+                       allowed_registries: Sequence[str]) -> str:
+    """Everything that decides whether a rendering passes `check_rendered`, as one sha256:
+    a folder that passed under the same fingerprint passes again."""
+    import hashlib
+    from importlib import metadata
+
+    from . import safeguards
+
+    digest = hashlib.sha256()
+    checkov = find_checkov()
+    checkov_state = f"{checkov}:{Path(checkov).stat().st_mtime_ns}" if checkov else "none"
+    for part in (kubernetes_version, str(require_checkov), ",".join(sorted(allowed_registries)),
+                 metadata.version("kubernetes-validate"), checkov_state):
+        digest.update(part.encode() + b"\0")
+    for path in (CHECKOV_CONFIG, DOCKERFILE, Path(safeguards.__file__), Path(__file__)):
+        digest.update(path.read_bytes() if path.is_file() else b"missing")
+    return digest.hexdigest()
+
+
 def check_rendered(folder: Path, kubernetes_version: str,
                    require_checkov: bool = False,
                    allowed_registries: Sequence[str] = ()) -> list[str]:

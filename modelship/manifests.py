@@ -241,22 +241,55 @@ def _file_name(document: dict, taken: dict) -> str:
     return name
 
 
+def serialized(objects: dict[str, dict], text_header: str) -> dict[str, bytes]:
+    """Each object's file as it is written: header, then sorted block-style YAML."""
+    return {name: (text_header + yaml.safe_dump(
+        document, sort_keys=True, default_flow_style=False, width=10_000)).encode()
+        for name, document in objects.items()}
+
+
 def write_objects(objects: dict[str, dict], text_header: str, folder: Path) -> list[Path]:
     folder.mkdir(parents=True, exist_ok=True)
-    for name, document in objects.items():
-        (folder / name).write_text(text_header + yaml.safe_dump(
-            document, sort_keys=True, default_flow_style=False, width=10_000
-        ))
+    for name, data in serialized(objects, text_header).items():
+        (folder / name).write_bytes(data)
     return [folder / name for name in objects]
+
+
+# Beside the manifests in a validated folder: which bytes passed which checks. No .yaml
+# suffix, so kubectl and the checks never read it as a manifest.
+VALIDATED_STAMP = ".validated"
+
+
+def _stamp(files: dict[str, bytes], checks: str) -> dict:
+    return {"checks": checks,
+            "files": {name: hashlib.sha256(data).hexdigest() for name, data in files.items()}}
+
+
+def already_rendered(settings: Settings, release: Release, checks: str,
+                     template_dir: Path | None = None) -> bool:
+    """True when the folder holds exactly this rendering and it passed these very checks:
+    then rendering again would write the same bytes and validate them again for nothing."""
+    folder = settings.render_dir
+    try:
+        stamp = json.loads((folder / VALIDATED_STAMP).read_text())
+    except (OSError, ValueError):
+        return False
+    files = serialized(render_objects(settings, release, template_dir), header(settings, release))
+    if stamp != _stamp(files, checks):
+        return False
+    on_disk = {path.name: path.read_bytes() for path in folder.glob("*.yaml")}
+    return on_disk == files  # a hand edit since, or a file added, means render again
 
 
 def render(settings: Settings, release: Release, template_dir: Path | None = None,
            output_dir: Path | None = None,
-           validate: Callable[[Path], list[str]] | None = None) -> list[str]:
+           validate: Callable[[Path], list[str]] | None = None,
+           checks: str | None = None) -> list[str]:
     """Render, validate in a staging folder, then swap it in; returns the checks' report.
 
     A failure anywhere (template, schema, policy, disk) leaves `output_dir` byte for byte as
-    it was, so `apply` never takes a rendering nobody could have reviewed.
+    it was, so `apply` never takes a rendering nobody could have reviewed. With `checks`
+    (a fingerprint of the checks `validate` runs) the folder records what passed them.
     """
     output_dir = output_dir or settings.render_dir
     objects = render_objects(settings, release, template_dir)
@@ -267,6 +300,10 @@ def render(settings: Settings, release: Release, template_dir: Path | None = Non
     try:
         write_objects(objects, header(settings, release), staging)
         report = validate(staging) if validate else []
+        if checks is not None and validate is not None:
+            files = serialized(objects, header(settings, release))
+            (staging / VALIDATED_STAMP).write_text(json.dumps(_stamp(files, checks),
+                                                              sort_keys=True) + "\n")
         shutil.rmtree(retired, ignore_errors=True)
         if output_dir.exists():
             output_dir.rename(retired)

@@ -30,7 +30,7 @@ from .redact import mask
 from .stores import (FileStore, ModelStore, StoreObjectExists, StoreObjectMissing, is_loopback,
                      refuse_plain_http)
 from .stores.azure_blob import AZURITE_ACCOUNT, AZURITE_KEY
-from .transfer import ProgressFactory, VerifyingWriter
+from .transfer import ProgressFactory, VerifyingWriter, console_progress
 
 __all__ = [
     "AZURITE_ACCOUNT", "AZURITE_KEY", "FetchResult", "FileStore", "ModelStore",
@@ -160,7 +160,9 @@ def publish(store: ModelStore, model_dir: Path, version: str, force: bool = Fals
     model_file = f"model-{metadata['sha256']}.onnx"
     stored = {**metadata, "model_file": model_file}
     if not store.exists(f"{version}/{model_file}"):
-        store.upload_file(f"{version}/{model_file}", Path(model_dir) / MODEL_FILE)
+        model_path = Path(model_dir) / MODEL_FILE
+        with console_progress(f"uploading {model_file[:18]}…", model_path.stat().st_size) as bar:
+            store.upload_file(f"{version}/{model_file}", model_path, progress=bar)
     if signature is not None:
         stored["signature_file"] = _signature_name(model_file)
         store.upload_file(f"{version}/{stored['signature_file']}", Path(signature))

@@ -87,10 +87,12 @@ def login(client, settings: Settings) -> dict | None:
     return auth
 
 
-def read_push_stream(stream) -> tuple[str, int]:
-    """(digest, bytes uploaded) of a push, or a PipelineError with the registry's reason."""
+def read_push_stream(stream, progress=None) -> tuple[str, int]:
+    """(digest, bytes uploaded) of a push, or a PipelineError with the registry's reason.
+    `progress` hears the bytes of the layers being uploaded as they go."""
     digest = None
     uploaded: dict[str, int] = {}
+    sizes: dict[str, int] = {}
     pushed_layers: set[str] = set()
     for chunk in stream:
         if "error" in chunk or "errorDetail" in chunk:
@@ -101,8 +103,11 @@ def read_push_stream(stream) -> tuple[str, int]:
             )
         status, layer = chunk.get("status", ""), chunk.get("id", "")
         if status == "Pushing":
-            current = (chunk.get("progressDetail") or {}).get("current", 0)
-            uploaded[layer] = max(uploaded.get(layer, 0), current)
+            detail = chunk.get("progressDetail") or {}
+            uploaded[layer] = max(uploaded.get(layer, 0), detail.get("current", 0))
+            sizes[layer] = max(sizes.get(layer, 0), detail.get("total", 0) or 0)
+            if progress is not None:
+                progress.update(sum(uploaded.values()), sum(sizes.values()) or None)
         elif status == "Pushed":
             pushed_layers.add(layer)
         aux = chunk.get("aux") or {}
@@ -119,9 +124,12 @@ def read_push_stream(stream) -> tuple[str, int]:
 def _push_tag(client, repository: str, tag: str, auth: dict | None) -> tuple[str, int]:
     import docker
 
+    from .console import current
+
     try:
         stream = client.api.push(repository, tag=tag, stream=True, decode=True, auth_config=auth)
-        return read_push_stream(stream)
+        with current().progress(f"pushing {repository}:{tag}", None) as bar:
+            return read_push_stream(stream, bar)
     except docker.errors.APIError as error:
         raise PipelineError(
             f"The Docker Engine could not push to {repository}: {error.explanation}",

@@ -14,6 +14,7 @@ from typing import Callable, Protocol
 
 from . import kube, model_check
 from .errors import PipelineError
+from .outcome import Outcome, dry_run, ran, up_to_date
 from .release_record import PushRecord, ReleaseRecord
 from .settings import Settings
 
@@ -33,8 +34,8 @@ class ReleaseTarget(Protocol):
         """Whether `deploy` should start the local registry and store when they are down."""
 
     def apply(self, record: ReleaseRecord, pushed: PushRecord, *, smoke: bool, yes: bool,
-              dry: bool, echo: Echo) -> str:
-        """Roll the pushed image out and check it serves; undo on failure. Returns a summary."""
+              dry: bool, echo: Echo) -> Outcome:
+        """Roll the pushed image out and check it serves; undo on failure."""
 
     def rollback(self, *, dry: bool, echo: Echo) -> str:
         """Go back to the release before the current one. Returns a summary."""
@@ -75,19 +76,22 @@ class DockerTarget:
         return docker_client()
 
     def apply(self, record: ReleaseRecord, pushed: PushRecord, *, smoke: bool, yes: bool,
-              dry: bool, echo: Echo) -> str:
+              dry: bool, echo: Echo) -> Outcome:
         from . import local_runtime
         from .registry import registry_auth
 
         url = local_runtime.base_url(self.settings)
         if dry:
-            return (f"[dry] would pull {pushed.reference}, run it on {url}, wait for /readyz "
-                    "and score one golden sample; the previous container would stay until "
-                    "then")
-        local_runtime.deploy(self._client(), self.settings, pushed.reference,
+            return dry_run(f"[dry] would pull {pushed.reference}, start it beside the running "
+                           f"container, route {url} to it once it is ready and scores a golden "
+                           "sample, then stop the old one (nothing, if it already serves it)")
+        client = self._client()
+        if local_runtime.already_serving(client, self.settings, pushed.reference, echo):
+            return up_to_date(f"up to date: {pushed.reference} already serves at {url}")
+        local_runtime.deploy(client, self.settings, pushed.reference,
                              registry_auth(self.settings), record.model.as_metadata(), echo,
                              check_golden_sample=smoke)
-        return f"serving {pushed.reference} at {url} (try: curl {url}/version)"
+        return ran(f"serving {pushed.reference} at {url} (try: curl {url}/version)")
 
     def rollback(self, *, dry: bool, echo: Echo) -> str:
         from . import local_runtime
@@ -133,7 +137,7 @@ class KubernetesTarget:
         return f"{self.settings.kubernetes.context}/{self.settings.kubernetes.namespace}"
 
     def apply(self, record: ReleaseRecord, pushed: PushRecord, *, smoke: bool, yes: bool,
-              dry: bool, echo: Echo) -> str:
+              dry: bool, echo: Echo) -> Outcome:
         kube.require_current_render(self.settings, pushed.reference)
         if kube.needs_confirmation(self.settings, yes) and not dry:
             kube.confirm(self.settings, pushed.reference)
@@ -143,8 +147,9 @@ class KubernetesTarget:
                                          None if dry else record.model.as_metadata(), echo)
         kube.apply(self.c, self.settings, smoke_test, echo)
         if dry:
-            return f"[dry] would roll out {pushed.reference} to {self.where} (commands above)"
-        return f"rolled out {pushed.reference} to {self.where}"
+            return dry_run(f"[dry] would roll out {pushed.reference} to {self.where} "
+                           "(commands above)")
+        return ran(f"rolled out {pushed.reference} to {self.where}")
 
     def rollback(self, *, dry: bool, echo: Echo) -> str:
         if not kube.roll_back(self.c, kube.apply_commands(self.settings), echo):

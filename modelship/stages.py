@@ -16,7 +16,9 @@ from pathlib import Path
 from typing import Callable
 
 from . import release_record
+from .console import current, human_size
 from .errors import PipelineError
+from .outcome import FAILED, UP_TO_DATE, Outcome, dry_run, ran, up_to_date
 from .release_targets import release_target
 from .settings import BUILD_DIR, PROJECT_ROOT, Settings
 
@@ -52,7 +54,7 @@ def open_model_store(settings: Settings):
 
 
 def fetch_model(settings: Settings, *, version: str | None = None, locked: bool = False,
-                lock_file: str | None = None, dry: bool, echo: Echo) -> str:
+                lock_file: str | None = None, dry: bool, echo: Echo) -> Outcome:
     from . import model_store
     from .transfer import console_progress
 
@@ -60,13 +62,15 @@ def fetch_model(settings: Settings, *, version: str | None = None, locked: bool 
     version = version or "latest"
     if dry:
         wanted = "the locked version" if locked else version
-        return f"[dry] would fetch {wanted} from {store.uri} into build/model and verify it"
+        return dry_run(f"[dry] would fetch {wanted} from {store.uri} into build/model and "
+                       "verify it")
     result = model_store.fetch(store, BUILD_DIR / "model", version, locked=locked,
                                lock_file=Path(lock_file) if lock_file else None,
                                progress=console_progress, public_key=_public_key(settings))
-    state = ("downloaded and verified" if result.downloaded
-             else "already up to date, nothing downloaded")
-    return f"model {result.version} ({result.size} bytes, sha256 {result.sha256[:12]}…): {state}"
+    model = f"model {result.version} ({human_size(result.size)}, sha256 {result.sha256[:12]}…)"
+    if result.downloaded:
+        return ran(f"{model}: downloaded and verified")
+    return up_to_date(f"{model}: already up to date, nothing downloaded")
 
 
 def _public_key(settings: Settings) -> Path | None:
@@ -101,7 +105,7 @@ def lock(settings: Settings, *, dry: bool) -> str:
 
 
 def build(settings: Settings, *, force: bool = False, no_cache: bool = False, dry: bool,
-          echo: Echo) -> str:
+          echo: Echo) -> Outcome:
     """Build the image, or find it already in the registry (same inputs): nothing rebuilt."""
     from . import image
     from .base_image import ensure_base_image
@@ -112,9 +116,9 @@ def build(settings: Settings, *, force: bool = False, no_cache: bool = False, dr
     if dry:
         model = ("build/model" if (image.MODEL_DIR / "metadata.json").is_file()
                  else "the model `invoke fetch-model` would fetch (build/model is empty)")
-        return (f"[dry] would build {settings.image.repository} from {settings.image.base} "
-                f"with {model} (skipped if the registry holds the same inputs) and write "
-                "build/record.json")
+        return dry_run(f"[dry] would build {settings.image.repository} from "
+                       f"{settings.image.base} with {model} (skipped if the registry holds the "
+                       "same inputs) and write build/record.json")
     client = image.docker_client()
     if settings.image.offline_base:
         echo(ensure_base_image(client, settings.image.base, settings.image.python_version, echo))
@@ -132,66 +136,117 @@ def build(settings: Settings, *, force: bool = False, no_cache: bool = False, dr
             digest = None if force or no_cache else image.registry_digest(client, reference, auth)
             if digest:
                 record = image.record_up_to_date(plan, settings, digest)
-                release_record.save(record)
-                return f"up to date: {record.image.name} has the same inputs; nothing built"
+                release_record.save(_keep_contract_test(record, settings.env))
+                return up_to_date(f"up to date: {record.image.name} has the same inputs; "
+                                  "nothing built")
             cache = image.pull_cache_image(client, settings.image_repository, auth)
             cache_from = [cache] if cache else []
     record = image.build_image(client, settings, plan, cache_from, echo, no_cache)
     release_record.save(record)
-    return f"built {record.image.name} ({record.image.size_bytes / 1e6:.0f} MB)"
+    return ran(f"built {record.image.name} ({human_size(record.image.size_bytes)})")
+
+
+def _keep_contract_test(record, env: str):
+    """An up-to-date build is the image the previous record pushed for `env`: if the
+    contract test passed for that image, it still has."""
+    if not release_record.exists():
+        return record
+    try:
+        previous = release_record.load()
+    except PipelineError:
+        return record
+    pushed = previous.push_for(env)
+    if (previous.contract_test is None or pushed is None
+            or pushed.reference != record.image.name
+            or previous.contract_test.image not in (previous.local_image, pushed.reference)):
+        return record
+    return record.with_contract_test(record.image.name)
 
 
 # --- test ------------------------------------------------------------------------------------
 
 
-def test(c, settings: Settings, *, unit: bool = True, dry: bool, echo: Echo) -> str:
-    """Unit tests, then the container contract test on the image the record names."""
+def test(c, settings: Settings, *, unit: bool = True, force: bool = False, dry: bool,
+         echo: Echo) -> Outcome:
+    """Unit tests, then the container contract test on the image the record names; each is
+    skipped when it already passed for exactly these inputs (`force` runs them anyway)."""
     from .container_test import run_contract
     from .image import docker_client
 
-    if unit:
-        # Under --dry, Invoke prints this command instead of running it.
-        result = c.run(f"{sys.executable} -m pytest -q -p no:cacheprovider tests/unit",
-                       warn=True, pty=False)
-        if result is not None and not result.ok:
-            raise PipelineError("The unit tests failed.", "Fix the failures listed above.")
+    units_ran = unit and run_unit_tests(c, force=force, dry=dry, echo=echo)
     if dry:
         subject = (release_record.load().image.name if release_record.exists()
                    else NO_RECORD_YET)
-        return f"[dry] would run the container contract test on {subject}"
+        return dry_run(f"[dry] would run the container contract test on {subject}, unless it "
+                       "passed for that image already")
     record = release_record.load()
+    image_ref = record.image.id or record.image.name
+    tested = record.contract_test.image if record.contract_test else None
+    if tested == image_ref and not force:
+        line = f"container test: already passed for {record.image.name}"
+        return ran(line) if units_ran else up_to_date(f"up to date: {line}")
     client = docker_client()
-    image_ref = record.image.id
-    if image_ref is None:
+    if record.image.id is None:
         # An up-to-date build was not rebuilt here: test the very image the registry holds.
         from . import local_runtime
         from .registry import login
 
-        image_ref = record.image.name
         local_runtime.pull(client, image_ref, login(client, settings))
     run_contract(client, image_ref, record.model.as_metadata(), echo)
     release_record.save(record.with_contract_test(image_ref))
-    return f"container test passed for {record.image.name}"
+    return ran(f"container test passed for {record.image.name}")
+
+
+def run_unit_tests(c, *, force: bool, dry: bool, echo: Echo) -> bool:
+    """The unit tests, unless they passed for the same inputs; True when they ran."""
+    import time
+
+    from . import test_cache
+
+    digest = test_cache.inputs_digest()
+    previous = None if force else test_cache.passed_run(digest)
+    if previous is not None:
+        when = time.strftime("%Y-%m-%d %H:%M", time.localtime(previous.passed_at))
+        echo(f"unit tests: up to date (passed at {when} for these inputs, sha256 "
+             f"{digest[:12]}…; `invoke test --force` runs them again)")
+        return False
+    # Under --dry, Invoke prints this command instead of running it.
+    started = time.monotonic()
+    result = c.run(f"{sys.executable} -m pytest -q -p no:cacheprovider tests/unit",
+                   warn=True, pty=False, hide=None if current().verbose else "stdout")
+    if dry:
+        return True
+    if not result.ok:
+        test_cache.forget()
+        tail = "\n".join(result.stdout.strip().splitlines()[-15:])
+        if not current().verbose:
+            echo(tail)
+        raise PipelineError("The unit tests failed.", "Fix the failures listed above.")
+    test_cache.remember_pass(digest, time.monotonic() - started)
+    summary = result.stdout.strip().splitlines()[-1] if result.stdout.strip() else "passed"
+    echo(f"unit tests: {summary.strip('= ')}")
+    return True
 
 
 # --- push ------------------------------------------------------------------------------------
 
 
-def push(settings: Settings, *, force: bool = False, dry: bool, echo: Echo) -> str:
+def push(settings: Settings, *, force: bool = False, dry: bool, echo: Echo) -> Outcome:
     from .image import docker_client
     from .registry import push_image
 
     if dry and not release_record.exists():
-        return f"[dry] would push the image ({NO_RECORD_YET}) to {settings.image_repository}"
+        return dry_run(f"[dry] would push the image ({NO_RECORD_YET}) to "
+                       f"{settings.image_repository}")
     record = release_record.load()
     pushed = None if force else record.push_for(settings.env)
     if pushed:
-        return f"up to date: {pushed.reference} is already in the registry"
+        return up_to_date(f"up to date: {pushed.reference} is already in the registry")
     if dry:
-        return f"[dry] would push {record.image.name} to {settings.image_repository}"
+        return dry_run(f"[dry] would push {record.image.name} to {settings.image_repository}")
     pushed = push_image(docker_client(), settings, record)
     release_record.save(record.with_push(settings.env, pushed))
-    return f"pushed {pushed.reference} ({pushed.bytes_pushed / 1e6:.1f} MB uploaded)"
+    return ran(f"pushed {pushed.reference} ({human_size(pushed.bytes_pushed)} uploaded)")
 
 
 # --- render ----------------------------------------------------------------------------------
@@ -210,13 +265,13 @@ def _release_to_render(settings: Settings, image: str | None):
 
 def render(settings: Settings, *, image: str | None = None, check: bool = False,
            against: str | None = None, require_checkov: bool = False, dry: bool,
-           echo: Echo) -> str:
+           echo: Echo) -> Outcome:
     from . import manifest_checks, manifests
 
     if dry and not image and (not release_record.exists()
                               or release_record.load().push_for(settings.env) is None):
-        return (f"[dry] would render {shown(settings.render_dir)}/ for the image "
-                f"`invoke push --env={settings.env}` records")
+        return dry_run(f"[dry] would render {shown(settings.render_dir)}/ for the image "
+                       f"`invoke push --env={settings.env}` records")
     release = _release_to_render(settings, image)
     if check or dry:
         expected = Path(against) if against else settings.render_dir
@@ -225,40 +280,47 @@ def render(settings: Settings, *, image: str | None = None, check: bool = False,
             echo("".join(differences).rstrip())
         if dry:
             effect = "changing the files in the diff above" if differences else "no change"
-            return (f"[dry] would write {shown(settings.render_dir)}/ and validate it "
-                    f"({effect})")
+            return dry_run(f"[dry] would write {shown(settings.render_dir)}/ and validate it "
+                           f"({effect})")
         if differences:
             raise PipelineError(
                 f"The rendering for '{settings.env}' differs from {expected} (diff above).",
                 f"Review the diff; `invoke render --env={settings.env}` writes the new one.",
             )
-        return f"rendering for '{settings.env}' matches {expected}"
+        return ran(f"rendering for '{settings.env}' matches {expected}")
+
+    # Pods of an environment pull only from its own registry.
+    registries = [settings.registry.host] if settings.registry.host else []
+    checks = manifest_checks.checks_fingerprint(settings.kubernetes.version, require_checkov,
+                                                registries)
+    source = f" with --image {image}" if image else ""
+    if manifests.already_rendered(settings, release, checks):
+        return up_to_date(f"up to date: {shown(settings.render_dir)}/ already holds this "
+                          f"rendering{source}, validated")
 
     def validate(folder: Path) -> list[str]:
-        # Pods of an environment pull only from its own registry.
-        registries = [settings.registry.host] if settings.registry.host else []
         return manifest_checks.check_rendered(folder, settings.kubernetes.version,
                                               require_checkov, allowed_registries=registries)
 
-    for line in manifests.render(settings, release, validate=validate):
+    for line in manifests.render(settings, release, validate=validate, checks=checks):
         echo(line)
-    source = f" with --image {image}" if image else ""
-    return (f"rendered {len(list(settings.render_dir.glob('*.yaml')))} manifests into "
-            f"{shown(settings.render_dir)}/{source}")
+    return ran(f"rendered {len(list(settings.render_dir.glob('*.yaml')))} manifests into "
+               f"{shown(settings.render_dir)}/{source}")
 
 
 # --- apply, rollback, status, diff -----------------------------------------------------------
 
 
 def apply(c, settings: Settings, *, yes: bool = False, smoke: bool = True, dry: bool,
-          echo: Echo) -> str:
+          echo: Echo) -> Outcome:
     target = release_target(c, settings)
     if dry and not release_record.exists():
-        return f"[dry] would roll the pushed image out to {target.where} ({NO_RECORD_YET})"
+        return dry_run(f"[dry] would roll the pushed image out to {target.where} "
+                       f"({NO_RECORD_YET})")
     record = release_record.load()
     if dry and record.push_for(settings.env) is None:
-        return (f"[dry] would roll {record.image.name} out to {target.where} once "
-                f"`invoke push --env={settings.env}` has pushed it")
+        return dry_run(f"[dry] would roll {record.image.name} out to {target.where} once "
+                       f"`invoke push --env={settings.env}` has pushed it")
     return target.apply(record, record.require_push(settings.env), smoke=smoke, yes=yes,
                         dry=dry, echo=echo)
 
@@ -297,12 +359,16 @@ def diff(c, settings: Settings, *, dry: bool) -> str:
 @dataclass(frozen=True)
 class Stage:
     name: str
-    run: Callable[[], str]
+    run: Callable[[], Outcome]
 
 
-def deploy(c, settings: Settings, *, dry: bool, echo: Echo) -> str:
-    """Every stage in order with its defaults; the first failure stops the rest."""
+def deploy(c, settings: Settings, *, dry: bool, echo: Echo) -> Outcome:
+    """Every stage in order with its defaults; the first failure stops the rest. Ends with a
+    table: each stage, whether it ran or was up to date, and its seconds."""
+    import time
+
     from . import local_services
+    from .console import StageRow
 
     target = release_target(c, settings)
     if target.needs_local_services and not local_services.all_answer(settings.local_services):
@@ -319,15 +385,24 @@ def deploy(c, settings: Settings, *, dry: bool, echo: Echo) -> str:
         Stage("render", lambda: render(settings, dry=dry, echo=echo)),
         Stage("apply", lambda: apply(c, settings, dry=dry, echo=echo)),
     )
+    rows: list[StageRow] = []
     for stage in stages:
         echo(f"==> {stage.name} (--env={settings.env})")
+        started = time.monotonic()
         try:
-            echo(stage.run())
+            outcome = stage.run()
         except PipelineError as error:
+            rows.append(StageRow(stage.name, FAILED, time.monotonic() - started))
+            current().stage_table(rows)
             raise StageFailed(stage.name, settings.env, error) from None
+        rows.append(StageRow(stage.name, outcome.status, time.monotonic() - started))
+        echo(outcome.line)
+    current().stage_table(rows)
     if dry:
-        return f"[dry] deploy --env={settings.env} would run {', '.join(PIPELINE)}"
-    return f"deploy --env={settings.env}: done"
+        return dry_run(f"[dry] deploy --env={settings.env} would run {', '.join(PIPELINE)}")
+    if all(row.status == UP_TO_DATE for row in rows):
+        return up_to_date(f"deploy --env={settings.env}: up to date, nothing changed")
+    return ran(f"deploy --env={settings.env}: done")
 
 
 # --- the local environment's services -------------------------------------------------------

@@ -1,4 +1,4 @@
-"""The receiving end of a model download: a verifying file sink and progress reporting.
+"""The receiving end of a model download: a verifying file sink that reports progress.
 
 Downloads arrive as one or more streams, each writing its bytes at their offsets.
 `VerifyingWriter` puts them into the temporary file and feeds the sha256 in file order
@@ -13,14 +13,18 @@ from __future__ import annotations
 
 import hashlib
 import os
-import sys
 import threading
-import time
-from typing import Callable, TextIO
+from typing import Callable, Protocol
 
 READ_BACK_CHUNK = 8 * 1024 * 1024
 
 ProgressFactory = Callable[[str, int], "Progress"]
+
+
+class Progress(Protocol):
+    def advance(self, amount: int) -> None: ...
+
+    def close(self) -> None: ...
 
 
 class VerifyingWriter:
@@ -133,51 +137,8 @@ class VerifyingWriter:
         return digest.hexdigest()
 
 
-class Progress:
-    """Download progress: a redrawn bar on a terminal, a few plain lines in CI logs."""
+def console_progress(label: str, total: int):
+    """A progress display for a download, as the console for this run draws it."""
+    from .console import current
 
-    def __init__(self, label: str, total: int, stream: TextIO | None = None,
-                 interactive: bool | None = None):
-        self.label = label
-        self.total = max(total, 1)
-        self.stream = stream or sys.stderr
-        self.interactive = self.stream.isatty() if interactive is None else interactive
-        self._done = 0
-        self._next_line_percent = 25
-        self._last_draw = 0.0
-        self._started = time.monotonic()
-        self._lock = threading.Lock()
-
-    def advance(self, amount: int) -> None:
-        with self._lock:
-            self._done = min(self._done + amount, self.total)
-            percent = self._done * 100 // self.total
-            if self.interactive:
-                now = time.monotonic()
-                if now - self._last_draw >= 0.1 or self._done == self.total:
-                    self._last_draw = now
-                    self._draw(percent)
-            elif percent >= self._next_line_percent:
-                self._next_line_percent = (percent // 25 + 1) * 25
-                self.stream.write(f"{self.label}: {percent}% ({self._megabytes()})\n")
-                self.stream.flush()
-
-    def _megabytes(self) -> str:
-        elapsed = max(time.monotonic() - self._started, 1e-6)
-        return (f"{self._done / 1e6:.0f} of {self.total / 1e6:.0f} MB, "
-                f"{self._done / 1e6 / elapsed:.0f} MB/s")
-
-    def _draw(self, percent: int) -> None:
-        filled = percent * 30 // 100
-        bar = "#" * filled + "-" * (30 - filled)
-        self.stream.write(f"\r{self.label} [{bar}] {percent:3d}% {self._megabytes()}  ")
-        self.stream.flush()
-
-    def close(self) -> None:
-        if self.interactive:
-            self.stream.write("\n")
-            self.stream.flush()
-
-
-def console_progress(label: str, total: int) -> Progress:
-    return Progress(label, total)
+    return current().progress(label, total)

@@ -10,8 +10,8 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import tempfile
+from contextlib import contextmanager
 from pathlib import Path
 from urllib.parse import urlparse
 
@@ -60,7 +60,7 @@ class ModelStore:
     def write_bytes(self, key: str, data: bytes) -> None:
         raise NotImplementedError
 
-    def upload_file(self, key: str, path: Path) -> None:
+    def upload_file(self, key: str, path: Path, progress=None) -> None:
         raise NotImplementedError
 
     def create_bytes(self, key: str, data: bytes) -> None:
@@ -112,6 +112,22 @@ class FileStore(ModelStore):
         self.root = Path(root)
         self.uri = f"file://{self.root}"
 
+    @contextmanager
+    def _file_errors(self, key: str):
+        """A folder that cannot be made, read or written is the user's to fix: say which."""
+        try:
+            yield
+        except (StoreObjectExists, StoreObjectMissing):
+            raise
+        except OSError as error:
+            reason = error.strerror or type(error).__name__
+            where = error.filename or self._path(key)
+            raise PipelineError(
+                f"The model store {self.uri} cannot be used: {where}: {reason}.",
+                "Point model_store.uri at a folder that exists (or can be created) and that "
+                "this user may read and write.",
+            ) from None
+
     def _path(self, key: str) -> Path:
         return self.root / key
 
@@ -122,53 +138,63 @@ class FileStore(ModelStore):
         return path
 
     def read_bytes(self, key):
-        return self._existing(key).read_bytes()
+        with self._file_errors(key):
+            return self._existing(key).read_bytes()
 
     def write_bytes(self, key, data):
-        path = self._path(key)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        temporary = _unique_temporary(path)
-        try:
-            temporary.write_bytes(data)
-            os.replace(temporary, path)
-        finally:
-            temporary.unlink(missing_ok=True)
+        with self._file_errors(key):
+            path = self._path(key)
+            path.parent.mkdir(parents=True, exist_ok=True)
+            temporary = _unique_temporary(path)
+            try:
+                temporary.write_bytes(data)
+                os.replace(temporary, path)
+            finally:
+                temporary.unlink(missing_ok=True)
 
-    def upload_file(self, key, path):
-        target = self._path(key)
-        target.parent.mkdir(parents=True, exist_ok=True)
-        temporary = _unique_temporary(target)
-        try:
-            shutil.copyfile(path, temporary)
-            os.replace(temporary, target)
-        finally:
-            temporary.unlink(missing_ok=True)
+    def upload_file(self, key, path, progress=None):
+        with self._file_errors(key):
+            target = self._path(key)
+            target.parent.mkdir(parents=True, exist_ok=True)
+            temporary = _unique_temporary(target)
+            try:
+                with open(path, "rb") as source, open(temporary, "wb") as copy:
+                    for block in iter(lambda: source.read(COPY_CHUNK), b""):
+                        copy.write(block)
+                        if progress is not None:
+                            progress.advance(len(block))
+                os.replace(temporary, target)
+            finally:
+                temporary.unlink(missing_ok=True)
 
     def create_bytes(self, key, data):
-        path = self._path(key)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        handle, temporary = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".partial",
-                                             dir=path.parent)
-        try:
-            with os.fdopen(handle, "wb") as stream:
-                stream.write(data)
-            os.chmod(temporary, 0o644)
-            # link() refuses an existing target, and the file it links is already whole.
-            os.link(temporary, path)
-        except FileExistsError:
-            raise StoreObjectExists(f"{self.uri}/{key} already exists.") from None
-        finally:
-            Path(temporary).unlink(missing_ok=True)
+        with self._file_errors(key):
+            path = self._path(key)
+            path.parent.mkdir(parents=True, exist_ok=True)
+            handle, temporary = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".partial",
+                                                 dir=path.parent)
+            try:
+                with os.fdopen(handle, "wb") as stream:
+                    stream.write(data)
+                os.chmod(temporary, 0o644)
+                # link() refuses an existing target, and the file it links is already whole.
+                os.link(temporary, path)
+            except FileExistsError:
+                raise StoreObjectExists(f"{self.uri}/{key} already exists.") from None
+            finally:
+                Path(temporary).unlink(missing_ok=True)
 
     def exists(self, key):
-        return self._path(key).is_file()
+        with self._file_errors(key):
+            return self._path(key).is_file()
 
     def list_keys(self, prefix=""):
-        base = self._path(prefix) if prefix else self.root
-        if not base.is_dir():
-            return []
-        return sorted(str(path.relative_to(self.root)) for path in base.rglob("*")
-                      if path.is_file() and not path.name.startswith("."))
+        with self._file_errors(prefix):
+            base = self._path(prefix) if prefix else self.root
+            if not base.is_dir():
+                return []
+            return sorted(str(path.relative_to(self.root)) for path in base.rglob("*")
+                          if path.is_file() and not path.name.startswith("."))
 
     def download(self, key, sink):
         path = self._existing(key)

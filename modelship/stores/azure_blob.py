@@ -185,10 +185,11 @@ class AzureBlobStore(ModelStore):
         with self._translated_errors(key):
             self._blob(key).upload_blob(data, overwrite=True)
 
-    def upload_file(self, key, path):
+    def upload_file(self, key, path, progress=None):
+        hook = (lambda done, total: progress.update(done, total)) if progress else None
         with self._translated_errors(key), open(path, "rb") as handle:
             self._blob(key).upload_blob(handle, overwrite=True,
-                                        max_concurrency=UPLOAD_CONCURRENCY)
+                                        max_concurrency=UPLOAD_CONCURRENCY, progress_hook=hook)
 
     def create_bytes(self, key, data):
         from azure.core.exceptions import ResourceExistsError, ResourceModifiedError

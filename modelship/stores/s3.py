@@ -130,10 +130,11 @@ class S3Store(ModelStore):
         with self._translated_errors(key):
             self._client.put_object(Bucket=self.bucket, Key=self._key(key), Body=data)
 
-    def upload_file(self, key, path):
+    def upload_file(self, key, path, progress=None):
         with self._translated_errors(key):
             self._client.upload_file(str(path), self.bucket, self._key(key),
-                                     Config=_transfer_config())
+                                     Config=_transfer_config(),
+                                     Callback=progress.advance if progress else None)
 
     def create_bytes(self, key, data):
         from botocore.exceptions import ClientError

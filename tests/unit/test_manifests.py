@@ -505,3 +505,39 @@ def test_dry_render_writes_nothing_and_shows_the_difference(task_context, build_
     assert folder_bytes(reviewed) == before
     out = capsys.readouterr().out
     assert "+++ rendered/deployment.yaml" in out and "[dry] would write" in out
+
+
+# --- an unchanged rendering is not validated again -----------------------------------------
+
+
+def test_rendering_the_same_release_again_is_up_to_date_until_something_changes(
+        task_context, build_dir, monkeypatch, capsys):
+    validations = []
+    real_check = manifest_checks.check_rendered
+    monkeypatch.setattr(manifest_checks, "check_rendered",
+                        lambda *args, **kwargs: validations.append(1) or real_check(
+                            *args, **kwargs))
+    tasks.render(task_context, env="dev")
+    tasks.render(task_context, env="dev")
+    assert len(validations) == 1
+    assert "up to date: " in capsys.readouterr().out.splitlines()[-1]
+    reviewed = build_dir / "k8s" / "dev"
+    assert sorted(p.name for p in reviewed.iterdir() if p.name.startswith(".")) == [
+        manifests.VALIDATED_STAMP]
+
+    # A hand edit since: render again, for real.
+    (reviewed / "service.yaml").write_text("# edited\n")
+    tasks.render(task_context, env="dev")
+    assert len(validations) == 2 and "# edited" not in (reviewed / "service.yaml").read_text()
+
+    # Other checks (checkov now required) or another setting: validate again.
+    monkeypatch.setattr(manifest_checks, "find_checkov", lambda: "/bin/true")
+    monkeypatch.setattr(manifest_checks, "run_checkov", lambda folder, executable=None:
+                        manifest_checks.CheckovReport(passed=1, skipped=0, failed=[]))
+    tasks.render(task_context, env="dev")
+    assert len(validations) == 3
+    tasks.render(task_context, env="dev")
+    assert len(validations) == 3
+    task_context.config.modelship["environments"]["dev"]["deployment"]["max_batch"] = 7
+    tasks.render(task_context, env="dev")
+    assert len(validations) == 4

@@ -1,0 +1,149 @@
+"""`invoke test` skips what already passed for the same inputs, and nothing else."""
+
+from __future__ import annotations
+
+import re
+import subprocess
+
+import pytest
+from invoke import MockContext, Result
+
+from modelship import release_record, stages, test_cache
+from modelship.errors import PipelineError
+
+PYTEST = "-m pytest -q -p no:cacheprovider tests/unit"
+PYTEST_COMMAND = re.compile(r".* -m pytest .*")
+
+
+@pytest.fixture
+def checkout(tmp_path, monkeypatch):
+    """A tiny git checkout standing in for the project, and a private cache record."""
+    root = tmp_path / "checkout"
+    for name, text in {"app/routes.py": "ANSWER = 42\n", "tests/unit/test_x.py": "x = 1\n",
+                       "requirements/image.lock": "flask==3.0\n", "docs/notes.md": "hi\n",
+                       "README.md": "readme\n", "tests/integration/test_y.py": "y = 1\n",
+                       ".gitignore": "/build/\n", "build/record.json": "{}\n"}.items():
+        path = root / name
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(text)
+    subprocess.run(["git", "init", "-q", str(root)], check=True)
+    monkeypatch.setattr(test_cache, "PROJECT_ROOT", root)
+    monkeypatch.setattr(test_cache, "UNIT_RECORD", tmp_path / "cache" / "unit-tests.json")
+    return root
+
+
+def test_the_inputs_are_the_checkouts_files_but_docs_integration_tests_and_ignored_ones(
+        checkout):
+    assert test_cache.input_files() == [".gitignore", "app/routes.py",
+                                        "requirements/image.lock", "tests/unit/test_x.py"]
+
+
+def test_one_changed_byte_of_a_tested_file_changes_the_digest_and_docs_do_not(checkout):
+    before = test_cache.inputs_digest()
+    (checkout / "docs" / "notes.md").write_text("changed\n")
+    (checkout / "tests" / "integration" / "test_y.py").write_text("y = 2\n")
+    assert test_cache.inputs_digest() == before
+    (checkout / "app" / "routes.py").write_text("ANSWER = 43\n")
+    assert test_cache.inputs_digest() != before
+    (checkout / "app" / "routes.py").write_text("ANSWER = 42\n")
+    assert test_cache.inputs_digest() == before
+    (checkout / "app" / "new_module.py").write_text("")  # untracked but not ignored: an input
+    assert test_cache.inputs_digest() != before
+
+
+def test_the_installed_libraries_are_inputs(checkout, monkeypatch):
+    before = test_cache.inputs_digest()
+    monkeypatch.setattr(test_cache, "environment_fingerprint", lambda: "python 3.11\nflask==9")
+    assert test_cache.inputs_digest() != before
+
+
+def pytest_runs(c) -> int:
+    return sum(PYTEST in call.args[0] for call in c.run.call_args_list)
+
+
+def test_unit_tests_run_once_then_are_skipped_until_an_input_changes(checkout):
+    c = MockContext(run={PYTEST_COMMAND: Result(stdout="3 passed in 0.1s\n")},
+                    repeat=True)
+    lines = []
+    assert stages.run_unit_tests(c, force=False, dry=False, echo=lines.append) is True
+    assert stages.run_unit_tests(c, force=False, dry=False, echo=lines.append) is False
+    assert pytest_runs(c) == 1
+    assert lines[0] == "unit tests: 3 passed in 0.1s"
+    assert lines[1].startswith("unit tests: up to date (passed at ")
+    assert "`invoke test --force`" in lines[1]
+
+    (checkout / "tests" / "unit" / "test_x.py").write_text("x = 2\n")  # one byte
+    assert stages.run_unit_tests(c, force=False, dry=False, echo=lines.append) is True
+    assert pytest_runs(c) == 2
+    assert stages.run_unit_tests(c, force=True, dry=False, echo=lines.append) is True
+    assert pytest_runs(c) == 3
+
+
+def test_a_fresh_agent_has_no_record_and_runs_them(checkout):
+    assert test_cache.passed_run(test_cache.inputs_digest()) is None
+    c = MockContext(run={PYTEST_COMMAND: Result(stdout="3 passed\n")}, repeat=True)
+    assert stages.run_unit_tests(c, force=False, dry=False, echo=lambda line: None) is True
+
+
+def test_a_failure_forgets_the_pass_and_stops(checkout):
+    c = MockContext(run={PYTEST_COMMAND: [Result(stdout="3 passed\n"),
+                                                Result(stdout="1 failed\n", exited=1),
+                                                Result(stdout="3 passed\n")]})
+    stages.run_unit_tests(c, force=False, dry=False, echo=lambda line: None)
+    (checkout / "app" / "routes.py").write_text("ANSWER = 0\n")
+    with pytest.raises(PipelineError, match="unit tests failed"):
+        stages.run_unit_tests(c, force=False, dry=False, echo=lambda line: None)
+    assert not test_cache.UNIT_RECORD.exists()
+    # Put back as it was when they passed: the earlier pass was forgotten, so they run.
+    (checkout / "app" / "routes.py").write_text("ANSWER = 42\n")
+    assert stages.run_unit_tests(c, force=False, dry=False, echo=lambda line: None) is True
+
+
+def test_an_unreadable_record_means_run_them(checkout):
+    test_cache.UNIT_RECORD.parent.mkdir(parents=True)
+    test_cache.UNIT_RECORD.write_text("{not json")
+    assert test_cache.passed_run(test_cache.inputs_digest()) is None
+
+
+# --- the container contract test ------------------------------------------------------
+
+
+def record_with(image_id, name, contract):
+    from modelship.release_record import ReleaseRecord
+
+    data = {
+        "image": {"id": image_id, "name": name, "repository": "digits-api", "tag": "t",
+                  "inputs": "i" * 64},
+        "model": {"name": "digits", "version": "1", "sha256": "a" * 64,
+                  "golden": [{"instance": [0.0], "label": 1}]},
+        "source": {"revision": "r", "dirty": False},
+    }
+    if contract:
+        data["contract_test"] = {"image": contract}
+    return ReleaseRecord.model_validate(data)
+
+
+@pytest.fixture
+def record_dir(tmp_path, monkeypatch):
+    monkeypatch.setattr("modelship.settings.BUILD_DIR", tmp_path / "build")
+    return tmp_path / "build"
+
+
+def test_the_contract_test_is_skipped_only_for_the_image_it_passed_for(record_dir, monkeypatch):
+    ran = []
+    monkeypatch.setattr("modelship.container_test.run_contract",
+                        lambda client, image, metadata, echo: ran.append(image))
+    monkeypatch.setattr("modelship.image.docker_client", lambda: object())
+    settings = None
+    release_record.save(record_with("sha256:" + "1" * 64, "digits-api:t", "sha256:" + "1" * 64))
+    outcome = stages.test(MockContext(), settings, unit=False, dry=False, echo=print)
+    assert ran == [] and outcome.status == "up to date"
+    assert "already passed" in outcome.line
+
+    release_record.save(record_with("sha256:" + "2" * 64, "digits-api:t", "sha256:" + "1" * 64))
+    outcome = stages.test(MockContext(), settings, unit=False, dry=False, echo=print)
+    assert ran == ["sha256:" + "2" * 64] and outcome.status == "ran"
+    assert release_record.load().contract_test.image == "sha256:" + "2" * 64
+
+    outcome = stages.test(MockContext(), settings, unit=False, force=True, dry=False, echo=print)
+    assert len(ran) == 2
