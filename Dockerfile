@@ -1,6 +1,9 @@
 # The serving image: app code + one ONNX model, served by Granian (app/serve.py) as a non-root user.
 # Built with networking disabled: dependencies come from build/wheelhouse (prepared on the
 # host for the image's platform), the model from build/model (fetched and verified).
+# Order matters for the inner loop: everything that changes rarely comes first, then the
+# model, then the code, then the few per-build values (revision, labels) in two steps, so
+# a code change rebuilds one COPY and two metadata steps.
 ARG BASE_IMAGE=python:3.11-slim
 
 FROM ${BASE_IMAGE} AS dependencies
@@ -17,22 +20,38 @@ FROM ${BASE_IMAGE}
 RUN groupadd --system --gid 10001 app \
  && useradd --system --uid 10001 --gid app --no-create-home --home-dir /nonexistent app
 COPY --from=dependencies /opt/venv /opt/venv
+ENV PATH=/opt/venv/bin:$PATH \
+    PYTHONDONTWRITEBYTECODE=1 \
+    PYTHONUNBUFFERED=1 \
+    MODEL_DIR=/opt/model \
+    PORT=8080
+WORKDIR /opt/service
+EXPOSE 8080
+HEALTHCHECK --interval=10s --timeout=3s --start-period=10s --retries=3 \
+  CMD ["python3", "-c", "import os,urllib.request; urllib.request.urlopen('http://127.0.0.1:%s/healthz' % os.environ.get('PORT', '8080'), timeout=2)"]
+CMD ["python3", "-m", "app.serve"]
+USER 10001:10001
 # Model before code: a code-only change reuses the model layer.
 COPY build/model/model.onnx build/model/metadata.json /opt/model/
 COPY app/ /opt/service/app/
 
 ARG GIT_REVISION=unknown
 ARG APP_VERSION=0.0.0
-ENV PATH=/opt/venv/bin:$PATH \
-    PYTHONDONTWRITEBYTECODE=1 \
-    PYTHONUNBUFFERED=1 \
-    MODEL_DIR=/opt/model \
-    GIT_REVISION=${GIT_REVISION} \
-    APP_VERSION=${APP_VERSION} \
-    PORT=8080
-WORKDIR /opt/service
-USER 10001:10001
-EXPOSE 8080
-HEALTHCHECK --interval=10s --timeout=3s --start-period=10s --retries=3 \
-  CMD ["python3", "-c", "import os,urllib.request; urllib.request.urlopen('http://127.0.0.1:%s/healthz' % os.environ.get('PORT', '8080'), timeout=2)"]
-CMD ["python3", "-m", "app.serve"]
+ARG IMAGE_TITLE=""
+ARG IMAGE_SOURCE=""
+ARG IMAGE_CREATED=""
+ARG MODEL_NAME=""
+ARG MODEL_VERSION=""
+ARG MODEL_SHA256=""
+ARG IMAGE_INPUTS=""
+ENV GIT_REVISION=${GIT_REVISION} \
+    APP_VERSION=${APP_VERSION}
+LABEL org.opencontainers.image.title="${IMAGE_TITLE}" \
+      org.opencontainers.image.revision="${GIT_REVISION}" \
+      org.opencontainers.image.source="${IMAGE_SOURCE}" \
+      org.opencontainers.image.created="${IMAGE_CREATED}" \
+      org.opencontainers.image.version="${APP_VERSION}" \
+      ai.modelship.model.name="${MODEL_NAME}" \
+      ai.modelship.model.version="${MODEL_VERSION}" \
+      ai.modelship.model.sha256="${MODEL_SHA256}" \
+      ai.modelship.inputs="${IMAGE_INPUTS}"

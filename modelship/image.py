@@ -102,6 +102,18 @@ def inputs_digest(settings: Settings, model: dict, base_image_id: str,
     return digest.hexdigest()
 
 
+# Each label the build sets, and the Dockerfile build argument that carries its value.
+LABEL_BUILD_ARGS = {
+    "org.opencontainers.image.title": "IMAGE_TITLE",
+    "org.opencontainers.image.source": "IMAGE_SOURCE",
+    "org.opencontainers.image.created": "IMAGE_CREATED",
+    "ai.modelship.model.name": "MODEL_NAME",
+    "ai.modelship.model.version": "MODEL_VERSION",
+    "ai.modelship.model.sha256": "MODEL_SHA256",
+    INPUTS_LABEL: "IMAGE_INPUTS",
+}
+
+
 def image_labels(settings: Settings, source: SourceState, model: dict, inputs: str) -> dict:
     return {
         "org.opencontainers.image.title": settings.app_name,
@@ -137,6 +149,15 @@ def registry_digest(client, reference: str, auth: dict | None) -> str | None:
     except docker.errors.APIError:
         return None
     return answer.get("Descriptor", {}).get("digest")
+
+
+def built_here_before(client, repository: str) -> bool:
+    """Whether this engine holds an image an earlier build of `repository` made: then its
+    own layer cache is warm. The classic builder given --cache-from uses only those images
+    as cache, and the dependency stage is in none of them: it would install every wheel
+    again, so --cache-from is for agents that start cold."""
+    return any(any(tag.split("@")[0].rsplit(":", 1)[0] == repository for tag in image.tags)
+               for image in client.images.list(filters={"label": INPUTS_LABEL}))
 
 
 def pull_cache_image(client, repository: str, auth: dict | None) -> str | None:
@@ -188,8 +209,8 @@ def _link_or_copy(source, target):
 BUILD_STEP = re.compile(r"Step (\d+)/(\d+) :")
 
 
-def _run_build(client, context: Path, tag: str, buildargs: dict, labels: dict,
-               cache_from: list[str], echo, no_cache: bool = False) -> str:
+def _run_build(client, context: Path, tag: str, buildargs: dict, cache_from: list[str], echo,
+               no_cache: bool = False) -> str:
     import docker
 
     from .console import current
@@ -200,7 +221,7 @@ def _run_build(client, context: Path, tag: str, buildargs: dict, labels: dict,
     try:
         stream = client.api.build(
             path=str(context), dockerfile="Dockerfile", tag=tag, buildargs=buildargs,
-            labels=labels, network_mode="none", rm=True, forcerm=True, pull=False, decode=True,
+            network_mode="none", rm=True, forcerm=True, pull=False, decode=True,
             cache_from=cache_from or None, nocache=no_cache,
         )
         with output.progress("building image", None, unit="steps") as steps:
@@ -283,10 +304,20 @@ def build_image(client, settings: Settings, plan: BuildPlan, cache_from: list[st
         "BASE_IMAGE": settings.image.base,
         "GIT_REVISION": plan.source.revision,
         "APP_VERSION": __version__,
+        # One LABEL instruction at the end of the Dockerfile takes them all: labels given
+        # through the API would cost the classic builder one step (a container) each.
+        **{argument: plan.labels[label] for label, argument in LABEL_BUILD_ARGS.items()},
     }
     context = build_context()
-    image_id = _run_build(client, context, local_name, buildargs, plan.labels, cache_from, echo,
-                          no_cache)
+    image_id = _run_build(client, context, local_name, buildargs, cache_from, echo, no_cache)
     image = client.images.get(image_id)
+    missing = {label for label, value in plan.labels.items()
+               if (image.labels or {}).get(label) != value}
+    if missing:
+        raise PipelineError(
+            f"The built image lacks the labels {', '.join(sorted(missing))}.",
+            "The Dockerfile's last LABEL instruction must set them from the build arguments "
+            f"{', '.join(LABEL_BUILD_ARGS.values())}.",
+        )
     return _record(plan, settings, id=image_id, name=local_name, labels=image.labels or {},
                    size_bytes=image.attrs.get("Size", 0), up_to_date=False)

@@ -80,24 +80,26 @@ def sha256_of(path: Path) -> str:
 
 
 @_secrets_masked
-def open_store(uri: str, account_url: str = "", endpoint_url: str = "") -> ModelStore:
-    """A store for `az://container/prefix`, `s3://bucket/prefix` or `file:///dir`."""
+def open_store(uri: str, account_url: str = "", endpoint_url: str = "",
+               env: str = "") -> ModelStore:
+    """A store for `az://container/prefix`, `s3://bucket/prefix` or `file:///dir`; `env`
+    names the environment in its advice."""
     parsed = urlparse(uri)
     if parsed.scheme == "az":
         if not account_url and not os.environ.get("AZURE_STORAGE_CONNECTION_STRING"):
             raise PipelineError(
                 f"No storage account is configured for {uri}.",
-                "Set model_store.account_url for this environment in invoke.yaml.",
+                f"Set model_store.account_url for '{env}' in invoke.yaml.",
             )
         if account_url:
             refuse_plain_http(account_url, "model_store.account_url")
         from .stores.azure_blob import AzureBlobStore
 
-        return AzureBlobStore(parsed.netloc, parsed.path, account_url)
+        return AzureBlobStore(parsed.netloc, parsed.path, account_url, env)
     if parsed.scheme == "s3":
         from .stores.s3 import S3Store
 
-        return S3Store(parsed.netloc, parsed.path, endpoint_url)
+        return S3Store(parsed.netloc, parsed.path, endpoint_url, env)
     if parsed.scheme == "file":
         return FileStore(Path(parsed.netloc + parsed.path))
     raise PipelineError(

@@ -77,12 +77,16 @@ def login(client, settings: Settings) -> dict | None:
             raise PipelineError(
                 f"The registry {settings.registry.host} refused the login for user "
                 f"'{auth['username']}'.",
-                f"Check {settings.registry.password_env} (for --env=local, unset it to use the "
-                "generated local login).",
+                f"Check {settings.registry.username_env} and {settings.registry.password_env} "
+                f"for '{settings.env}'"
+                + (" (or unset both to use the login `invoke local.up` generated)."
+                   if settings.registry.host.startswith(LOOPBACK_PREFIXES) else "."),
             ) from None
         raise PipelineError(
             f"Cannot log in to the registry {settings.registry.host}: {text[:200]}",
-            "Check that the registry runs (for --env=local: `invoke local.up`).",
+            f"Check that the registry {settings.registry.host} runs and is reachable"
+            + (f" (`invoke local.up --env={settings.env}`)." if settings.registry.host.startswith(
+                LOOPBACK_PREFIXES) else f" (registry.host of '{settings.env}')."),
         ) from None
     return auth
 

@@ -47,7 +47,8 @@ def open_model_store(settings: Settings):
     from . import model_store
 
     section = settings.model_store
-    return model_store.open_store(section.uri, section.account_url, section.endpoint_url)
+    return model_store.open_store(section.uri, section.account_url, section.endpoint_url,
+                                  settings.env)
 
 
 # --- fetch-model -----------------------------------------------------------------------------
@@ -139,8 +140,9 @@ def build(settings: Settings, *, force: bool = False, no_cache: bool = False, dr
                 release_record.save(_keep_contract_test(record, settings.env))
                 return up_to_date(f"up to date: {record.image.name} has the same inputs; "
                                   "nothing built")
-            cache = image.pull_cache_image(client, settings.image_repository, auth)
-            cache_from = [cache] if cache else []
+            if not image.built_here_before(client, settings.image.repository):
+                cache = image.pull_cache_image(client, settings.image_repository, auth)
+                cache_from = [cache] if cache else []
     record = image.build_image(client, settings, plan, cache_from, echo, no_cache)
     release_record.save(record)
     return ran(f"built {record.image.name} ({human_size(record.image.size_bytes)})")

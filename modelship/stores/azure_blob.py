@@ -46,7 +46,7 @@ DOWNLOAD_SAS_LIFETIME = timedelta(hours=4)
 STORAGE_TOKEN_SCOPE = "https://storage.azure.com/.default"
 
 
-def _service_client(account_url: str):
+def _service_client(account_url: str, env: str = ""):
     from azure.storage.blob import BlobServiceClient, ExponentialRetry
 
     # The SDK's default backoff starts at 15 s: an unreachable store would hang for a
@@ -67,9 +67,10 @@ def _service_client(account_url: str):
             # A loopback endpoint is the Azurite emulator: use its documented dev account.
             credential = {"account_name": AZURITE_ACCOUNT, "account_key": AZURITE_KEY}
             return BlobServiceClient(account_url, credential=credential, **options)
-        from azure.identity import DefaultAzureCredential
+        from .azure_credentials import token_credential
 
-        return BlobServiceClient(account_url, credential=DefaultAzureCredential(), **options)
+        return BlobServiceClient(account_url, credential=token_credential(account_url, env),
+                                 **options)
     except ValueError as error:
         raise PipelineError(
             f"The Azure storage settings are not usable: {mask(str(error))}",
@@ -79,11 +80,12 @@ def _service_client(account_url: str):
 
 
 class AzureBlobStore(ModelStore):
-    def __init__(self, container: str, prefix: str, account_url: str):
+    def __init__(self, container: str, prefix: str, account_url: str, env: str = ""):
         self.container = container
         self.prefix = prefix.strip("/")
         self.uri = f"az://{container}/{self.prefix}".rstrip("/")
-        service = _service_client(account_url)
+        self.env = env
+        service = _service_client(account_url, env)
         self.endpoint = without_query(service.url)
         # A connection string names its own endpoint: hold it to the same rule.
         refuse_plain_http(self.endpoint, "AZURE_STORAGE_CONNECTION_STRING")
@@ -108,17 +110,24 @@ class AzureBlobStore(ModelStore):
             ServiceRequestError,
             ServiceResponseError,
         )
+        from azure.identity import CredentialUnavailableError
 
         where = f"{self.uri}/{key}" if key else self.uri
         try:
             yield
         except ResourceNotFoundError as error:
             raise self._status_error(404, str(error.error_code), where) from None
+        except CredentialUnavailableError as error:
+            # No source could even produce a token: nothing was offered, nothing refused.
+            from .azure_credentials import unavailable
+
+            raise unavailable(self.endpoint, self.env, error) from None
         except ClientAuthenticationError:
             raise PipelineError(
-                f"The model store at {self.endpoint} refused the credentials.",
-                "Check AZURE_STORAGE_CONNECTION_STRING / AZURE_STORAGE_SAS_TOKEN (not expired, "
-                "right account) or `az login`.",
+                f"The model store at {self.endpoint} refused the credentials "
+                f"({self._credential_in_use()}).",
+                "Check that it is current and for this storage account "
+                f"(model_store.account_url of '{self.env}'), and that it may read the models.",
             ) from None
         except ServiceRequestError:
             # The request never got through: nothing listens there, or the name is wrong.
@@ -162,19 +171,32 @@ class AzureBlobStore(ModelStore):
             "Try again; if it persists, check the storage account.",
         )
 
+    def _credential_in_use(self) -> str:
+        if os.environ.get("AZURE_STORAGE_CONNECTION_STRING"):
+            return "AZURE_STORAGE_CONNECTION_STRING"
+        if os.environ.get("AZURE_STORAGE_SAS_TOKEN"):
+            return "AZURE_STORAGE_SAS_TOKEN"
+        if is_loopback(self.endpoint):
+            return "the Azurite emulator's account key"
+        from .azure_credentials import configured_sources
+
+        return "signed in with: " + ", ".join(configured_sources())
+
+    def _check_where(self) -> str:
+        if is_loopback(self.endpoint):
+            return (f"Start Azurite with `invoke local.up --env={self.env}`, or check "
+                    f"model_store.account_url of '{self.env}'.")
+        return f"Check the network and model_store.account_url of '{self.env}' in invoke.yaml."
+
     def _unreachable(self) -> PipelineError:
-        return PipelineError(
-            f"Cannot reach the model store at {self.endpoint}.",
-            "Check the network and model_store.account_url; for --env=local run "
-            "`invoke local.up` to start Azurite.",
-        )
+        return PipelineError(f"Cannot reach the model store at {self.endpoint}.",
+                             self._check_where())
 
     def _connection_lost(self, where: str) -> PipelineError:
         return PipelineError(
             f"Lost the connection to the model store at {self.endpoint} while reading "
             f"{where}, after retries.",
-            "Check the network and model_store.account_url; for --env=local run "
-            "`invoke local.up` to start Azurite.",
+            self._check_where(),
         )
 
     def read_bytes(self, key):

@@ -36,11 +36,17 @@ def _transfer_config(single_stream: bool = False):
     )
 
 
+# The instance-metadata probe (an EC2 or ECS role) gets one short try: off AWS it would
+# otherwise retry for seconds before anyone hears that no credential is configured.
+METADATA_TIMEOUT_SECONDS = 1
+
+
 class S3Store(ModelStore):
-    def __init__(self, bucket: str, prefix: str, endpoint_url: str = ""):
+    def __init__(self, bucket: str, prefix: str, endpoint_url: str = "", env: str = ""):
         import boto3
         from botocore.config import Config
 
+        self.env = env
         self.bucket = bucket
         self.prefix = prefix.strip("/")
         self.uri = f"s3://{bucket}/{self.prefix}".rstrip("/")
@@ -53,9 +59,19 @@ class S3Store(ModelStore):
             # S3-compatible servers rarely do virtual-host buckets.
             s3={"addressing_style": "path"} if endpoint_url else {},
         )
-        self._client = boto3.session.Session().client(
-            "s3", endpoint_url=endpoint_url or None, config=config
-        )
+        session = boto3.session.Session()
+        session._session.set_config_variable("metadata_service_timeout",
+                                             METADATA_TIMEOUT_SECONDS)
+        session._session.set_config_variable("metadata_service_num_attempts", 1)
+        if session.get_credentials() is None:
+            raise PipelineError(
+                f"No AWS credentials are configured for the model store {self.uri} "
+                f"(--env={env}).",
+                "Give AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY, or AWS_PROFILE (with "
+                "`aws configure` or `aws sso login`), or run where an instance or pod role "
+                "applies.",
+            )
+        self._client = session.client("s3", endpoint_url=endpoint_url or None, config=config)
         self.endpoint = without_query(self._client.meta.endpoint_url)
         # AWS_ENDPOINT_URL(_S3) can set the endpoint too: hold it to the same rule.
         refuse_plain_http(self.endpoint, "model_store.endpoint_url / AWS_ENDPOINT_URL_S3")
@@ -95,8 +111,8 @@ class S3Store(ModelStore):
             if code in _REFUSED:
                 raise PipelineError(
                     f"The S3 endpoint {self.endpoint} refused access to {where} ({code}).",
-                    "Check the AWS credentials (AWS_PROFILE / AWS_ACCESS_KEY_ID, not expired) "
-                    "and their permissions on the bucket.",
+                    f"Check the AWS credentials for '{self.env}' (AWS_PROFILE / "
+                    "AWS_ACCESS_KEY_ID, not expired) and their permissions on the bucket.",
                 ) from None
             raise PipelineError(
                 f"The S3 endpoint {self.endpoint} answered {code or 'an error'} for {where}.",
@@ -104,7 +120,7 @@ class S3Store(ModelStore):
             ) from None
         except NoCredentialsError:
             raise PipelineError(
-                f"No AWS credentials were found for {self.uri}.",
+                f"No AWS credentials were found for {self.uri} (--env={self.env}).",
                 "Set AWS_PROFILE or AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY, or run where "
                 "an instance role applies.",
             ) from None
@@ -113,7 +129,8 @@ class S3Store(ModelStore):
             raise PipelineError(
                 f"Lost the connection to the S3 endpoint {self.endpoint} while transferring "
                 f"{where}, after retries.",
-                "Check the network and model_store.endpoint_url, then try again.",
+                f"Check the network and model_store.endpoint_url of '{self.env}', then try "
+                "again.",
             ) from None
         except BotoCoreError as error:
             raise PipelineError(

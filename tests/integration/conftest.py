@@ -6,6 +6,7 @@ used as they are; the ones this session starts are stopped at its end.
 
 from __future__ import annotations
 
+
 import os
 import subprocess
 import sys
@@ -19,6 +20,9 @@ from modelship import local_services
 from modelship.settings import PROJECT_ROOT, load_settings
 
 SERVICES = ("dockerd", "registry", "azurite")
+# No test may reach an instance-metadata address: boto3 probes one when it finds no
+# credentials, so that source is off for every test.
+os.environ["AWS_EC2_METADATA_DISABLED"] = "true"
 
 
 def project_config() -> Config:

@@ -1,9 +1,14 @@
 import json
+import os
 
 import pytest
 
 from app import DEFAULTS, create_app
 from modelship.sample_model import describe_model, train_digits_model
+
+# No test may reach an instance-metadata address: boto3 probes one when it finds no
+# credentials, so that source is off for every test.
+os.environ["AWS_EC2_METADATA_DISABLED"] = "true"
 
 
 @pytest.fixture(scope="session")
