@@ -4,11 +4,11 @@ At a terminal (standard output is a TTY, TERM is not `dumb`, and neither CI nor 
 Pipelines' TF_BUILD is set) transfers and builds draw rich progress bars, and `deploy` ends
 with a table of its stages. Anywhere else every line is plain text without ANSI codes, one
 line per stage and the same table in plain columns; with `verbose`, a progress line at each
-quarter of a transfer or build as well. Sizes are human either way (`4.4 kB`, `256.0 MB`). `verbose` lets the
-details through (the Docker build's own output, kubectl's) and the libraries' log
-records; without it the Azure SDK, urllib3, docker and botocore say only what is a
-warning or worse. This module decides how things look; it must never decide what a stage
-does.
+quarter of a transfer or build as well. Sizes are human either way (`4.4 kB`, `256.0 MB`).
+`verbose` lets the details through (the Docker build's own output, kubectl's) and the
+libraries' log records; without it the Azure SDK, urllib3, docker and botocore say only what
+is a warning or worse. This module decides how things look; it must never decide what a
+stage does.
 """
 
 from __future__ import annotations

@@ -96,6 +96,14 @@ def apply_commands(settings: Settings) -> dict[str, str]:
     }
 
 
+def _chatter():
+    """kubectl's own progress lines ("deployment configured", "rolled out") go to the
+    terminal only with --verbose; its errors (stderr) always do."""
+    from .console import current
+
+    return None if current().verbose else "stdout"
+
+
 def _ok(result) -> bool:
     # MockContext and dry runs may hand back None for commands nobody scripted.
     return result is None or result.ok
@@ -154,10 +162,10 @@ def diff(c, settings: Settings) -> bool:
 
 def roll_back(c, commands: dict[str, str], echo: Echo) -> bool:
     echo("rolling back to the previous revision")
-    undone = c.run(commands["undo"], warn=True)
+    undone = c.run(commands["undo"], warn=True, hide=_chatter())
     if not _ok(undone):
         return False
-    return _ok(c.run(commands["undo_wait"], warn=True))
+    return _ok(c.run(commands["undo_wait"], warn=True, hide=_chatter()))
 
 
 def _object_names(listing: str) -> set[str]:
@@ -196,7 +204,7 @@ class Undo:
             return "there was no earlier release to go back to, and it created nothing."
         echo("first deploy failed: deleting what it created")
         deleted = c.run(kubectl(settings, "delete", *self.created, "--ignore-not-found",
-                                "--wait=false"), warn=True)
+                                "--wait=false"), warn=True, hide=_chatter())
         if _ok(deleted):
             return ("this was the first deploy, so there was nothing to roll back to: what it "
                     f"created was deleted again ({', '.join(self.created)}).")
@@ -236,13 +244,13 @@ def apply(c, settings: Settings, smoke: Callable[[], None] | None = None,
     if _dry(c):
         echo(f"[dry] would prune objects labelled {owned_selector(settings)} of the kinds "
              f"{', '.join(PRUNE_ALLOWLIST)} that {settings.render_dir} no longer holds")
-    if not _ok(c.run(commands["apply"], warn=True)):
+    if not _ok(c.run(commands["apply"], warn=True, hide=_chatter())):
         raise PipelineError(
             f"kubectl apply to context '{settings.kubernetes.context}' failed.",
             f"Read kubectl's message above; check `invoke aks.credentials --env={settings.env}`"
             " and the manifests.",
         )
-    rollout = c.run(commands["rollout"], warn=True)
+    rollout = c.run(commands["rollout"], warn=True, hide=_chatter())
     if not _ok(rollout):
         # Read the events before the undo replaces the failing pods.
         events = c.run(commands["events"], warn=True, hide=True)
@@ -308,7 +316,8 @@ def collect_old_configs(c, settings: Settings, commands: dict[str, str], echo: E
                     if name.split("/", 1)[1] not in in_use)
     if not unused:
         return
-    if _ok(c.run(kubectl(settings, "delete", *unused, "--ignore-not-found"), warn=True)):
+    if _ok(c.run(kubectl(settings, "delete", *unused, "--ignore-not-found"), warn=True,
+                 hide=_chatter())):
         echo(f"deleted {len(unused)} ConfigMap(s) no ReplicaSet uses: {', '.join(unused)}")
     else:
         echo("could not delete the unused ConfigMaps; they stay until the next apply")

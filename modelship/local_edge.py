@@ -11,8 +11,9 @@ whole time, so none of them is refused or reset by a release.
 
 Routing is changed live through HAProxy's runtime API (a Unix socket in the edge's own
 folder under the temporary directory, shared by every checkout on the machine) and written
-into its configuration file as well, so a restarted HAProxy routes to the same slot. It must never listen beyond 127.0.0.1, and never route to anything but the two slot
-ports on 127.0.0.1.
+into its configuration file as well, so a restarted HAProxy routes to the same slot. It must
+never listen beyond 127.0.0.1, and never route to anything but the two slot ports on
+127.0.0.1.
 """
 
 from __future__ import annotations
@@ -30,6 +31,8 @@ from .settings import Settings
 Echo = Callable[[str], None]
 BACKEND = "slots"
 SLOT_NAMES = ("blue", "green")
+# Where the slots are when local_services.slot_ports is not set: above the edge's own port.
+SLOT_OFFSETS = (11, 12)
 
 
 @dataclass(frozen=True)
@@ -41,8 +44,10 @@ class Edge:
 
     @classmethod
     def of(cls, settings: Settings) -> Edge:
-        return cls(env=settings.env, port=int(settings.deployment["port"]),
-                   slot_ports=tuple(settings.local_services.slot_ports))
+        port = int(settings.deployment["port"])
+        slots = settings.local_services.slot_ports or (port + SLOT_OFFSETS[0],
+                                                       port + SLOT_OFFSETS[1])
+        return cls(env=settings.env, port=port, slot_ports=tuple(slots))
 
     @property
     def service_name(self) -> str:

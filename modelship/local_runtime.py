@@ -106,6 +106,13 @@ def deploy(client, settings: Settings, reference: str, auth: dict | None,
     echo("  " + local_services.ensure_edge(edge, active_port, echo))
 
     port = edge.free_port(active_port)
+    if local_services.port_taken(port):
+        raise PipelineError(
+            f"Slot port 127.0.0.1:{port} of '{settings.env}' is taken by something else "
+            "(another app's container, or another server).",
+            "Stop it, or give this environment other ports: local_services.slot_ports, or "
+            "another deployment.port (the slots follow it).",
+        )
     labels = {ROLE_LABEL: "deployment", "ai.modelship.env": settings.env,
               SLOT_PORT_LABEL: str(port)}
     if previous_reference:

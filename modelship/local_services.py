@@ -318,7 +318,7 @@ def edge_answers(edge) -> bool:
         return False
 
 
-def _port_taken(port: int) -> bool:
+def port_taken(port: int) -> bool:
     import socket
 
     with socket.socket() as probe:
@@ -334,7 +334,7 @@ def ensure_edge(edge, active_port: int | None, echo: Echo) -> str:
         return f"edge: already answering on 127.0.0.1:{edge.port}"
     # A PID file without a working edge behind it.
     stop_started(edge.service_name, run_dir=edge.run_dir)
-    if _port_taken(edge.port):
+    if port_taken(edge.port):
         raise PipelineError(
             f"Something else listens on 127.0.0.1:{edge.port}, where the local edge (HAProxy) "
             f"of '{edge.env}' must listen.",

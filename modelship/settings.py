@@ -103,8 +103,9 @@ class KubernetesSettings:
 class LocalServiceSettings:
     azurite_port: int = 10000
     registry_port: int = 15000
-    # The two ports the deployment's containers take turns on behind the local edge.
-    slot_ports: tuple[int, int] = (18091, 18092)
+    # The two ports the deployment's containers take turns on behind the local edge; by
+    # default the two 11 and 12 above deployment.port, so apps on other ports never share.
+    slot_ports: tuple[int, int] | None = None
 
 
 @dataclass(frozen=True)

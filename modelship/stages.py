@@ -10,7 +10,6 @@ push, container or mutating kubectl/az call; its line says what it would do.
 
 from __future__ import annotations
 
-import sys
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
@@ -212,21 +211,33 @@ def run_unit_tests(c, *, force: bool, dry: bool, echo: Echo) -> bool:
         echo(f"unit tests: up to date (passed at {when} for these inputs, sha256 "
              f"{digest[:12]}…; `invoke test --force` runs them again)")
         return False
-    # Under --dry, Invoke prints this command instead of running it.
+    import os
+
+    run = test_cache.plan_run(force, os.environ)
     started = time.monotonic()
-    result = c.run(f"{sys.executable} -m pytest -q -p no:cacheprovider tests/unit",
-                   warn=True, pty=False, hide=None if current().verbose else "stdout")
+    outputs = []
+    for command in run.commands:
+        # Under --dry, Invoke prints the command instead of running it.
+        result = c.run(command, warn=True, pty=False, env=run.env,
+                       hide=None if current().verbose else "stdout")
+        if dry:
+            continue
+        # 5: pytest selected no test, which is what an unaffected change should give.
+        if not result.ok and result.exited != 5:
+            test_cache.forget()
+            if run.collects_coverage:
+                test_cache.forget_coverage()
+            if not current().verbose:
+                echo("\n".join(result.stdout.strip().splitlines()[-15:]))
+            raise PipelineError("The unit tests failed.", "Fix the failures listed above.")
+        lines = result.stdout.strip().splitlines()
+        outputs.append(lines[-1].strip("= ") if lines else "no tests selected")
     if dry:
         return True
-    if not result.ok:
-        test_cache.forget()
-        tail = "\n".join(result.stdout.strip().splitlines()[-15:])
-        if not current().verbose:
-            echo(tail)
-        raise PipelineError("The unit tests failed.", "Fix the failures listed above.")
+    if run.collects_coverage:
+        test_cache.remember_baseline()
     test_cache.remember_pass(digest, time.monotonic() - started)
-    summary = result.stdout.strip().splitlines()[-1] if result.stdout.strip() else "passed"
-    echo(f"unit tests: {summary.strip('= ')}")
+    echo(f"unit tests ({run.scope}): {'; '.join(outputs)}")
     return True
 
 

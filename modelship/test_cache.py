@@ -1,4 +1,4 @@
-"""Remembering a passing unit-test run, so an unchanged checkout does not run it again.
+"""Running only the unit tests a change can affect, and none when nothing changed.
 
 The key is one sha256 over everything the unit tests can see: the content of every file in
 the checkout that git tracks or would track (ignored files such as build/ and .venv/ are
@@ -7,8 +7,17 @@ integration tests, the scripts CI uses to set a machine up); the Python version;
 installed distribution with its version (a changed lock or an upgraded library re-runs
 them). A run that passed is recorded under that key in `.local/cache/`, which belongs to the
 checkout and is never a pipeline artifact: a fresh agent has no record and runs everything,
-and any changed byte of an input gives another key. This module must never decide that
-tests passed: it only remembers what pytest said.
+and any changed byte of an input gives another key.
+
+When the key changed, pytest-testmon (coverage of each test, kept per checkout in
+`.local/cache/testmondata`) picks the tests whose code changed, but only while every input
+that is not project Python code (templates, settings, golden files, locks, the installed
+libraries) is the same as when that coverage was collected: testmon cannot see a test read
+a data file, so any such change runs everything and collects the coverage afresh. Tests
+marked `subprocess_project_code` run project code in another process, out of coverage's
+sight, and run whenever any input changed. In CI (a fresh agent, nothing to reuse) the whole
+suite runs without coverage. This module must never decide that tests passed: it only
+remembers what pytest said.
 """
 
 from __future__ import annotations
@@ -26,6 +35,11 @@ from .settings import LOCAL_STATE_DIR, PROJECT_ROOT
 
 CACHE_DIR = LOCAL_STATE_DIR / "cache"
 UNIT_RECORD = CACHE_DIR / "unit-tests.json"
+TESTMON_DATA = CACHE_DIR / "testmondata"
+# The data inputs (everything but project Python code) testmon's coverage was collected with.
+TESTMON_BASELINE = CACHE_DIR / "testmon-baseline.json"
+SUBPROCESS_MARKER = "subprocess_project_code"
+PYTHON_CODE_DIRS = ("app/", "modelship/", "tests/unit/")
 # Read by no unit test: changing them must not cost a test run.
 NOT_INPUTS = ("docs/", "benchmarks/", "tests/integration/", "examples/", "scripts/", ".ci/")
 NOT_INPUT_SUFFIXES = (".md",)
@@ -59,14 +73,28 @@ def environment_fingerprint() -> str:
     return "\n".join(lines)
 
 
-def inputs_digest(root: Path | None = None) -> str:
+def is_python_code(name: str) -> bool:
+    """Project Python code whose effect on each test coverage can see (conftest.py aside:
+    it runs for every test, so a change to it is treated like a data change)."""
+    return name.endswith(".py") and (name.startswith(PYTHON_CODE_DIRS) or name == "tasks.py") \
+        and not name.endswith("conftest.py")
+
+
+def inputs_digest(root: Path | None = None, only=None) -> str:
+    """sha256 over the inputs (those `only` accepts, if given) and the environment."""
     root = root or PROJECT_ROOT
     digest = hashlib.sha256()
     for name in input_files(root):
+        if only is not None and not only(name):
+            continue
         digest.update(name.encode() + b"\0")
         digest.update(hashlib.sha256((root / name).read_bytes()).digest())
     digest.update(environment_fingerprint().encode())
     return digest.hexdigest()
+
+
+def data_inputs_digest(root: Path | None = None) -> str:
+    return inputs_digest(root, only=lambda name: not is_python_code(name))
 
 
 @dataclass(frozen=True)
@@ -98,3 +126,67 @@ def remember_pass(digest: str, seconds: float, record: Path | None = None) -> No
 
 def forget(record: Path | None = None) -> None:
     (record or UNIT_RECORD).unlink(missing_ok=True)
+
+
+# --- what to run ---------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class UnitRun:
+    """The pytest commands for one `invoke test`, and the words that say which tests."""
+    commands: tuple[str, ...]
+    scope: str
+    env: dict
+    collects_coverage: bool
+
+
+def _installed(name: str) -> bool:
+    try:
+        metadata.version(name)
+    except metadata.PackageNotFoundError:
+        return False
+    return True
+
+
+def _parallel() -> str:
+    import os
+
+    if _installed("pytest-xdist") and (os.cpu_count() or 1) > 1:
+        return " -n auto"
+    return ""
+
+
+def in_ci(environ) -> bool:
+    return bool(environ.get("TF_BUILD")) or \
+        environ.get("CI", "").lower() not in ("", "0", "false", "no")
+
+
+def plan_run(force: bool, environ, python: str = sys.executable) -> UnitRun:
+    pytest = f"{python} -m pytest -q{_parallel()}"
+    if in_ci(environ) or not _installed("pytest-testmon"):
+        return UnitRun((f"{pytest} -p no:cacheprovider tests/unit",), "all", {}, False)
+    env = {"TESTMON_DATAFILE": str(TESTMON_DATA)}
+    baseline = _read_baseline()
+    if force or baseline is None or baseline != data_inputs_digest() or \
+            not TESTMON_DATA.is_file():
+        return UnitRun((f"{pytest} --testmon-noselect tests/unit",), "all", env, True)
+    return UnitRun((f"{pytest} --testmon tests/unit",
+                    f"{pytest} -p no:cacheprovider -m {SUBPROCESS_MARKER} tests/unit"),
+                   "the ones the changed code can affect", env, False)
+
+
+def _read_baseline() -> str | None:
+    try:
+        return str(json.loads(TESTMON_BASELINE.read_text())["data_inputs"])
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+
+
+def remember_baseline() -> None:
+    """After a full run under testmon: coverage now matches today's data inputs."""
+    TESTMON_BASELINE.parent.mkdir(parents=True, exist_ok=True)
+    TESTMON_BASELINE.write_text(json.dumps({"data_inputs": data_inputs_digest()}) + "\n")
+
+
+def forget_coverage() -> None:
+    TESTMON_BASELINE.unlink(missing_ok=True)

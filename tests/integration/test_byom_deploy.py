@@ -62,10 +62,23 @@ def invoke(runtime_file, *arguments):
 
 
 @pytest.fixture
-def remove_container():
+def remove_container(docker_client, tmp_path):
     yield
-    # Only the container this test's deploys created, by its exact name.
-    subprocess.run(["docker", "rm", "-f", f"{APP_NAME}-local"], capture_output=True, check=False)
+    # Only what this test's deploys created: its container and the edge in front of it.
+    from modelship import local_runtime
+    from modelship.settings import load_settings
+
+    config = project_config_with(tmp_path / "byom.yaml")
+    local_runtime.remove(docker_client, load_settings(config, "local"))
+
+
+def project_config_with(runtime_file):
+    from invoke import Config
+
+    config = Config(project_location=str(PROJECT_ROOT), runtime_path=str(runtime_file))
+    config.load_project()
+    config.load_runtime()
+    return config
 
 
 @pytest.mark.parametrize("kind, train", [("ridge", train_regressor), ("tree", train_classifier)])

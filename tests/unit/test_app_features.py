@@ -164,6 +164,7 @@ def test_odd_methods_do_not_become_new_series(client):
     assert metric_value(lines, series) == 1
 
 
+@pytest.mark.subprocess_project_code
 def test_workers_sharing_a_directory_are_summed_and_survive_their_exit(tmp_path):
     """Each process writes its own file; /metrics of any worker reports the pod's totals."""
     metrics_dir = tmp_path / "metrics"

@@ -12,6 +12,9 @@ from modelship.errors import PipelineError
 from modelship.settings import PROJECT_ROOT
 from modelship.stores import FileStore
 
+# Each test runs `invoke` in a process of its own: coverage-based selection cannot see it.
+pytestmark = pytest.mark.subprocess_project_code
+
 
 def invoke(*args, env=None, cwd=PROJECT_ROOT):
     environ = {k: v for k, v in os.environ.items() if not k.startswith("INVOKE_")}

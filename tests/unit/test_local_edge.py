@@ -45,3 +45,15 @@ def test_haproxy_accepts_the_configuration(tmp_path):
     checked = subprocess.run(["haproxy", "-c", "-f", str(config)], capture_output=True,
                              text=True)
     assert checked.returncode == 0, checked.stderr + checked.stdout
+
+
+def test_the_slots_follow_the_edge_port_unless_set():
+    from types import SimpleNamespace
+
+    def settings(port, slots=None):
+        return SimpleNamespace(env="local", deployment={"port": port},
+                               local_services=SimpleNamespace(slot_ports=slots))
+
+    assert Edge.of(settings(18080)).slot_ports == (18091, 18092)
+    assert Edge.of(settings(18190)).slot_ports == (18201, 18202)
+    assert Edge.of(settings(18080, (20001, 20002))).slot_ports == (20001, 20002)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import re
 import subprocess
+from unittest import mock
 
 import pytest
 from invoke import MockContext, Result
@@ -11,7 +12,6 @@ from invoke import MockContext, Result
 from modelship import release_record, stages, test_cache
 from modelship.errors import PipelineError
 
-PYTEST = "-m pytest -q -p no:cacheprovider tests/unit"
 PYTEST_COMMAND = re.compile(r".* -m pytest .*")
 
 
@@ -57,35 +57,86 @@ def test_the_installed_libraries_are_inputs(checkout, monkeypatch):
     assert test_cache.inputs_digest() != before
 
 
-def pytest_runs(c) -> int:
-    return sum(PYTEST in call.args[0] for call in c.run.call_args_list)
+def pytest_commands(c) -> list[str]:
+    return [call.args[0] for call in c.run.call_args_list if " -m pytest " in call.args[0]]
 
 
-def test_unit_tests_run_once_then_are_skipped_until_an_input_changes(checkout):
-    c = MockContext(run={PYTEST_COMMAND: Result(stdout="3 passed in 0.1s\n")},
-                    repeat=True)
+@pytest.fixture
+def laptop(checkout, tmp_path, monkeypatch):
+    """Not CI, testmon installed; its data file appears once a run collected coverage."""
+    monkeypatch.setattr(test_cache, "TESTMON_DATA", tmp_path / "cache" / "testmondata")
+    monkeypatch.setattr(test_cache, "TESTMON_BASELINE", tmp_path / "cache" / "baseline.json")
+    monkeypatch.setattr(test_cache, "_installed", lambda name: True)
+    for name in ("CI", "TF_BUILD"):
+        monkeypatch.delenv(name, raising=False)
+
+    def run(command, **kwargs):
+        if "--testmon" in command:
+            test_cache.TESTMON_DATA.parent.mkdir(parents=True, exist_ok=True)
+            test_cache.TESTMON_DATA.write_bytes(b"coverage")
+        return Result(stdout="3 passed in 0.1s\n")
+
+    c = MockContext()
+    c.run = mock.Mock(side_effect=run)
+    return c
+
+
+def test_unit_tests_run_once_then_are_skipped_until_an_input_changes(laptop, checkout):
     lines = []
-    assert stages.run_unit_tests(c, force=False, dry=False, echo=lines.append) is True
-    assert stages.run_unit_tests(c, force=False, dry=False, echo=lines.append) is False
-    assert pytest_runs(c) == 1
-    assert lines[0] == "unit tests: 3 passed in 0.1s"
+    assert stages.run_unit_tests(laptop, force=False, dry=False, echo=lines.append) is True
+    # The first run runs everything and collects the coverage later runs select by.
+    assert [" --testmon-noselect " in command for command in pytest_commands(laptop)] == [True]
+    assert lines[0] == "unit tests (all): 3 passed in 0.1s"
+
+    assert stages.run_unit_tests(laptop, force=False, dry=False, echo=lines.append) is False
+    assert len(pytest_commands(laptop)) == 1
     assert lines[1].startswith("unit tests: up to date (passed at ")
     assert "`invoke test --force`" in lines[1]
 
-    (checkout / "tests" / "unit" / "test_x.py").write_text("x = 2\n")  # one byte
-    assert stages.run_unit_tests(c, force=False, dry=False, echo=lines.append) is True
-    assert pytest_runs(c) == 2
-    assert stages.run_unit_tests(c, force=True, dry=False, echo=lines.append) is True
-    assert pytest_runs(c) == 3
+    # One byte of project code: the tests it can affect, and every subprocess test.
+    (checkout / "app" / "routes.py").write_text("ANSWER = 43\n")
+    assert stages.run_unit_tests(laptop, force=False, dry=False, echo=lines.append) is True
+    affected = pytest_commands(laptop)[1:]
+    assert [" --testmon " in affected[0], "-m subprocess_project_code" in affected[1]] == [
+        True, True]
+    assert lines[2].startswith("unit tests (the ones the changed code can affect): ")
+
+    # One byte of a data input (no coverage sees a file being read): everything again.
+    (checkout / "requirements" / "image.lock").write_text("flask==3.1\n")
+    stages.run_unit_tests(laptop, force=False, dry=False, echo=lines.append)
+    assert " --testmon-noselect " in pytest_commands(laptop)[-1]
+
+    # --force: everything, whatever the records say.
+    stages.run_unit_tests(laptop, force=True, dry=False, echo=lines.append)
+    assert " --testmon-noselect " in pytest_commands(laptop)[-1]
+    assert len(pytest_commands(laptop)) == 5
 
 
-def test_a_fresh_agent_has_no_record_and_runs_them(checkout):
+def test_in_ci_the_whole_suite_runs_without_coverage(checkout, monkeypatch):
+    monkeypatch.setenv("TF_BUILD", "True")
+    run = test_cache.plan_run(force=False, environ={"TF_BUILD": "True"})
+    assert len(run.commands) == 1 and "--testmon" not in run.commands[0]
+    assert run.scope == "all" and run.collects_coverage is False
+
+
+def test_nothing_affected_is_a_pass_not_an_error(laptop, checkout):
+    stages.run_unit_tests(laptop, force=False, dry=False, echo=lambda line: None)
+    (checkout / "app" / "routes.py").write_text("ANSWER = 44\n")
+    laptop.run.side_effect = lambda command, **kwargs: Result(
+        stdout="no tests ran in 0.1s\n", exited=5)
+    assert stages.run_unit_tests(laptop, force=False, dry=False, echo=lambda line: None)
+    assert test_cache.passed_run(test_cache.inputs_digest()) is not None
+
+
+def test_a_fresh_agent_has_no_record_and_runs_them(checkout, monkeypatch):
+    monkeypatch.setenv("CI", "true")
     assert test_cache.passed_run(test_cache.inputs_digest()) is None
     c = MockContext(run={PYTEST_COMMAND: Result(stdout="3 passed\n")}, repeat=True)
     assert stages.run_unit_tests(c, force=False, dry=False, echo=lambda line: None) is True
 
 
-def test_a_failure_forgets_the_pass_and_stops(checkout):
+def test_a_failure_forgets_the_pass_and_stops(checkout, monkeypatch):
+    monkeypatch.setenv("CI", "true")
     c = MockContext(run={PYTEST_COMMAND: [Result(stdout="3 passed\n"),
                                                 Result(stdout="1 failed\n", exited=1),
                                                 Result(stdout="3 passed\n")]})
