@@ -9,6 +9,7 @@ Each task is a thin call into the `modelship` package; settings come from invoke
 from __future__ import annotations
 
 import functools
+import inspect
 
 from invoke import Collection, Exit, task
 
@@ -30,9 +31,10 @@ def is_dry(c) -> bool:
     return bool(c.config.run.dry)
 
 
-def pipeline_task(name: str):
-    """Set up the output (`verbose`), and turn expected failures into one line naming the
-    task as typed, exit 1, no traceback."""
+def pipeline_task(typed_name: str, help: dict | None = None, **task_options):
+    """An Invoke task that sets up the output (`verbose`) and turns expected failures into
+    one line naming the task as typed, exit 1, no traceback. `--env` and `--verbose` get
+    their help here; `help` adds the task's own flags."""
     def decorate(function):
         @functools.wraps(function)
         def wrapper(c, *args, **kwargs):
@@ -42,8 +44,11 @@ def pipeline_task(name: str):
             except stages.StageFailed as failure:
                 raise Exit(str(failure), code=1)
             except PipelineError as error:
-                raise Exit(f"{name} failed: {error}", code=1)
-        return wrapper
+                raise Exit(f"{typed_name} failed: {error}", code=1)
+        parameters = inspect.signature(function).parameters
+        shared = {flag: text for flag, text in (("env", ENV_HELP), ("verbose", VERBOSE_HELP))
+                  if flag in parameters}
+        return task(help={**shared, **(help or {})}, **task_options)(wrapper)
     return decorate
 
 
@@ -52,79 +57,62 @@ def _settings(c, env: str | None) -> Settings:
 
 
 # --- pipeline stages ------------------------------------------------------------------------
-@task(help={
-    "env": ENV_HELP,
+@pipeline_task("fetch-model", help={
     "version": "Model version to fetch, or 'latest' (default).",
     "locked": "Fetch exactly the version and sha256 the lock file names (reproducible rebuild).",
     "lock_file": "Lock file for --locked (default: build/model/model.lock.json).",
-    "verbose": VERBOSE_HELP,
 })
-@pipeline_task("fetch-model")
 def fetch_model(c, env=None, version=None, locked=False, lock_file=None, verbose=False):
     """Download the model from the model store into build/model and verify its sha256."""
     echo(stages.fetch_model(_settings(c, env), version=version, locked=locked,
                             lock_file=lock_file, dry=is_dry(c), echo=echo))
 
 
-@task(help={"env": ENV_HELP, "verbose": VERBOSE_HELP})
 @pipeline_task("base-image")
 def base_image(c, env=None, verbose=False):
     """Build the offline base image (debootstrap + docker import) if image.offline_base is set."""
     echo(stages.base_image(_settings(c, env), dry=is_dry(c), echo=echo))
 
 
-@task(help={"env": ENV_HELP})
 @pipeline_task("lock")
 def lock(c, env=None):
     """Resolve requirements/image.in into requirements/image.lock, hash-pinned for the image."""
     echo(stages.lock(_settings(c, env), dry=is_dry(c)))
 
 
-@task(help={
-    "env": ENV_HELP,
+@pipeline_task("build", help={
     "force": "Build even when the registry already holds an image with the same inputs.",
     "no_cache": "Rebuild every layer (implies --force).",
-    "verbose": VERBOSE_HELP,
 })
-@pipeline_task("build")
 def build(c, env=None, force=False, no_cache=False, verbose=False):
     """Build the serving image (app + model) with networking disabled; writes build/record.json."""
     echo(stages.build(_settings(c, env), force=force, no_cache=no_cache, dry=is_dry(c),
                       echo=echo))
 
 
-@task(help={
-    "env": ENV_HELP,
+@pipeline_task("test", help={
     "unit": "Run the unit tests before the container test (default on).",
     "force": "Run the tests even where they already passed for the same inputs.",
-    "verbose": VERBOSE_HELP,
 })
-@pipeline_task("test")
 def test(c, env=None, unit=True, force=False, verbose=False):
     """Run the unit tests, then start the built image and check /readyz, /score and /version."""
     echo(stages.test(c, _settings(c, env), unit=unit, force=force, dry=is_dry(c), echo=echo))
 
 
-@task(help={
-    "env": ENV_HELP,
+@pipeline_task("push", help={
     "force": "Push even when the build record says this image is already in the registry.",
-    "verbose": VERBOSE_HELP,
 })
-@pipeline_task("push")
 def push(c, env=None, force=False, verbose=False):
     """Tag and push the built image to the environment's registry; records the digest."""
     echo(stages.push(_settings(c, env), force=force, dry=is_dry(c), echo=echo))
 
 
-@task(help={
-    "env": ENV_HELP,
+@pipeline_task("render", help={
     "image": "Render around this image (REPOSITORY@sha256:...) for review, without a build.",
     "check": "Render to a temporary folder and fail if it differs from the reviewed one.",
     "against": "With --check: the folder to compare with (default: build/k8s/<env>).",
     "require_checkov": "Fail when checkov is not installed instead of skipping it (CI).",
-    "verbose": VERBOSE_HELP,
 })
-@pipeline_task("render")
 def render(c, env=None, image=None, check=False, against=None, require_checkov=False,
            verbose=False):
     """Render templates/k8s into build/k8s/<env>/ (image by digest), validate, then swap in."""
@@ -132,33 +120,27 @@ def render(c, env=None, image=None, check=False, against=None, require_checkov=F
                        require_checkov=require_checkov, dry=is_dry(c), echo=echo))
 
 
-@task(help={
-    "env": ENV_HELP,
+@pipeline_task("apply", help={
     "yes": "Do not ask for confirmation where the environment asks for it (prod).",
     "smoke": "After the rollout, check /readyz and one golden /score through the Service.",
-    "verbose": VERBOSE_HELP,
 })
-@pipeline_task("apply")
 def apply(c, env=None, yes=False, smoke=True, verbose=False):
     """Roll out the pushed image: kubectl apply + rollout status, or run it on the local engine."""
     echo(stages.apply(c, _settings(c, env), yes=yes, smoke=smoke, dry=is_dry(c), echo=echo))
 
 
-@task(help={"env": ENV_HELP, "verbose": VERBOSE_HELP})
 @pipeline_task("rollback")
 def rollback(c, env=None, verbose=False):
     """Go back to the release that ran before the current one (kubectl rollout undo, or local)."""
     echo(stages.rollback(c, _settings(c, env), dry=is_dry(c), echo=echo))
 
 
-@task(help={"env": ENV_HELP, "verbose": VERBOSE_HELP})
 @pipeline_task("diff")
 def diff(c, env=None, verbose=False):
     """Show what `apply` would change: kubectl diff of build/k8s/<env>/ against the cluster."""
     echo(stages.diff(c, _settings(c, env), dry=is_dry(c)))
 
 
-@task(help={"env": ENV_HELP})
 @pipeline_task("status")
 def status(c, env=None):
     """Show what runs in the environment: image digest, git revision, model, ready replicas."""
@@ -166,8 +148,7 @@ def status(c, env=None):
         echo(line)
 
 
-@task(name="credentials", help={"env": ENV_HELP})
-@pipeline_task("aks.credentials")
+@pipeline_task("aks.credentials", name="credentials")
 def aks_credentials(c, env=None):
     """Fetch the environment's AKS credentials into ~/.kube/config (az aks get-credentials)."""
     from modelship import kube
@@ -175,7 +156,6 @@ def aks_credentials(c, env=None):
     echo(kube.fetch_credentials(c, _settings(c, env), is_dry(c), echo))
 
 
-@task(help={"env": ENV_HELP, "verbose": VERBOSE_HELP})
 @pipeline_task("deploy")
 def deploy(c, env=None, verbose=False):
     """Run fetch-model, build, test, push, render and apply in order; stop at the first failure."""
@@ -183,24 +163,21 @@ def deploy(c, env=None, verbose=False):
 
 
 # --- the local environment ----------------------------------------------------------------
-@task(name="up", help={"env": ENV_HELP, "verbose": VERBOSE_HELP})
-@pipeline_task("local.up")
+@pipeline_task("local.up", name="up")
 def local_up(c, env=None, verbose=False):
     """Start Docker Engine, the authenticated registry and Azurite on 127.0.0.1 if not running."""
     for line in stages.local_up(_settings(c, env), dry=is_dry(c), echo=echo):
         echo(line)
 
 
-@task(name="down", help={"env": ENV_HELP})
-@pipeline_task("local.down")
+@pipeline_task("local.down", name="down")
 def local_down(c, env=None):
     """Stop the local deployment and the services local.up started (nothing else)."""
     for line in stages.local_down(_settings(c, env), dry=is_dry(c)):
         echo(line)
 
 
-@task(name="status", help={"env": ENV_HELP})
-@pipeline_task("local.status")
+@pipeline_task("local.status", name="status")
 def local_status(c, env=None):
     """Show which local services answer and which of them local.up started."""
     for line in stages.local_status(_settings(c, env)):
@@ -208,8 +185,7 @@ def local_status(c, env=None):
 
 
 # --- the data scientists' side ------------------------------------------------------------
-@task(name="publish", help={"env": ENV_HELP, **publishing.FLAG_HELP, "verbose": VERBOSE_HELP})
-@pipeline_task("model.publish")
+@pipeline_task("model.publish", help=publishing.FLAG_HELP, name="publish")
 def model_publish(c, env=None, model=None, samples=None, name=None, version=None, task=None,
                   tolerance=None, model_dir=None, force=False, signing_key=None,
                   verbose=False):
@@ -220,16 +196,15 @@ def model_publish(c, env=None, model=None, samples=None, name=None, version=None
                               dry=is_dry(c)))
 
 
-@task(name="list", help={"env": ENV_HELP})
-@pipeline_task("model.list")
+@pipeline_task("model.list", name="list")
 def model_list(c, env=None):
     """List the published model versions: created, size, sha256, and which one is latest."""
     for line in stages.list_models(_settings(c, env)):
         echo(line)
 
 
-@task(name="promote", help={"env": ENV_HELP, "version": "The published version latest moves to."})
-@pipeline_task("model.promote")
+@pipeline_task("model.promote", help={"version": "The published version latest moves to."},
+               name="promote")
 def model_promote(c, version, env=None):
     """Move latest to a published version (also back to an older one); builds then fetch it."""
     echo(stages.promote_model(_settings(c, env), version=version, dry=is_dry(c)))
@@ -253,8 +228,7 @@ def model_check(c, env=None):
 
 
 # --- the pipeline definition ----------------------------------------------------------------
-@task(name="check")
-@pipeline_task("ci.check")
+@pipeline_task("ci.check", name="check")
 def ci_check(c):
     """Validate ci/ against the Azure Pipelines schema; every `invoke` call must name real tasks."""
     echo(stages.check_pipeline(c.config, echo))
