@@ -10,6 +10,7 @@ push, container or mutating kubectl/az call; its line says what it would do.
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
@@ -198,6 +199,10 @@ def test(c, settings: Settings, *, unit: bool = True, force: bool = False, dry: 
     return ran(f"container test passed for {record.image.name}")
 
 
+# pytest's exit codes for an internal error and a usage error: the run itself broke.
+PYTEST_BROKE = (3, 4)
+
+
 def run_unit_tests(c, *, force: bool, dry: bool, echo: Echo) -> bool:
     """The unit tests, unless they passed for the same inputs; True when they ran."""
     import time
@@ -216,11 +221,22 @@ def run_unit_tests(c, *, force: bool, dry: bool, echo: Echo) -> bool:
     run = test_cache.plan_run(force, os.environ)
     started = time.monotonic()
     outputs = []
-    for command in run.commands:
+    commands = list(run.commands)
+    while commands:
+        command = commands.pop(0)
         # Under --dry, Invoke prints the command instead of running it.
         result = c.run(command, warn=True, pty=False, env=run.env,
                        hide=None if current().verbose else "stdout")
         if dry:
+            continue
+        if result.exited in PYTEST_BROKE and run.fallback and command != run.fallback:
+            # The selection itself failed (a damaged coverage file, a testmon bug): say so
+            # and run everything the plain way.
+            echo("unit tests: test selection failed (pytest-testmon), running all of them")
+            test_cache.forget_coverage()
+            run = dataclasses.replace(run, scope="all", collects_coverage=False)
+            commands = [run.fallback]
+            outputs = []
             continue
         # 5: pytest selected no test, which is what an unaffected change should give.
         if not result.ok and result.exited != 5:

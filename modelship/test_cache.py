@@ -133,11 +133,13 @@ def forget(record: Path | None = None) -> None:
 
 @dataclass(frozen=True)
 class UnitRun:
-    """The pytest commands for one `invoke test`, and the words that say which tests."""
+    """The pytest commands for one `invoke test`, and the words that say which tests;
+    `fallback` runs them all without selection, if testmon itself breaks."""
     commands: tuple[str, ...]
     scope: str
     env: dict
     collects_coverage: bool
+    fallback: str = ""
 
 
 def _installed(name: str) -> bool:
@@ -163,16 +165,19 @@ def in_ci(environ) -> bool:
 
 def plan_run(force: bool, environ, python: str = sys.executable) -> UnitRun:
     pytest = f"{python} -m pytest -q{_parallel()}"
+    everything = f"{pytest} -p no:cacheprovider tests/unit"
     if in_ci(environ) or not _installed("pytest-testmon"):
-        return UnitRun((f"{pytest} -p no:cacheprovider tests/unit",), "all", {}, False)
+        return UnitRun((everything,), "all", {}, False)
+    TESTMON_DATA.parent.mkdir(parents=True, exist_ok=True)  # testmon makes the file only
     env = {"TESTMON_DATAFILE": str(TESTMON_DATA)}
     baseline = _read_baseline()
     if force or baseline is None or baseline != data_inputs_digest() or \
             not TESTMON_DATA.is_file():
-        return UnitRun((f"{pytest} --testmon-noselect tests/unit",), "all", env, True)
+        return UnitRun((f"{pytest} --testmon-noselect tests/unit",), "all", env, True,
+                       fallback=everything)
     return UnitRun((f"{pytest} --testmon tests/unit",
                     f"{pytest} -p no:cacheprovider -m {SUBPROCESS_MARKER} tests/unit"),
-                   "the ones the changed code can affect", env, False)
+                   "the ones the changed code can affect", env, False, fallback=everything)
 
 
 def _read_baseline() -> str | None:
@@ -190,3 +195,4 @@ def remember_baseline() -> None:
 
 def forget_coverage() -> None:
     TESTMON_BASELINE.unlink(missing_ok=True)
+    TESTMON_DATA.unlink(missing_ok=True)

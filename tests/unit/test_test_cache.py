@@ -198,3 +198,21 @@ def test_the_contract_test_is_skipped_only_for_the_image_it_passed_for(record_di
 
     outcome = stages.test(MockContext(), settings, unit=False, force=True, dry=False, echo=print)
     assert len(ran) == 2
+
+
+def test_a_broken_selection_falls_back_to_running_everything(laptop, checkout):
+    stages.run_unit_tests(laptop, force=False, dry=False, echo=lambda line: None)
+    (checkout / "app" / "routes.py").write_text("ANSWER = 45\n")
+
+    def run(command, **kwargs):
+        if "--testmon" in command:
+            return Result(stdout="INTERNALERROR> sqlite3.DatabaseError\n", exited=3)
+        return Result(stdout="3 passed\n")
+
+    laptop.run.side_effect = run
+    lines = []
+    assert stages.run_unit_tests(laptop, force=False, dry=False, echo=lines.append)
+    assert lines[0] == "unit tests: test selection failed (pytest-testmon), running all of them"
+    assert lines[1] == "unit tests (all): 3 passed"
+    assert "--testmon" not in pytest_commands(laptop)[-1]
+    assert not test_cache.TESTMON_DATA.exists()

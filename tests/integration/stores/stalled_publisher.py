@@ -16,8 +16,8 @@ store = model_store.open_store(uri, account_url, endpoint_url)
 upload = store.upload_file
 
 
-def upload_then_stall(key, path):
-    upload(key, path)
+def upload_then_stall(key, path, progress=None):
+    upload(key, path, progress)
     Path(marker).touch()
     time.sleep(120)  # killed long before this ends
 
