@@ -59,12 +59,18 @@ def fetch_model(settings: Settings, *, version: str | None = None, locked: bool 
     from . import model_store
     from .transfer import console_progress
 
-    store = open_model_store(settings)
     version = version or "latest"
     if dry:
         wanted = "the locked version" if locked else version
-        return dry_run(f"[dry] would fetch {wanted} from {store.uri} into build/model and "
-                       "verify it")
+        line = (f"[dry] would fetch {wanted} from {settings.model_store.uri} into build/model "
+                "and verify it")
+        try:
+            open_model_store(settings)
+        except PipelineError as problem:
+            # Said, not raised: a dry run reports what the real one would run into.
+            line += f"; the real run would stop here: {problem.problem}"
+        return dry_run(line)
+    store = open_model_store(settings)
     result = model_store.fetch(store, BUILD_DIR / "model", version, locked=locked,
                                lock_file=Path(lock_file) if lock_file else None,
                                progress=console_progress, public_key=_public_key(settings))

@@ -83,9 +83,14 @@ def test_apply_on_a_second_agent_serves_what_the_first_one_built(
     assert "build/record.json" in copied
     assert not (deploy_agent / "build" / "model").exists()
 
+    # Nothing serves yet, so this apply releases for real (an earlier test of the session
+    # may have released this very image, and an apply would rightly find it up to date).
+    from modelship import local_runtime
+
+    local_runtime.remove(docker_client, local_stack)
     applied = run_invoke(deploy_agent, "apply", "--env=local")
     assert applied.returncode == 0, applied.stderr + applied.stdout
-    assert "serving" in applied.stdout
+    assert "serving" in applied.stdout and "up to date" not in applied.stdout
     assert not (deploy_agent / "build" / "model").exists()
 
     from modelship.release_record import load
