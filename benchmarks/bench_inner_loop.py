@@ -63,6 +63,34 @@ def stage_seconds(output: str) -> str:
     return "; ".join(" ".join(row.split()) for row in rows)
 
 
+def retrained_model(folder: Path, round_number: int) -> tuple[Path, Path]:
+    """A digits classifier with another regularisation per round: new bytes, a real model
+    change, published the way a data scientist would (`--model`, `--samples`)."""
+    import numpy as np
+    import onnxruntime
+    from skl2onnx import convert_sklearn
+    from skl2onnx.common.data_types import FloatTensorType
+    from sklearn.datasets import load_digits
+    from sklearn.linear_model import LogisticRegression
+
+    folder.mkdir(parents=True, exist_ok=True)
+    digits = load_digits()
+    features = digits.data.astype(np.float32)
+    classifier = LogisticRegression(C=1.0 / (round_number + 1), max_iter=1000)
+    classifier.fit(features[:1500], digits.target[:1500])
+    onnx = convert_sklearn(classifier, initial_types=[("input", FloatTensorType([None, 64]))],
+                           options={id(classifier): {"zipmap": False}})
+    model = folder / "model.onnx"
+    model.write_bytes(onnx.SerializeToString())
+    session = onnxruntime.InferenceSession(str(model), providers=["CPUExecutionProvider"])
+    rows = features[1500:1505]
+    labels = session.run(None, {"input": rows})[0]
+    samples = folder / "samples.json"
+    samples.write_text(json.dumps({"instances": rows.tolist(),
+                                   "expected": [int(label) for label in labels]}))
+    return model, samples
+
+
 def bench_config(folder: Path, suffix: str) -> Path:
     config = folder / "bench.yaml"
     config.write_text(json.dumps({"modelship": {
@@ -107,7 +135,9 @@ def main() -> None:
             figures["code-only"].append(seconds)
             print(f"  round {round_number} code-only: {seconds:.1f} s ({stage_seconds(output)})")
 
-            run(clone, "model.publish", config=config)
+            model, samples = retrained_model(scratch / f"model-{round_number}", round_number)
+            run(clone, "model.publish", "--model", str(model), "--samples", str(samples),
+                config=config)
             seconds, output = run(clone, "deploy", "--env=local", config=config)
             figures["model-only"].append(seconds)
             print(f"  round {round_number} model-only: {seconds:.1f} s "

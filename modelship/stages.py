@@ -228,11 +228,15 @@ def run_unit_tests(c, *, force: bool, dry: bool, echo: Echo) -> bool:
     started = time.monotonic()
     outputs = []
     commands = list(run.commands)
+    hide = None if current().verbose else "stdout"
+    # The commands of one run are independent: they go side by side (under --dry, Invoke
+    # prints each instead of running it).
+    pending = [c.run(command, warn=True, pty=False, env=run.env, hide=hide,
+                     asynchronous=not dry and len(commands) > 1) for command in commands]
+    results = [promise.join() if hasattr(promise, "join") else promise for promise in pending]
+    commands = list(zip(commands, results))
     while commands:
-        command = commands.pop(0)
-        # Under --dry, Invoke prints the command instead of running it.
-        result = c.run(command, warn=True, pty=False, env=run.env,
-                       hide=None if current().verbose else "stdout")
+        command, result = commands.pop(0)
         if dry:
             continue
         if result.exited in PYTEST_BROKE and run.fallback and command != run.fallback:
@@ -241,7 +245,7 @@ def run_unit_tests(c, *, force: bool, dry: bool, echo: Echo) -> bool:
             echo("unit tests: test selection failed (pytest-testmon), running all of them")
             test_cache.forget_coverage()
             run = dataclasses.replace(run, scope="all", collects_coverage=False)
-            commands = [run.fallback]
+            commands = [(run.fallback, c.run(run.fallback, warn=True, pty=False, hide=hide))]
             outputs = []
             continue
         # 5: pytest selected no test, which is what an unaffected change should give.

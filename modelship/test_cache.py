@@ -165,6 +165,9 @@ def in_ci(environ) -> bool:
 
 def plan_run(force: bool, environ, python: str = sys.executable) -> UnitRun:
     pytest = f"{python} -m pytest -q{_parallel()}"
+    # A selection is small: worker processes would cost more than they save, and its two
+    # commands run side by side instead.
+    single = f"{python} -m pytest -q"
     everything = f"{pytest} -p no:cacheprovider tests/unit"
     if in_ci(environ) or not _installed("pytest-testmon"):
         return UnitRun((everything,), "all", {}, False)
@@ -175,8 +178,8 @@ def plan_run(force: bool, environ, python: str = sys.executable) -> UnitRun:
             not TESTMON_DATA.is_file():
         return UnitRun((f"{pytest} --testmon-noselect tests/unit",), "all", env, True,
                        fallback=everything)
-    return UnitRun((f"{pytest} --testmon tests/unit",
-                    f"{pytest} -p no:cacheprovider -m {SUBPROCESS_MARKER} tests/unit"),
+    return UnitRun((f"{single} --testmon tests/unit",
+                    f"{single} -p no:cacheprovider -m {SUBPROCESS_MARKER} tests/unit"),
                    "the ones the changed code can affect", env, False, fallback=everything)
 
 
