@@ -170,8 +170,7 @@ def slot_stats(edge: Edge) -> dict[str, dict[str, str]]:
 def routed_slot(edge: Edge) -> str | None:
     """The slot the edge sends new requests to, if any."""
     for slot, row in slot_stats(edge).items():
-        if row.get("status") not in ("MAINT", "DRAIN") and not row.get("status", "").startswith(
-                "MAINT"):
+        if not row.get("status", "").startswith(("MAINT", "DRAIN")):
             return slot
     return None
 
@@ -192,9 +191,3 @@ def route_to(edge: Edge, port: int, echo: Echo, drain_seconds: float = 30) -> No
     else:
         echo(f"  the old slot still had requests in flight after {drain_seconds:.0f} s")
     _set_state(edge, old, "maint")
-
-
-def stop_routing(edge: Edge) -> None:
-    for slot in SLOT_NAMES:
-        _set_state(edge, slot, "maint")
-    write_config(edge, None)

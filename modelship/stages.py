@@ -205,12 +205,15 @@ def test(c, settings: Settings, *, unit: bool = True, force: bool = False, dry: 
     return ran(f"container test passed for {record.image.name}")
 
 
-# pytest's exit codes for an internal error and a usage error: the run itself broke.
+# pytest's exit codes: no test selected (what an unaffected change gives), and an internal
+# or usage error (the run itself broke, not a test).
+PYTEST_NOTHING_SELECTED = 5
 PYTEST_BROKE = (3, 4)
 
 
 def run_unit_tests(c, *, force: bool, dry: bool, echo: Echo) -> bool:
     """The unit tests, unless they passed for the same inputs; True when they ran."""
+    import os
     import time
 
     from . import test_cache
@@ -222,49 +225,44 @@ def run_unit_tests(c, *, force: bool, dry: bool, echo: Echo) -> bool:
         echo(f"unit tests: up to date (passed at {when} for these inputs, sha256 "
              f"{digest[:12]}…; `invoke test --force` runs them again)")
         return False
-    import os
-
     run = test_cache.plan_run(force, os.environ)
     started = time.monotonic()
-    outputs = []
-    commands = list(run.commands)
-    hide = None if current().verbose else "stdout"
-    # The commands of one run are independent: they go side by side (under --dry, Invoke
-    # prints each instead of running it).
-    pending = [c.run(command, warn=True, pty=False, env=run.env, hide=hide,
-                     asynchronous=not dry and len(commands) > 1) for command in commands]
-    results = [promise.join() if hasattr(promise, "join") else promise for promise in pending]
-    commands = list(zip(commands, results))
-    while commands:
-        command, result = commands.pop(0)
-        if dry:
-            continue
-        if result.exited in PYTEST_BROKE and run.fallback and command != run.fallback:
-            # The selection itself failed (a damaged coverage file, a testmon bug): say so
-            # and run everything the plain way.
-            echo("unit tests: test selection failed (pytest-testmon), running all of them")
-            test_cache.forget_coverage()
-            run = dataclasses.replace(run, scope="all", collects_coverage=False)
-            commands = [(run.fallback, c.run(run.fallback, warn=True, pty=False, hide=hide))]
-            outputs = []
-            continue
-        # 5: pytest selected no test, which is what an unaffected change should give.
-        if not result.ok and result.exited != 5:
-            test_cache.forget()
-            if run.collects_coverage:
-                test_cache.forget_coverage()
-            if not current().verbose:
-                echo("\n".join(result.stdout.strip().splitlines()[-15:]))
-            raise PipelineError("The unit tests failed.", "Fix the failures listed above.")
-        lines = result.stdout.strip().splitlines()
-        outputs.append(lines[-1].strip("= ") if lines else "no tests selected")
+    results = _side_by_side(c, run.commands, run.env, dry)
     if dry:
         return True
+    if run.fallback and any(result.exited in PYTEST_BROKE for result in results):
+        # The selection itself failed (a damaged coverage file, a testmon bug): say so and
+        # run everything the plain way.
+        echo("unit tests: test selection failed (pytest-testmon), running all of them")
+        test_cache.forget_coverage()
+        run = dataclasses.replace(run, commands=(run.fallback,), scope="all",
+                                  collects_coverage=False, fallback="")
+        results = _side_by_side(c, run.commands, {}, dry)
+    failed = next((result for result in results
+                   if not result.ok and result.exited != PYTEST_NOTHING_SELECTED), None)
+    if failed is not None:
+        test_cache.forget()
+        if run.collects_coverage:
+            test_cache.forget_coverage()
+        if not current().verbose:
+            echo("\n".join(failed.stdout.strip().splitlines()[-15:]))
+        raise PipelineError("The unit tests failed.", "Fix the failures listed above.")
     if run.collects_coverage:
         test_cache.remember_baseline()
     test_cache.remember_pass(digest, time.monotonic() - started)
-    echo(f"unit tests ({run.scope}): {'; '.join(outputs)}")
+    summaries = [(result.stdout.strip().splitlines() or ["no tests selected"])[-1].strip("= ")
+                 for result in results]
+    echo(f"unit tests ({run.scope}): {'; '.join(summaries)}")
     return True
+
+
+def _side_by_side(c, commands: tuple[str, ...], env: dict, dry: bool) -> list:
+    """Run independent commands at once and wait for all (under --dry, Invoke prints each
+    instead of running it)."""
+    hide = None if current().verbose else "stdout"
+    pending = [c.run(command, warn=True, pty=False, env=env, hide=hide,
+                     asynchronous=not dry and len(commands) > 1) for command in commands]
+    return [promise.join() if hasattr(promise, "join") else promise for promise in pending]
 
 
 # --- push ------------------------------------------------------------------------------------

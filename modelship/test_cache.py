@@ -22,6 +22,7 @@ remembers what pytest said.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import subprocess
@@ -65,8 +66,10 @@ def input_files(root: Path | None = None) -> list[str]:
                   and (root / name).is_file())
 
 
+@functools.lru_cache(maxsize=1)
 def environment_fingerprint() -> str:
-    """The interpreter and every installed distribution, one line each."""
+    """The interpreter and every installed distribution, one line each (read once a run:
+    both digests use it)."""
     distributions = sorted({(dist.metadata["Name"] or "").lower(): dist.version
                             for dist in metadata.distributions()}.items())
     lines = [f"python {sys.version}"] + [f"{name}=={version}" for name, version in distributions]
