@@ -24,11 +24,16 @@ from app.model import InputSpec
 _EXAMPLE_BODY = '{"instances": [[...], ...]}'
 _JSON_CONTENT_TYPE = "application/json"
 _NUMBER_TYPES = {int, float}
+_LIST_TYPE = {list}
+# The bytes JSON writes a list of lists of numbers with (0-9, sign, point, exponent,
+# separators, brackets, white space), and what deleting them leaves of the bare key.
+_NUMBER_LIST_BYTES = b"0123456789+-.eE,[] \t\r\n"
+_BARE_KEY_RESIDUE = b'{"instances":}'.translate(None, _NUMBER_LIST_BYTES)
 
 
-def read_json_body(environ: dict, body_limit: int | None):
-    """The decoded JSON body; 415 if it is not declared as JSON, 400 if it does not parse,
-    413 if it is longer than `body_limit` bytes."""
+def read_json_body(environ: dict, body_limit: int | None) -> bytes:
+    """The raw body; 415 if it is not declared as JSON, 413 if it is longer than
+    `body_limit` bytes."""
     # The exact header every client library sends is recognised without parsing it.
     content_type = environ.get("CONTENT_TYPE", "")
     if content_type != _JSON_CONTENT_TYPE:
@@ -39,7 +44,11 @@ def read_json_body(environ: dict, body_limit: int | None):
                 "unsupported_media_type",
                 f"expected Content-Type: application/json, got {mimetype or 'no content type'}",
             )
-    body = _read_body(environ, body_limit)
+    return _read_body(environ, body_limit)
+
+
+def decode_json(body: bytes):
+    """The decoded body; 400 if it does not parse."""
     try:
         return orjson.loads(body)  # a fifth of the standard library's time on a 1-row body
     except orjson.JSONDecodeError:
@@ -86,8 +95,26 @@ def _read_body(environ: dict, body_limit: int | None) -> bytes:
     return environ["wsgi.input"].read(length)
 
 
-def parse_instances(payload, spec: InputSpec, max_batch: int) -> np.ndarray:
-    """A [rows, spec.feature_count] array of spec.dtype built from payload["instances"]."""
+def holds_only_numbers(body: bytes) -> bool:
+    """True when a body that decoded to an object with an "instances" key holds nothing
+    else but numbers, lists and white space.
+
+    Deleting every byte a list of numbers can be written with leaves exactly what the
+    bare key leaves: one string (the key itself, so no string values), one object (no
+    nested ones), and no letters outside that key, so no true, false or null. It reads
+    the raw bytes in one C pass, a tenth of the time of asking each decoded value its
+    type; the decoded rows still have to be lists of the right length (checked on them).
+    """
+    return body.translate(None, _NUMBER_LIST_BYTES) == _BARE_KEY_RESIDUE
+
+
+def parse_instances(payload, spec: InputSpec, max_batch: int,
+                    numbers_only: bool = False) -> np.ndarray:
+    """A [rows, spec.feature_count] array of spec.dtype built from payload["instances"].
+
+    `numbers_only` is what `holds_only_numbers` said of the body: it spares the check of
+    each value's type, never any other check.
+    """
     if not isinstance(payload, dict) or "instances" not in payload:
         raise ApiError(
             422,
@@ -109,7 +136,7 @@ def parse_instances(payload, spec: InputSpec, max_batch: int) -> np.ndarray:
             "batch_too_large",
             f'"instances" has {len(rows)} rows; send at most {max_batch} per request',
         )
-    array = _bulk_array(rows, spec)
+    array = _bulk_array(rows, spec, numbers_only)
     if array is None:
         # Something is wrong; walk the rows to name the first bad row and column.
         for row_index, row in enumerate(rows):
@@ -123,7 +150,7 @@ def parse_instances(payload, spec: InputSpec, max_batch: int) -> np.ndarray:
     return instances
 
 
-def _bulk_array(rows: list, spec: InputSpec) -> np.ndarray | None:
+def _bulk_array(rows: list, spec: InputSpec, numbers_only: bool) -> np.ndarray | None:
     """The rows as one finite array when every check passes, else None; C loops only.
 
     Most requests are valid, so they are checked in bulk, and converted straight to
@@ -131,20 +158,20 @@ def _bulk_array(rows: list, spec: InputSpec) -> np.ndarray | None:
     when this says no. For an integer model the array is float64, checked for whole
     numbers by the caller.
     """
-    feature_count = spec.feature_count
-    if not all(type(row) is list and len(row) == feature_count for row in rows):
+    if set(map(type, rows)) != _LIST_TYPE or set(map(len, rows)) != {spec.feature_count}:
         return None
     # bool is a subclass of int, but true/false are not numbers in JSON: compare exact
     # types. (NumPy would also take true as 1.0 and "1.5" as 1.5 without a word.)
-    if not set(map(type, chain.from_iterable(rows))) <= _NUMBER_TYPES:
+    if not numbers_only and not set(map(type, chain.from_iterable(rows))) <= _NUMBER_TYPES:
         return None
     dtype = spec.dtype if spec.dtype.kind == "f" else np.float64
     try:
         with np.errstate(over="ignore"):  # 1e39 becomes inf in float32: caught below
             array = np.array(rows, dtype=dtype)
-    except OverflowError:  # an integer beyond any float
+    except (OverflowError, ValueError):  # an integer beyond any float; ragged nesting
         return None
-    if not np.isfinite(array).all():
+    # A row of lists passes the byte scan: only a flat table has this shape.
+    if array.shape != (len(rows), spec.feature_count) or not np.isfinite(array).all():
         return None
     return array
 

@@ -115,7 +115,10 @@ class RsgiBridge:
                 if declared == "0":
                     return b""
                 reading = protocol()  # Granian stops at Content-Length; raises if cut short
-            return await asyncio.wait_for(reading, self._body_timeout)
+            # asyncio.timeout cancels this task in place; wait_for would wrap the read in
+            # a second task, which cost a fifth of a 1-row request.
+            async with asyncio.timeout(self._body_timeout):
+                return await reading
         except asyncio.TimeoutError:
             raise BodyProblem(
                 ApiError(

@@ -14,7 +14,7 @@ from flask import Flask
 
 from app import metrics
 from app.auth import check_api_key, expected_key_digest
-from app.instances import parse_instances, read_json_body
+from app.instances import decode_json, holds_only_numbers, parse_instances, read_json_body
 from app.model import model_of
 
 ROUTE = "/score"
@@ -26,8 +26,11 @@ def score(app: Flask, environ: dict) -> bytes:
     check_api_key(environ, expected_key_digest(app))
     model = model_of(app)
     config = app.config
-    payload = read_json_body(environ, config["MAX_CONTENT_LENGTH"])
-    instances = parse_instances(payload, model.input, config["MAX_BATCH"])
+    body = read_json_body(environ, config["MAX_CONTENT_LENGTH"])
+    payload = decode_json(body)
+    instances = parse_instances(
+        payload, model.input, config["MAX_BATCH"], numbers_only=holds_only_numbers(body)
+    )
     result = model.predict(instances)
     metrics.store_of(app).add(metrics.PREDICTIONS, (), len(instances))
     result["model"] = {"name": model.name, "version": model.version}

@@ -28,6 +28,7 @@ the temporary directory (the container's root file system is read-only).
 from __future__ import annotations
 
 import gc
+import importlib.util
 import logging
 import multiprocessing
 import os
@@ -37,7 +38,7 @@ import threading
 from pathlib import Path
 
 from granian import Granian
-from granian.constants import HTTPModes, Interfaces
+from granian.constants import HTTPModes, Interfaces, Loops, TaskImpl
 from granian.http import HTTP1Settings
 
 from app.drain import DEFAULT_DRAIN_SECONDS, SHUTDOWN_MARKER_NAME
@@ -90,6 +91,16 @@ def server_settings(environ=os.environ) -> dict:
         ),
         "log_level": (environ.get("LOG_LEVEL") or "info").lower(),
     }
+
+
+def event_loop() -> Loops:
+    """uvloop where it is installed (the image, Linux and macOS), else asyncio's own.
+
+    Named, not left to Granian's "auto", which prefers its experimental rloop whenever
+    that happens to be installed: measured here, rloop's p99 was ten times uvloop's.
+    uvloop served 1-row requests about a tenth faster than asyncio's loop.
+    """
+    return Loops.uvloop if importlib.util.find_spec("uvloop") else Loops.asyncio
 
 
 def worker_app():
@@ -156,6 +167,10 @@ def main() -> None:
         port=settings["port"],
         workers=settings["workers"],
         runtime_threads=1,
+        loop=event_loop(),
+        # Each request a real asyncio task: the bridge's body timeout cancels it, which
+        # Granian's own (rust) tasks do not allow.
+        task_impl=TaskImpl.asyncio,
         http=HTTPModes.http1,
         http1_settings=HTTP1Settings(
             header_read_timeout=settings["header_timeout_seconds"] * 1000,

@@ -256,6 +256,16 @@ def test_connections_spread_over_the_workers(served):
     assert len(served_by) >= 2, (before, after)
 
 
+def test_every_worker_runs_on_uvloop(served):
+    base_url, metrics_dir, _, _ = served
+    requests.get(f"{base_url}/healthz", headers={"Connection": "close"})
+    worker_pids = [path.stem.split("-", 1)[1] for path in metrics_dir.glob("worker-*.metrics")]
+    assert worker_pids
+    for pid in worker_pids:
+        # The loop's compiled module is mapped into a worker only if its loop is uvloop's.
+        assert "/uvloop/" in Path(f"/proc/{pid}/maps").read_text(), pid
+
+
 # --- hostile clients ---------------------------------------------------------------
 
 

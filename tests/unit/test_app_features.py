@@ -299,6 +299,18 @@ def test_server_settings_refuse_nonsense_with_the_variable_named(name, raw):
         server_settings({name: raw})
 
 
+def test_the_server_runs_on_uvloop_where_it_is_installed(monkeypatch):
+    import importlib.util
+
+    from granian.constants import Loops
+
+    from app.serve import event_loop
+
+    assert event_loop() is Loops.uvloop  # the serve extra installs it here
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name: None)
+    assert event_loop() is Loops.asyncio
+
+
 def test_the_run_directory_is_emptied_of_an_earlier_runs_files(tmp_path):
     from app.serve import SHUTDOWN_MARKER_NAME, prepare_run_directory
 

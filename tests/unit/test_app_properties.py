@@ -5,6 +5,7 @@ Also replays the app's own OpenAPI description against it (schemathesis, in proc
 
 import json
 
+import numpy as np
 import pytest
 import schemathesis
 from schemathesis import GenerationMode
@@ -12,6 +13,9 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from app import create_app
+from app.errors import ApiError
+from app.instances import decode_json, holds_only_numbers, parse_instances
+from app.model import InputSpec
 
 FEATURES = 64
 API_KEY = "property-key"
@@ -85,6 +89,78 @@ def test_any_bytes_are_never_a_server_error(property_client, data, content_type)
     headers = {"Content-Type": content_type} if content_type else {}
     response = property_client.post("/score", data=data, headers=headers)
     assert_client_error_or_success(response)
+
+
+# --- the byte scan that spares the per-value type check ------------------------------
+
+SHORT_ROW = 3
+small_values = st.one_of(
+    st.none(), st.booleans(), st.integers(), st.floats(), st.text(max_size=3),
+    st.lists(st.integers(), max_size=SHORT_ROW),
+)
+# Mostly numbers in rows of the right length, so that the odd value out is what decides.
+row_values = (
+    st.integers() | st.floats(allow_nan=False, allow_infinity=False) | st.booleans() | small_values
+)
+short_rows = st.lists(
+    st.lists(row_values, min_size=SHORT_ROW, max_size=SHORT_ROW)
+    | st.lists(row_values, max_size=SHORT_ROW + 1),
+    min_size=1,
+    max_size=4,
+)
+spellings = st.sampled_from([
+    lambda payload: json.dumps(payload),
+    lambda payload: json.dumps(payload, indent=1),
+    lambda payload: json.dumps(payload, separators=(",", ":")),
+])
+payloads = st.fixed_dictionaries(
+    {"instances": short_rows}, optional={"extra": small_values, "parameters": st.dictionaries(
+        st.text(max_size=3), small_values, max_size=2)},
+)
+SPECS = [
+    InputSpec("float32", SHORT_ROW, np.dtype(np.float32)),
+    InputSpec("float64", SHORT_ROW, np.dtype(np.float64)),
+    InputSpec("int64", SHORT_ROW, np.dtype(np.int64)),
+]
+
+
+def parse_outcome(payload, spec, numbers_only):
+    try:
+        array = parse_instances(payload, spec, max_batch=10, numbers_only=numbers_only)
+    except ApiError as error:
+        return ("refused", error.status, error.code, error.message)
+    return ("accepted", array.dtype.str, array.shape, array.tobytes())
+
+
+@PROPERTY_SETTINGS
+@given(payload=payloads, spell=spellings, spec=st.sampled_from(SPECS))
+def test_the_byte_scan_never_changes_an_answer(payload, spell, spec):
+    """Whatever the body, trusting holds_only_numbers gives what checking each value gives."""
+    body = spell(payload).encode()
+    decoded = decode_json(body)
+
+    trusted = parse_outcome(decoded, spec, numbers_only=holds_only_numbers(body))
+
+    assert trusted == parse_outcome(decoded, spec, numbers_only=False)
+
+
+@pytest.mark.parametrize(
+    "body, only_numbers",
+    [
+        (b'{"instances": [[1, -2.5e3, 0.0], [4, 5, 6E-1]]}', True),
+        (b'{\n  "instances":[[1,2,3]]\r\n}', True),
+        (b'{"instances": [[1, 2, [3]]]}', True),  # the shape check on the array refuses it
+        (b'{"instances": [[true, 2, 3]]}', False),
+        (b'{"instances": [[null, 2, 3]]}', False),
+        (b'{"instances": [[NaN, 2, 3]]}', False),
+        (b'{"instances": [["1", 2, 3]]}', False),
+        (b'{"instances": [[{}, 2, 3]]}', False),
+        (b'{"instances": [[1, 2, 3]], "extra": 1}', False),
+        (b'{"instan\\u0063es": [[1, 2, 3]]}', False),
+    ],
+)
+def test_the_byte_scan_trusts_only_bodies_of_numbers(body, only_numbers):
+    assert holds_only_numbers(body) is only_numbers
 
 
 # --- the app against its own OpenAPI description (schemathesis, in process) ----------
