@@ -4,6 +4,12 @@ Everything a client can get wrong about a request is caught here and reported as
 4xx with a message naming the row and column at fault, so a bad request never
 reaches onnxruntime (where it would surface as a 500). Messages describe values by
 type and position only: this module must never echo payload values back or into logs.
+
+The usual request, a plain table of numbers, takes a hand-written fast path
+(`numeric_table`: a scan of the raw bytes, then simdjson straight into an array) in
+front of the general one (orjson, then checks on the decoded lists). orjson has no way
+to decode into an array, and the lists it builds cost more to check and convert than
+to parse: benchmarks/bench_parsing.py times the two paths on the same bodies.
 """
 
 from __future__ import annotations

@@ -77,6 +77,13 @@ def _derived_image(client, base_id: str, lines: list[str], tag: str) -> str:
     return built.id
 
 
+def test_the_image_serves_on_uvloop_and_parses_tables_with_simdjson(fresh_build, docker_client):
+    probe = "import simdjson; from app.serve import event_loop; print(event_loop().value)"
+    printed = docker_client.containers.run(fresh_build.image.id, ["python3", "-c", probe],
+                                           network_mode="none", remove=True)
+    assert printed.decode().strip() == "uvloop"
+
+
 def test_contract_refuses_an_image_that_runs_as_root(fresh_build, docker_client):
     rooted = _derived_image(docker_client, fresh_build.image.id, ["USER root"],
                             "modelship-test/rooted")
