@@ -1,6 +1,8 @@
 # The serving image: app code + one ONNX model, served by Granian (app/serve.py) as a non-root user.
 # Built with networking disabled: dependencies come from build/wheelhouse (prepared on the
 # host for the image's platform), the model from build/model (fetched and verified).
+# Sources some wheels ship beside their compiled modules (simdjson's 7 MB of C++, Cython
+# files) are dropped: nothing reads them at run time.
 # Order matters for the inner loop: everything that changes rarely comes first, then the
 # model, then the code, then the few per-build values (revision, labels) in two steps, so
 # a code change rebuilds one COPY and two metadata steps.
@@ -13,7 +15,9 @@ RUN python3 -m venv /opt/venv \
  && /opt/venv/bin/pip install --no-cache-dir --no-index --disable-pip-version-check \
       --require-hashes --find-links=/tmp/wheelhouse --requirement /tmp/image.lock \
  && /opt/venv/bin/pip uninstall --yes pip setuptools \
- && find /opt/venv -name '__pycache__' -prune -exec rm -rf {} +
+ && find /opt/venv -name '__pycache__' -prune -exec rm -rf {} + \
+ && find /opt/venv/lib -type f \( -name '*.c' -o -name '*.cpp' -o -name '*.h' -o -name '*.hpp' \
+      -o -name '*.pyx' -o -name '*.pxd' \) -delete
 
 FROM ${BASE_IMAGE}
 # A fixed numeric uid lets Kubernetes' runAsNonRoot check the user without a passwd lookup.
