@@ -43,12 +43,36 @@ class RegistryLogin:
     password: str
 
 
-def read_registry_login() -> RegistryLogin | None:
-    """The local registry's generated login, if `up()` created one."""
-    if not REGISTRY_CREDENTIALS.exists():
-        return None
-    data = json.loads(REGISTRY_CREDENTIALS.read_text())
-    return RegistryLogin(data["username"], data["password"])
+def shared_registry_login_file(port: int) -> Path:
+    """Where the login of the registry on 127.0.0.1:`port` is left for every checkout of
+    this user on this machine: the registry is one per port, whichever checkout started it.
+    """
+    state = os.environ.get("XDG_STATE_HOME") or Path.home() / ".local" / "state"
+    return Path(state) / "modelship" / f"registry-{port}.json"
+
+
+def read_registry_login(port: int | None = None) -> RegistryLogin | None:
+    """The local registry's generated login: the one the checkout that started the registry
+    on `port` left for this machine, else this checkout's own (if `up()` created one)."""
+    candidates = [shared_registry_login_file(port)] if port is not None else []
+    for path in candidates + [REGISTRY_CREDENTIALS]:
+        if path.exists():
+            data = json.loads(path.read_text())
+            return RegistryLogin(data["username"], data["password"])
+    return None
+
+
+def _share_registry_login(port: int, login: RegistryLogin) -> None:
+    shared = shared_registry_login_file(port)
+    shared.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+    # Written whole under another name, readable by this user only, then moved into place:
+    # another checkout never reads half a file or a login that is not yet private.
+    partial = shared.with_suffix(f".{os.getpid()}.partial")
+    descriptor = os.open(partial, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    os.fchmod(descriptor, 0o600)  # a leftover of a crashed run may have had other modes
+    with os.fdopen(descriptor, "w") as stream:
+        stream.write(json.dumps(login.__dict__))
+    partial.replace(shared)
 
 
 # --- probes -------------------------------------------------------------------------------
@@ -267,6 +291,7 @@ def ensure_registry(port: int, echo: Echo) -> str:
     config = _write_registry_config(port, login)
     pid = _spawn("registry", [binary, "serve", str(config)])
     _wait_until(lambda: registry_answers(port), "registry", pid, 30)
+    _share_registry_login(port, login)
     return f"registry: started on 127.0.0.1:{port} with htpasswd auth (pid {pid})"
 
 
@@ -374,12 +399,14 @@ def up(ports: LocalServiceSettings, echo: Echo) -> list[str]:
     ]
 
 
-def down() -> list[str]:
+def down(ports: LocalServiceSettings) -> list[str]:
     """Stop what `up()` started, newest first; the engine last so containers stop cleanly."""
     stopped = []
     for name in ("azurite", "registry", "dockerd"):
         if stop_started(name):
             stopped.append(name)
+    if "registry" in stopped:
+        shared_registry_login_file(ports.registry_port).unlink(missing_ok=True)
     return stopped
 
 
@@ -397,7 +424,7 @@ def down_with_deployment(settings) -> list[str]:
     edge = Edge.of(settings)
     stopped = [edge.service_name] if stop_started(edge.service_name,
                                                  run_dir=edge.run_dir) else []
-    stopped += down()
+    stopped += down(settings.local_services)
     lines.append("stopped: " + (", ".join(stopped) if stopped else
                                 "nothing (local.up started nothing)"))
     return lines

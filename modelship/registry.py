@@ -22,12 +22,17 @@ LOOPBACK_PREFIXES = ("127.", "localhost:", "[::1]:")
 ACR_SUFFIX = ".azurecr.io"
 
 
+def _port_of(host: str) -> int | None:
+    _, _, port = host.rpartition(":")
+    return int(port) if port.isdecimal() else None
+
+
 def registry_auth(settings: Settings) -> dict | None:
     """auth_config for the Docker SDK, or None to let the SDK use ~/.docker/config.json."""
     username = os.environ.get(settings.registry.username_env)
     password = os.environ.get(settings.registry.password_env)
     if username is None and password is None and settings.registry.host.startswith(LOOPBACK_PREFIXES):
-        login = read_registry_login()
+        login = read_registry_login(_port_of(settings.registry.host))
         if login:
             username, password = login.username, login.password
     if username is None and password is None:

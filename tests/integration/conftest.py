@@ -53,6 +53,9 @@ def local_stack(local_settings):
     for name in ("azurite", "registry", "dockerd"):
         if name in started_here:
             local_services.stop_started(name)
+    if "registry" in started_here:
+        port = local_settings.local_services.registry_port
+        local_services.shared_registry_login_file(port).unlink(missing_ok=True)
 
 
 @pytest.fixture(scope="session")

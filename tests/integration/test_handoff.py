@@ -106,3 +106,28 @@ def test_apply_on_a_second_agent_serves_what_the_first_one_built(
     scored = requests.post(f"http://127.0.0.1:{port}/score",
                            json={"instances": [golden["instance"]]}, timeout=10)
     assert scored.json()["predictions"] == [golden["label"]]
+
+
+def test_a_second_checkout_logs_in_to_the_registry_the_first_one_started(tmp_path, local_stack):
+    """A developer's second checkout on the same machine needs no REGISTRY_* variables."""
+    other = fresh_clone(tmp_path / "other-checkout")
+    environ = {name: value for name, value in os.environ.items()
+               if name not in ("REGISTRY_USERNAME", "REGISTRY_PASSWORD")}
+    environ["PYTHONPATH"] = str(other)
+    probe = (
+        "from invoke import Config\n"
+        "from modelship.image import docker_client\n"
+        "from modelship.registry import login\n"
+        "from modelship.settings import PROJECT_ROOT, load_settings\n"
+        "config = Config(project_location=str(PROJECT_ROOT))\n"
+        "config.load_project()\n"
+        "auth = login(docker_client(), load_settings(config, 'local'))\n"
+        "print(PROJECT_ROOT, auth and auth['username'])\n"
+    )
+    # The engine checks the login against the registry itself: a wrong one is refused.
+    done = subprocess.run([sys.executable, "-c", probe], cwd=other, env=environ,
+                          capture_output=True, text=True, timeout=120)
+
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.split() == [str(other), "modelship"]
+    assert not (other / ".local" / "registry" / "credentials.json").exists()

@@ -137,6 +137,55 @@ def test_half_set_registry_credentials_are_refused(settings, monkeypatch):
         registry.registry_auth(settings)
 
 
+@pytest.fixture
+def local_registry_logins(tmp_path, monkeypatch):
+    """This checkout's own registry login and the machine's shared ones, in tmp_path."""
+    from modelship import local_services
+
+    monkeypatch.setenv("XDG_STATE_HOME", str(tmp_path / "state"))
+    own = tmp_path / "checkout" / "credentials.json"
+    own.parent.mkdir()
+    own.write_text('{"username": "modelship", "password": "this-checkouts-own"}')
+    monkeypatch.setattr(local_services, "REGISTRY_CREDENTIALS", own)
+    for name in ("REGISTRY_USERNAME", "REGISTRY_PASSWORD"):
+        monkeypatch.delenv(name, raising=False)
+    return local_services
+
+
+def test_a_checkout_uses_the_login_of_the_registry_another_checkout_started(
+        settings, local_registry_logins):
+    local_services = local_registry_logins
+    port = settings.local_services.registry_port
+    assert settings.registry.host == f"127.0.0.1:{port}"
+    assert registry.registry_auth(settings)["password"] == "this-checkouts-own"
+
+    local_services._share_registry_login(port, local_services.RegistryLogin("modelship", "s3"))
+
+    assert registry.registry_auth(settings) == {"username": "modelship", "password": "s3"}
+    shared = local_services.shared_registry_login_file(port)
+    assert stat.S_IMODE(shared.stat().st_mode) == 0o600
+    assert stat.S_IMODE(shared.parent.stat().st_mode) == 0o700
+    assert list(shared.parent.iterdir()) == [shared]  # no partial file left behind
+
+
+def test_stopping_the_registry_forgets_its_shared_login(settings, local_registry_logins,
+                                                        monkeypatch):
+    local_services = local_registry_logins
+    ports = settings.local_services
+    local_services._share_registry_login(ports.registry_port,
+                                         local_services.RegistryLogin("modelship", "s3"))
+    shared = local_services.shared_registry_login_file(ports.registry_port)
+
+    monkeypatch.setattr(local_services, "stop_started", lambda name: name == "azurite")
+    assert local_services.down(ports) == ["azurite"]
+    assert shared.exists()  # a registry this checkout did not start keeps its login
+
+    monkeypatch.setattr(local_services, "stop_started", lambda name: name == "registry")
+    assert local_services.down(ports) == ["registry"]
+    assert not shared.exists()
+    assert registry.registry_auth(settings)["password"] == "this-checkouts-own"
+
+
 def _stand_in_az(tmp_path, exit_code: int, message: str) -> Path:
     log = tmp_path / "az.log"
     script = tmp_path / "bin" / "az"
