@@ -399,15 +399,22 @@ def up(ports: LocalServiceSettings, echo: Echo) -> list[str]:
     ]
 
 
+def stop_registry(port: int) -> bool:
+    """Stop the registry `up()` started, and take back the login it left for the machine."""
+    if not stop_started("registry"):
+        return False
+    shared_registry_login_file(port).unlink(missing_ok=True)
+    return True
+
+
 def down(ports: LocalServiceSettings) -> list[str]:
     """Stop what `up()` started, newest first; the engine last so containers stop cleanly."""
-    stopped = []
-    for name in ("azurite", "registry", "dockerd"):
-        if stop_started(name):
-            stopped.append(name)
-    if "registry" in stopped:
-        shared_registry_login_file(ports.registry_port).unlink(missing_ok=True)
-    return stopped
+    stops = {
+        "azurite": lambda: stop_started("azurite"),
+        "registry": lambda: stop_registry(ports.registry_port),
+        "dockerd": lambda: stop_started("dockerd"),
+    }
+    return [name for name, stop in stops.items() if stop()]
 
 
 def down_with_deployment(settings) -> list[str]:

@@ -51,11 +51,10 @@ def local_stack(local_settings):
 
         local_runtime.remove(docker_client(), local_settings)
     for name in ("azurite", "registry", "dockerd"):
-        if name in started_here:
+        if name == "registry" and name in started_here:
+            local_services.stop_registry(local_settings.local_services.registry_port)
+        elif name in started_here:
             local_services.stop_started(name)
-    if "registry" in started_here:
-        port = local_settings.local_services.registry_port
-        local_services.shared_registry_login_file(port).unlink(missing_ok=True)
 
 
 @pytest.fixture(scope="session")
