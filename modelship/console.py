@@ -1,7 +1,7 @@
 """What the tasks print, decided in one place: a person at a terminal, or a log.
 
-At a terminal (standard output is a TTY, TERM is not `dumb`, and neither CI nor Azure
-Pipelines' TF_BUILD is set) transfers and builds draw rich progress bars, and `deploy` ends
+At a terminal (standard output is a TTY, TERM is not `dumb`, and not running in CI as
+`names.running_in_ci` defines it) transfers and builds draw rich progress bars, and `deploy` ends
 with a table of its stages. Anywhere else every line is plain text without ANSI codes, one
 line per stage and the same table in plain columns; with `verbose`, a progress line at each
 quarter of a transfer or build as well. Sizes are human either way (`4.4 kB`, `256.0 MB`).
@@ -23,6 +23,8 @@ from typing import Iterable, TextIO
 
 from rich.filesize import decimal
 
+from .names import running_in_ci
+
 # Libraries whose INFO records (every HTTP request, every credential tried) are noise to
 # someone running a task.
 NOISY_LOGGERS = ("azure", "urllib3", "docker", "botocore", "boto3", "s3transfer", "msal",
@@ -36,7 +38,7 @@ def human_size(size: int | float) -> str:
 
 
 def is_interactive(stream: TextIO, environ=os.environ) -> bool:
-    if environ.get("TF_BUILD") or environ.get("CI", "").lower() not in ("", "0", "false", "no"):
+    if running_in_ci(environ):
         return False
     if environ.get("TERM") == "dumb":
         return False

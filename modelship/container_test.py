@@ -15,6 +15,7 @@ import socket
 import requests
 
 from .errors import PipelineError
+from .names import MODEL_SHA256_LABEL, MODEL_VERSION_LABEL, REVISION_LABEL, ROLE_LABEL
 from .service_checks import check_golden, check_version, wait_ready
 
 # Shapes of credentials that must never be baked into an image.
@@ -89,9 +90,9 @@ def check_server(image, base_url: str) -> str:
 
 def check_labels_match(version: dict, labels: dict) -> None:
     expected = {
-        "git_revision": labels.get("org.opencontainers.image.revision"),
-        "model sha256": labels.get("ai.modelship.model.sha256"),
-        "model version": labels.get("ai.modelship.model.version"),
+        "git_revision": labels.get(REVISION_LABEL),
+        "model sha256": labels.get(MODEL_SHA256_LABEL),
+        "model version": labels.get(MODEL_VERSION_LABEL),
     }
     served = {
         "git_revision": version.get("git_revision"),
@@ -121,7 +122,7 @@ def run_contract(client, image_ref: str, metadata: dict, echo) -> None:
     container = client.containers.run(
         image.id, detach=True, network_mode="host",
         environment={"HOST": "127.0.0.1", "PORT": str(port), "WEB_CONCURRENCY": "1"},
-        labels={"ai.modelship.role": "contract-test"},
+        labels={ROLE_LABEL: "contract-test"},
     )
     try:
         wait_ready(base_url, 60, lambda: container_running(container),

@@ -21,6 +21,8 @@ from . import __version__, model_metadata
 from .release_record import ImageRecord, ModelRecord, PushRecord, ReleaseRecord, SourceRecord
 from .errors import PipelineError
 from .gitinfo import SourceState
+from .names import (INPUTS_LABEL, MODEL_NAME_LABEL, MODEL_SHA256_LABEL, MODEL_VERSION_LABEL,
+                    REVISION_LABEL)
 from .settings import BUILD_DIR, PROJECT_ROOT, Settings
 
 MODEL_DIR = BUILD_DIR / "model"
@@ -31,7 +33,6 @@ IMAGE_LOCK = PROJECT_ROOT / "requirements" / "image.lock"
 SOURCE_INPUTS = ("Dockerfile", ".dockerignore", "requirements/image.lock")
 SOURCE_TREES = ("app",)
 CACHE_TAG = "latest"
-INPUTS_LABEL = "ai.modelship.inputs"
 
 
 def docker_client():
@@ -107,9 +108,9 @@ LABEL_BUILD_ARGS = {
     "org.opencontainers.image.title": "IMAGE_TITLE",
     "org.opencontainers.image.source": "IMAGE_SOURCE",
     "org.opencontainers.image.created": "IMAGE_CREATED",
-    "ai.modelship.model.name": "MODEL_NAME",
-    "ai.modelship.model.version": "MODEL_VERSION",
-    "ai.modelship.model.sha256": "MODEL_SHA256",
+    MODEL_NAME_LABEL: "MODEL_NAME",
+    MODEL_VERSION_LABEL: "MODEL_VERSION",
+    MODEL_SHA256_LABEL: "MODEL_SHA256",
     INPUTS_LABEL: "IMAGE_INPUTS",
 }
 
@@ -117,13 +118,13 @@ LABEL_BUILD_ARGS = {
 def image_labels(settings: Settings, source: SourceState, model: dict, inputs: str) -> dict:
     return {
         "org.opencontainers.image.title": settings.app_name,
-        "org.opencontainers.image.revision": source.revision,
+        REVISION_LABEL: source.revision,
         "org.opencontainers.image.source": source.source_url,
         "org.opencontainers.image.created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         "org.opencontainers.image.version": __version__,
-        "ai.modelship.model.name": str(model.get("name", "")),
-        "ai.modelship.model.version": str(model.get("version", "")),
-        "ai.modelship.model.sha256": str(model.get("sha256", "")),
+        MODEL_NAME_LABEL: str(model.get("name", "")),
+        MODEL_VERSION_LABEL: str(model.get("version", "")),
+        MODEL_SHA256_LABEL: str(model.get("sha256", "")),
         INPUTS_LABEL: inputs,
     }
 

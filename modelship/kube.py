@@ -31,9 +31,10 @@ import yaml
 
 from . import service_checks
 from .errors import PipelineError
+from .names import (GIT_REVISION_ANNOTATION, MODEL_SHA256_ANNOTATION, MODEL_VERSION_ANNOTATION,
+                    Echo, running_in_ci)
 from .settings import Settings
 
-Echo = Callable[[str], None]
 # Where the smoke test looks for the API key before asking the cluster for the Secret.
 SMOKE_KEY_ENV = "MODELSHIP_API_KEY"
 
@@ -423,9 +424,9 @@ def summarize(listing: dict) -> dict:
     return {
         "image": image,
         "digest": image.split("@", 1)[1] if "@" in image else "(not pinned by digest)",
-        "git_revision": annotations.get("modelship.ai/git-revision", "unknown"),
-        "model_version": annotations.get("modelship.ai/model-version", "unknown"),
-        "model_sha256": annotations.get("modelship.ai/model-sha256", "unknown"),
+        "git_revision": annotations.get(GIT_REVISION_ANNOTATION, "unknown"),
+        "model_version": annotations.get(MODEL_VERSION_ANNOTATION, "unknown"),
+        "model_sha256": annotations.get(MODEL_SHA256_ANNOTATION, "unknown"),
         "ready_replicas": int(state.get("readyReplicas", 0)),
         "replicas": int(state.get("replicas", deployment["spec"].get("replicas", 0))),
         "updated_replicas": int(state.get("updatedReplicas", 0)),
@@ -506,12 +507,6 @@ def kubelogin_convert_command(settings: Settings) -> str:
     # Only this environment's context: other clusters in the kubeconfig keep their login.
     return (f"kubelogin convert-kubeconfig --login={settings.kubernetes.aks.login} "
             f"--context={settings.kubernetes.context}")
-
-
-def running_in_ci(environ: Mapping[str, str] = os.environ) -> bool:
-    """Azure Pipelines sets TF_BUILD; most other CI systems set CI."""
-    ci = environ.get("CI", "").strip().lower()
-    return bool(environ.get("TF_BUILD")) or ci not in ("", "0", "false", "no")
 
 
 def needs_confirmation(settings: Settings, yes: bool,

@@ -23,12 +23,11 @@ import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
 
 from .errors import PipelineError
+from .names import Echo
 from .settings import Settings
 
-Echo = Callable[[str], None]
 BACKEND = "slots"
 SLOT_NAMES = ("blue", "green")
 # Where the slots are when local_services.slot_ports is not set: above the edge's own port.

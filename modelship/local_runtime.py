@@ -14,14 +14,11 @@ from __future__ import annotations
 from . import local_edge, local_services
 from .container_test import container_logs, container_running
 from .errors import PipelineError
+from .names import (ENV_LABEL, MODEL_SHA256_LABEL, MODEL_VERSION_LABEL, PREVIOUS_IMAGE_LABEL,
+                    REVISION_LABEL, ROLE_LABEL, SLOT_PORT_LABEL)
 from .service_checks import check_golden, wait_ready
 from .settings import Settings
 
-ROLE_LABEL = "ai.modelship.role"
-# The image the container replaced: what `invoke rollback` runs again.
-PREVIOUS_IMAGE_LABEL = "ai.modelship.previous-image"
-# The slot port a deployment container listens on, behind the edge.
-SLOT_PORT_LABEL = "ai.modelship.slot-port"
 # How long a replaced container may take to stop after the edge stopped sending it work.
 STOP_TIMEOUT_SECONDS = 20
 
@@ -113,7 +110,7 @@ def deploy(client, settings: Settings, reference: str, auth: dict | None,
             "Stop it, or give this environment other ports: local_services.slot_ports, or "
             "another deployment.port (the slots follow it).",
         )
-    labels = {ROLE_LABEL: "deployment", "ai.modelship.env": settings.env,
+    labels = {ROLE_LABEL: "deployment", ENV_LABEL: settings.env,
               SLOT_PORT_LABEL: str(port)}
     if previous_reference:
         labels[PREVIOUS_IMAGE_LABEL] = previous_reference
@@ -191,9 +188,9 @@ def status(client, settings: Settings) -> dict | None:
     return {
         "image": image,
         "digest": image.split("@", 1)[1] if "@" in image else "(not pinned by digest)",
-        "git_revision": labels.get("org.opencontainers.image.revision", "unknown"),
-        "model_version": labels.get("ai.modelship.model.version", "unknown"),
-        "model_sha256": labels.get("ai.modelship.model.sha256", "unknown"),
+        "git_revision": labels.get(REVISION_LABEL, "unknown"),
+        "model_version": labels.get(MODEL_VERSION_LABEL, "unknown"),
+        "model_sha256": labels.get(MODEL_SHA256_LABEL, "unknown"),
         "ready_replicas": 1 if container.status == "running" and container_ready(settings) else 0,
         "replicas": 1,
         "address": base_url(settings),

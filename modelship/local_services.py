@@ -22,6 +22,7 @@ from typing import Callable
 import requests
 
 from .errors import PipelineError
+from .names import Echo
 from .model_store import AZURITE_ACCOUNT
 from .settings import LOCAL_STATE_DIR, PROJECT_ROOT, LocalServiceSettings
 
@@ -34,7 +35,6 @@ TOOLS_DIR = LOCAL_STATE_DIR / "tools"
 AZURITE_PACKAGE = "azurite@3"
 
 
-Echo = Callable[[str], None]
 
 
 @dataclass(frozen=True)

@@ -26,6 +26,8 @@ import jinja2
 import yaml
 
 from .errors import PipelineError
+from .names import (GIT_REVISION_ANNOTATION, MODEL_NAME_ANNOTATION, MODEL_SHA256_ANNOTATION,
+                    MODEL_VERSION_ANNOTATION, SOURCE_DIRTY_ANNOTATION)
 from .release_record import PushRecord, ReleaseRecord
 from .settings import PROJECT_ROOT, Settings
 
@@ -161,11 +163,16 @@ def _template_values(settings: Settings, release: Release) -> dict:
         "termination_grace_seconds": int(deployment["drain_seconds"])
         + int(deployment["shutdown_timeout_seconds"]) + GRACE_MARGIN_SECONDS,
         "release_annotations": {
-            "modelship.ai/git-revision": release.revision,
-            "modelship.ai/source-dirty": str(release.dirty).lower(),
-            "modelship.ai/model-name": release.model_name,
-            "modelship.ai/model-version": release.model_version,
-            "modelship.ai/model-sha256": release.model_sha256,
+            GIT_REVISION_ANNOTATION: release.revision,
+            SOURCE_DIRTY_ANNOTATION: str(release.dirty).lower(),
+            MODEL_NAME_ANNOTATION: release.model_name,
+            MODEL_VERSION_ANNOTATION: release.model_version,
+            MODEL_SHA256_ANNOTATION: release.model_sha256,
+        },
+        # On the pod template: what `rollout undo` brings back with the pods it restores.
+        "pod_annotations": {
+            GIT_REVISION_ANNOTATION: release.revision,
+            MODEL_SHA256_ANNOTATION: release.model_sha256,
         },
         "selector": {
             "app.kubernetes.io/name": settings.app_name,

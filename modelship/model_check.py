@@ -1,9 +1,9 @@
 """`invoke model.check`: does an environment run the latest published model?
 
 Reads the newest version from the model store (the `latest` pointer and that version's
-metadata.json) and the model the environment runs: the `modelship.ai/model-sha256`
-annotation of the Deployment's pod template for Kubernetes environments, or the
-`ai.modelship.model.sha256` label of the local container. Models are compared by sha256,
+metadata.json) and the model the environment runs: the model sha256 annotation of the Deployment's pod
+template for Kubernetes environments, or the model sha256 label of the local container
+(both named in `names`). Models are compared by sha256,
 never by version name. Under Azure Pipelines the answer also becomes output variables, so a
 scheduled run can carry on to Build and Deploy only when they differ. This module only
 reads: it must never deploy, publish or change anything.
@@ -14,16 +14,13 @@ from __future__ import annotations
 import json
 import re
 from dataclasses import dataclass
-from typing import Mapping
 
 from . import kube, model_store
 from .errors import PipelineError
+from .names import (MODEL_SHA256_ANNOTATION, MODEL_SHA256_LABEL, MODEL_VERSION_ANNOTATION,
+                    MODEL_VERSION_LABEL)
 from .settings import Settings
 
-SHA256_ANNOTATION = "modelship.ai/model-sha256"
-VERSION_ANNOTATION = "modelship.ai/model-version"
-SHA256_LABEL = "ai.modelship.model.sha256"
-VERSION_LABEL = "ai.modelship.model.version"
 SHA256 = re.compile(r"^[0-9a-f]{64}$")
 
 
@@ -108,10 +105,10 @@ def deployed_on_kubernetes(c, settings: Settings) -> ModelRef | None:
     template = (((deployment.get("spec") or {}).get("template") or {}).get("metadata") or {})
     template_annotations = template.get("annotations") or {}
     annotations = (deployment.get("metadata") or {}).get("annotations") or {}
-    sha256 = template_annotations.get(SHA256_ANNOTATION) or annotations.get(SHA256_ANNOTATION)
+    sha256 = template_annotations.get(MODEL_SHA256_ANNOTATION) or annotations.get(MODEL_SHA256_ANNOTATION)
     version = None
-    if annotations.get(SHA256_ANNOTATION) == sha256:
-        version = annotations.get(VERSION_ANNOTATION)
+    if annotations.get(MODEL_SHA256_ANNOTATION) == sha256:
+        version = annotations.get(MODEL_VERSION_ANNOTATION)
     return _deployed_ref(sha256, version)
 
 
@@ -128,11 +125,7 @@ def deployed_locally(client, container_name: str) -> ModelRef | None:
             from None
     # A container's labels include those of its image, where build put the model's.
     labels = container.labels or {}
-    return _deployed_ref(labels.get(SHA256_LABEL), labels.get(VERSION_LABEL))
-
-
-def running_in_azure_pipelines(environ: Mapping[str, str]) -> bool:
-    return environ.get("TF_BUILD", "").lower() == "true"
+    return _deployed_ref(labels.get(MODEL_SHA256_LABEL), labels.get(MODEL_VERSION_LABEL))
 
 
 def pipeline_variables(comparison: Comparison) -> list[str]:

@@ -10,15 +10,15 @@ command through the Invoke context, the Docker one says what it would run.
 
 from __future__ import annotations
 
-from typing import Callable, Protocol
+from typing import Protocol
 
 from . import kube, model_check
 from .errors import PipelineError
+from .names import Echo
 from .outcome import Outcome, dry_run, ran, up_to_date
 from .release_record import PushRecord, ReleaseRecord
 from .settings import Settings
 
-Echo = Callable[[str], None]
 RUNTIMES = ("docker", "kubernetes")
 
 

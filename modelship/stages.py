@@ -18,11 +18,11 @@ from typing import Callable
 from . import release_record
 from .console import current, human_size
 from .errors import PipelineError
+from .names import Echo
 from .outcome import FAILED, UP_TO_DATE, Outcome, dry_run, ran, up_to_date
 from .release_targets import release_target
 from .settings import BUILD_DIR, PROJECT_ROOT, Settings
 
-Echo = Callable[[str], None]
 PIPELINE = ("fetch-model", "build", "test", "push", "render", "apply")
 NO_RECORD_YET = "no build/record.json yet: the one `invoke build` would write"
 
@@ -572,12 +572,13 @@ def check_model(c, settings: Settings) -> tuple[list[str], bool]:
     import os
 
     from . import model_check
+    from .names import running_in_azure_pipelines
 
     latest = model_check.latest_published(open_model_store(settings))
     deployed = release_target(c, settings).deployed_model()
     comparison = model_check.Comparison(settings.env, settings.model_name, latest, deployed)
     lines = [comparison.summary()]
-    if model_check.running_in_azure_pipelines(os.environ):
+    if running_in_azure_pipelines(os.environ):
         return lines + model_check.pipeline_variables(comparison), False
     return lines, comparison.differs
 

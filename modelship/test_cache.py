@@ -32,6 +32,7 @@ from dataclasses import dataclass
 from importlib import metadata
 from pathlib import Path
 
+from .names import running_in_ci
 from .settings import LOCAL_STATE_DIR, PROJECT_ROOT
 
 CACHE_DIR = LOCAL_STATE_DIR / "cache"
@@ -161,18 +162,13 @@ def _parallel() -> str:
     return ""
 
 
-def in_ci(environ) -> bool:
-    return bool(environ.get("TF_BUILD")) or \
-        environ.get("CI", "").lower() not in ("", "0", "false", "no")
-
-
 def plan_run(force: bool, environ, python: str = sys.executable) -> UnitRun:
     pytest = f"{python} -m pytest -q{_parallel()}"
     # A selection is small: worker processes would cost more than they save, and its two
     # commands run side by side instead.
     single = f"{python} -m pytest -q"
     everything = f"{pytest} -p no:cacheprovider tests/unit"
-    if in_ci(environ) or not _installed("pytest-testmon"):
+    if running_in_ci(environ) or not _installed("pytest-testmon"):
         return UnitRun((everything,), "all", {}, False)
     TESTMON_DATA.parent.mkdir(parents=True, exist_ok=True)  # testmon makes the file only
     env = {"TESTMON_DATAFILE": str(TESTMON_DATA)}

@@ -6,7 +6,7 @@ import docker
 import pytest
 from invoke import Config, Exit, MockContext, Result
 
-from modelship import model_check
+from modelship import model_check, names
 from modelship.errors import PipelineError
 from modelship.model_check import Comparison, ModelRef
 from modelship.model_store import FileStore
@@ -185,8 +185,8 @@ def test_a_value_that_could_inject_a_logging_command_is_refused():
 
 
 def test_tf_build_detection():
-    assert model_check.running_in_azure_pipelines({"TF_BUILD": "True"})
-    assert not model_check.running_in_azure_pipelines({})
+    assert names.running_in_azure_pipelines({"TF_BUILD": "True"})
+    assert not names.running_in_azure_pipelines({})
 
 
 # --- the task: exit codes on a laptop, output variables in Azure Pipelines -----------------
