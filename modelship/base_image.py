@@ -17,7 +17,7 @@ from pathlib import Path
 
 from .errors import PipelineError
 from .local_services import _ensure_command
-from .settings import BUILD_DIR
+from .stage_files import BUILD_ROOT
 
 # Debian release whose python3 matches the image's Python version.
 DEBIAN_SUITE_FOR_PYTHON = {"3.11": "bookworm", "3.13": "trixie"}
@@ -106,8 +106,8 @@ def ensure_base_image(client, name: str, python_version: str, echo) -> str:
         )
     debootstrap = _ensure_command("debootstrap", "debootstrap", echo)
     mirror = debian_mirror(suite)
-    BUILD_DIR.mkdir(parents=True, exist_ok=True)
-    workdir = Path(tempfile.mkdtemp(prefix="base-image-", dir=BUILD_DIR))
+    BUILD_ROOT.mkdir(parents=True, exist_ok=True)
+    workdir = Path(tempfile.mkdtemp(prefix="base-image-", dir=BUILD_ROOT))
     rootfs = workdir / "rootfs"
     try:
         echo(f"debootstrap {suite} (minbase + {', '.join(PACKAGES)}) for {name}")

@@ -11,7 +11,7 @@ import subprocess
 from dataclasses import dataclass
 from pathlib import Path
 
-from .settings import PROJECT_ROOT
+from .stage_files import PROJECT_ROOT
 
 
 @dataclass(frozen=True)

@@ -23,10 +23,12 @@ from .errors import PipelineError
 from .gitinfo import SourceState
 from .names import (INPUTS_LABEL, MODEL_NAME_LABEL, MODEL_SHA256_LABEL, MODEL_VERSION_LABEL,
                     REVISION_LABEL)
-from .settings import BUILD_DIR, PROJECT_ROOT, Settings
+from .settings import Settings
+from .stage_files import BUILD_DIR, CONTEXT_DIR, PROJECT_ROOT, WHEELHOUSE_DIR, on_disk
+from .stage_files import MODEL_DIR as DECLARED_MODEL_DIR
 
-MODEL_DIR = BUILD_DIR / "model"
-WHEELHOUSE = BUILD_DIR / "wheelhouse"
+MODEL_DIR = on_disk(DECLARED_MODEL_DIR)
+WHEELHOUSE = on_disk(WHEELHOUSE_DIR)
 IMAGE_REQUIREMENTS_IN = PROJECT_ROOT / "requirements" / "image.in"
 IMAGE_LOCK = PROJECT_ROOT / "requirements" / "image.lock"
 # What the image is made of, besides the model and the wheels (covered by the lock).
@@ -180,19 +182,20 @@ def build_context(root: Path = PROJECT_ROOT) -> Path:
     """A folder holding only what the Dockerfile copies: small, and no secret can slip in."""
     import shutil
 
-    context = BUILD_DIR / "context"
+    context = on_disk(CONTEXT_DIR)
     shutil.rmtree(context, ignore_errors=True)
-    (context / "build").mkdir(parents=True)
+    (context / BUILD_DIR).mkdir(parents=True)
     (context / "requirements").mkdir()
     for name in ("Dockerfile", ".dockerignore", "requirements/image.lock"):
         shutil.copy2(root / name, context / name)
     shutil.copytree(root / "app", context / "app",
                     ignore=shutil.ignore_patterns("__pycache__", "*.pyc"))
-    # Hard links: the wheels and the model are large and already verified.
-    shutil.copytree(WHEELHOUSE, context / "build" / "wheelhouse", copy_function=_link_or_copy)
-    (context / "build" / "model").mkdir()
+    # Hard links: the wheels and the model are large and already verified. The context holds
+    # them where the Dockerfile copies them from: where they lie in the checkout.
+    shutil.copytree(WHEELHOUSE, context / WHEELHOUSE_DIR, copy_function=_link_or_copy)
+    (context / DECLARED_MODEL_DIR).mkdir()
     for name in ("model.onnx", "metadata.json"):
-        _link_or_copy(MODEL_DIR / name, context / "build" / "model" / name)
+        _link_or_copy(MODEL_DIR / name, context / DECLARED_MODEL_DIR / name)
     return context
 
 

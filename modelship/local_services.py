@@ -24,7 +24,8 @@ import requests
 from .errors import PipelineError
 from .names import Echo
 from .model_store import AZURITE_ACCOUNT
-from .settings import LOCAL_STATE_DIR, PROJECT_ROOT, LocalServiceSettings
+from .settings import LocalServiceSettings
+from .stage_files import LOCAL_STATE_DIR, PROJECT_ROOT
 
 RUN_DIR = LOCAL_STATE_DIR / "run"
 LOG_DIR = LOCAL_STATE_DIR / "logs"

@@ -23,7 +23,7 @@ from typing import Sequence
 import yaml
 
 from .errors import PipelineError
-from .settings import LOCAL_STATE_DIR, PROJECT_ROOT
+from .stage_files import LOCAL_STATE_DIR, PROJECT_ROOT
 
 CHECKOV_CONFIG = PROJECT_ROOT / ".checkov.yaml"
 DOCKERFILE = PROJECT_ROOT / "Dockerfile"

@@ -29,7 +29,8 @@ from .errors import PipelineError
 from .names import (GIT_REVISION_ANNOTATION, MODEL_NAME_ANNOTATION, MODEL_SHA256_ANNOTATION,
                     MODEL_VERSION_ANNOTATION, SOURCE_DIRTY_ANNOTATION)
 from .release_record import PushRecord, ReleaseRecord
-from .settings import PROJECT_ROOT, Settings
+from .settings import Settings
+from .stage_files import PROJECT_ROOT
 
 TEMPLATE_DIR = PROJECT_ROOT / "templates" / "k8s"
 PINNED_IMAGE = re.compile(r"\A[^\s@]+@sha256:[0-9a-f]{64}\Z")

@@ -21,17 +21,15 @@ from pydantic import BaseModel, ConfigDict, ValidationError, field_validator
 
 from app import golden as golden_rules
 
-from . import settings as settings_module
+from . import stage_files
 from .errors import PipelineError
 from .model_metadata import LABEL_SAFE, SHA256
 
 SCHEMA_VERSION = 2
-RECORD_NAME = "record.json"
 
 
 def record_path() -> Path:
-    # Read at call time so tests (and a relocated build folder) see the current BUILD_DIR.
-    return settings_module.BUILD_DIR / RECORD_NAME
+    return stage_files.on_disk(stage_files.RECORD_FILE)
 
 
 class _Frozen(BaseModel):
@@ -198,5 +196,5 @@ def save(record: ReleaseRecord, path: Path | None = None) -> Path:
 
 
 def _shown(path: Path) -> str:
-    root = settings_module.PROJECT_ROOT
+    root = stage_files.PROJECT_ROOT
     return str(path.relative_to(root)) if path.is_relative_to(root) else str(path)

@@ -21,6 +21,7 @@ from typing import Any
 import yaml
 from pydantic import ValidationError
 
+from . import stage_files
 from .errors import PipelineError
 from .settings_schema import (
     EnvironmentSection,
@@ -30,9 +31,8 @@ from .settings_schema import (
     model_at,
 )
 
-PROJECT_ROOT = Path(__file__).resolve().parent.parent
-BUILD_DIR = PROJECT_ROOT / "build"
-LOCAL_STATE_DIR = PROJECT_ROOT / ".local"
+# Re-exported for the modules and tests that take the project's root from here.
+PROJECT_ROOT = stage_files.PROJECT_ROOT
 
 
 def _merge(base: dict, override: Mapping) -> dict:
@@ -133,7 +133,7 @@ class Settings:
 
     @property
     def render_dir(self) -> Path:
-        return BUILD_DIR / "k8s" / self.env
+        return stage_files.on_disk(stage_files.RENDER_DIR, self.env)
 
 
 def _has_path(data: Any, path: tuple) -> bool:

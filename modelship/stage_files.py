@@ -1,4 +1,7 @@
-"""What each Invoke task reads from and writes to the project's build/ folder.
+"""The project's folders, and what each Invoke task reads from and writes to build/.
+
+Every path a task generates is declared here once, as typed on the command line, and found
+on disk with `on_disk()`; no other module spells out the build/ layout.
 
 Stages run on agents that share nothing but pipeline artifacts, so a task can only run where
 its inputs were produced earlier in the same job or downloaded from an earlier stage.
@@ -12,6 +15,14 @@ touch a file.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import Path
+
+PROJECT_ROOT = Path(__file__).resolve().parent.parent
+# This checkout's own services and tools (`invoke local.up`, checkov, the unit-test cache).
+LOCAL_STATE_DIR = PROJECT_ROOT / ".local"
+# Where BUILD_DIR lies on disk. `on_disk` reads it at call time, so a test that points it at
+# a temporary folder moves every generated path at once.
+BUILD_ROOT = PROJECT_ROOT / "build"
 
 ENV_PLACEHOLDER = "<env>"
 # Everything a task generates lives here; anything else in the project comes with the checkout.
@@ -19,6 +30,18 @@ BUILD_DIR = "build/"
 MODEL_DIR = "build/model/"
 RECORD_FILE = "build/record.json"
 RENDER_DIR = f"build/k8s/{ENV_PLACEHOLDER}/"
+# Working folders of one task, never handed to another.
+WHEELHOUSE_DIR = "build/wheelhouse/"
+CONTEXT_DIR = "build/context/"
+PUBLISH_DIR = "build/publish/"
+
+
+def on_disk(declared: str, env: str | None = None) -> Path:
+    """Where a path declared here (`build/...`, `<env>` filled in) lies in this checkout."""
+    relative = declared.removeprefix(BUILD_DIR).rstrip("/")
+    if env is not None:
+        relative = relative.replace(ENV_PLACEHOLDER, env)
+    return BUILD_ROOT / relative if relative else BUILD_ROOT
 
 
 @dataclass(frozen=True)

@@ -21,10 +21,11 @@ from .errors import PipelineError
 from .names import Echo
 from .outcome import FAILED, UP_TO_DATE, Outcome, dry_run, ran, up_to_date
 from .release_targets import release_target
-from .settings import BUILD_DIR, PROJECT_ROOT, Settings
+from .settings import Settings
+from .stage_files import MODEL_DIR, PROJECT_ROOT, PUBLISH_DIR, RECORD_FILE, on_disk
 
 PIPELINE = ("fetch-model", "build", "test", "push", "render", "apply")
-NO_RECORD_YET = "no build/record.json yet: the one `invoke build` would write"
+NO_RECORD_YET = f"no {RECORD_FILE} yet: the one `invoke build` would write"
 
 
 class StageFailed(PipelineError):
@@ -62,8 +63,8 @@ def fetch_model(settings: Settings, *, version: str | None = None, locked: bool 
     version = version or "latest"
     if dry:
         wanted = "the locked version" if locked else version
-        line = (f"[dry] would fetch {wanted} from {settings.model_store.uri} into build/model "
-                "and verify it")
+        line = (f"[dry] would fetch {wanted} from {settings.model_store.uri} into "
+                f"{MODEL_DIR.rstrip('/')} and verify it")
         try:
             open_model_store(settings)
         except PipelineError as problem:
@@ -71,7 +72,7 @@ def fetch_model(settings: Settings, *, version: str | None = None, locked: bool 
             line += f"; the real run would stop here: {problem.problem}"
         return dry_run(line)
     store = open_model_store(settings)
-    result = model_store.fetch(store, BUILD_DIR / "model", version, locked=locked,
+    result = model_store.fetch(store, on_disk(MODEL_DIR), version, locked=locked,
                                lock_file=Path(lock_file) if lock_file else None,
                                progress=console_progress, public_key=_public_key(settings))
     model = f"model {result.version} ({human_size(result.size)}, sha256 {result.sha256[:12]}…)"
@@ -121,11 +122,12 @@ def build(settings: Settings, *, force: bool = False, no_cache: bool = False, dr
     from .wheelhouse import prepare_wheelhouse
 
     if dry:
-        model = ("build/model" if (image.MODEL_DIR / "metadata.json").is_file()
-                 else "the model `invoke fetch-model` would fetch (build/model is empty)")
+        model_dir = MODEL_DIR.rstrip("/")
+        model = (model_dir if (image.MODEL_DIR / "metadata.json").is_file()
+                 else f"the model `invoke fetch-model` would fetch ({model_dir} is empty)")
         return dry_run(f"[dry] would build {settings.image.repository} from "
                        f"{settings.image.base} with {model} (skipped if the registry holds the "
-                       "same inputs) and write build/record.json")
+                       f"same inputs) and write {RECORD_FILE}")
     client = image.docker_client()
     if settings.image.offline_base:
         echo(ensure_base_image(client, settings.image.base, settings.image.python_version, echo))
@@ -512,12 +514,12 @@ def publish_model(settings: Settings, *, version: str | None = None,
         return f"[dry] would verify and publish {name} {version} to {store.uri}"
     if model is not None:
         model_dir = publishing.export_own_model(
-            Path(model), Path(samples), BUILD_DIR / "publish" / version, name=name,
+            Path(model), Path(samples), on_disk(PUBLISH_DIR) / version, name=name,
             version=version, task=task, tolerance=tolerance)
     elif model_dir is None:
         from .sample_model import train_digits_model
 
-        model_dir = train_digits_model(BUILD_DIR / "publish" / version, name=name,
+        model_dir = train_digits_model(on_disk(PUBLISH_DIR) / version, name=name,
                                        version=version)
     model_store.read_model_dir(Path(model_dir))  # the schema first: it names the bad field
     verified = publishing.verify_serves(Path(model_dir))

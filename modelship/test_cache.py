@@ -33,7 +33,7 @@ from importlib import metadata
 from pathlib import Path
 
 from .names import running_in_ci
-from .settings import LOCAL_STATE_DIR, PROJECT_ROOT
+from .stage_files import BUILD_DIR, LOCAL_STATE_DIR, PROJECT_ROOT
 
 CACHE_DIR = LOCAL_STATE_DIR / "cache"
 UNIT_RECORD = CACHE_DIR / "unit-tests.json"
@@ -58,7 +58,8 @@ def input_files(root: Path | None = None) -> list[str]:
         # Not a git checkout (an unpacked source archive): every file but the usual
         # generated ones.
         names = [str(path.relative_to(root)) for path in root.rglob("*") if path.is_file()
-                 and not any(part in (".git", ".venv", ".local", "build", "__pycache__")
+                 and not any(part in (".git", ".venv", LOCAL_STATE_DIR.name,
+                                          BUILD_DIR.rstrip("/"), "__pycache__")
                              for part in path.relative_to(root).parts)]
     else:
         names = [name for name in listed.stdout.decode().split("\0") if name]

@@ -72,7 +72,7 @@ def settings_in(env: str, context: str, namespace: str, folder: Path, **deployme
         settings, deployment={**settings.deployment, **deployment},
         kubernetes=dataclasses.replace(settings.kubernetes, context=context,
                                        namespace=namespace, rollout_timeout="90s"))
-    # render_dir follows BUILD_DIR; the tests render into their own folder instead.
+    # render_dir follows stage_files.BUILD_ROOT; the tests render into their own folder instead.
     return settings, folder
 
 
@@ -88,7 +88,7 @@ def rendering_in(env: str, context: str, namespace: str, folder: Path,
 def applying(env: str, context: str, namespace: str, folder: Path, monkeypatch,
              image: str | None = None, **deployment):
     """Settings whose render_dir is `folder`, rendered; for kube.apply against the cluster."""
-    monkeypatch.setattr("modelship.settings.BUILD_DIR", folder.parent / "build")
+    monkeypatch.setattr("modelship.stage_files.BUILD_ROOT", folder.parent / "build")
     settings, _ = settings_in(env, context, namespace, folder, **deployment)
     image = image or f"{settings.registry.host}/digits-api@{DIGEST}"
     manifests.render(settings, Release.for_review(image, revision="test", dirty=False))

@@ -18,7 +18,7 @@ import pytest
 import requests
 
 from modelship.local_services import read_registry_login
-from modelship.settings import BUILD_DIR, PROJECT_ROOT
+from modelship.stage_files import BUILD_ROOT, PROJECT_ROOT
 
 pytestmark = pytest.mark.integration
 
@@ -52,8 +52,8 @@ def listed_tasks() -> list[str]:
 
 def build_folder() -> dict[str, str]:
     return {
-        str(path.relative_to(BUILD_DIR)): hashlib.sha256(path.read_bytes()).hexdigest()
-        for path in sorted(BUILD_DIR.rglob("*"))
+        str(path.relative_to(BUILD_ROOT)): hashlib.sha256(path.read_bytes()).hexdigest()
+        for path in sorted(BUILD_ROOT.rglob("*"))
         if path.is_file() and "wheelhouse" not in path.parts
     }
 

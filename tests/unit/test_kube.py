@@ -62,7 +62,7 @@ def render_for(settings, record: ReleaseRecord) -> None:
 
 @pytest.fixture
 def build_dir(tmp_path, monkeypatch):
-    monkeypatch.setattr("modelship.settings.BUILD_DIR", tmp_path / "build")
+    monkeypatch.setattr("modelship.stage_files.BUILD_ROOT", tmp_path / "build")
     return tmp_path / "build"
 
 

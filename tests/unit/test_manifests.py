@@ -84,7 +84,7 @@ def render_env(env: str, record: ReleaseRecord, output_dir: Path,
 @pytest.fixture
 def build_dir(tmp_path, monkeypatch):
     """settings.render_dir points into a temporary build folder, never the real one."""
-    monkeypatch.setattr("modelship.settings.BUILD_DIR", tmp_path / "build")
+    monkeypatch.setattr("modelship.stage_files.BUILD_ROOT", tmp_path / "build")
     return tmp_path / "build"
 
 

@@ -63,7 +63,7 @@ def classifier(tmp_path_factory):
 
 @pytest.fixture
 def settings(tmp_path, monkeypatch):
-    monkeypatch.setattr(stages, "BUILD_DIR", tmp_path / "build")
+    monkeypatch.setattr("modelship.stage_files.BUILD_ROOT", tmp_path / "build")
     store_uri = f"file://{tmp_path / 'store'}"
     return SimpleNamespace(env="local", model_name="byom", model_store=SimpleNamespace(
         uri=store_uri, account_url="", endpoint_url=""))

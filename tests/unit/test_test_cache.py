@@ -176,7 +176,7 @@ def record_with(image_id, name, contract):
 
 @pytest.fixture
 def record_dir(tmp_path, monkeypatch):
-    monkeypatch.setattr("modelship.settings.BUILD_DIR", tmp_path / "build")
+    monkeypatch.setattr("modelship.stage_files.BUILD_ROOT", tmp_path / "build")
     return tmp_path / "build"
 
 
