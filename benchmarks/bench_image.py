@@ -20,7 +20,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from modelship.release_record import load as read_record  # noqa: E402
-from modelship.image import docker_client  # noqa: E402
+from modelship.engine import docker_client  # noqa: E402
 
 MARKER = ROOT / "app" / "_benchmark_change.py"
 

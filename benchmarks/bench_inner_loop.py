@@ -161,7 +161,7 @@ def main() -> None:
 def _remove_bench_deployment(clone: Path, config: Path) -> None:
     """Leave services someone else started running; take away only the bench's app."""
     code = ("import invoke, sys; from modelship.settings import load_settings; "
-            "from modelship.image import docker_client; from modelship import local_runtime; "
+            "from modelship.engine import docker_client; from modelship import local_runtime; "
             "c = invoke.Config(project_location='.', runtime_path=sys.argv[1]); "
             "c.load_project(); c.load_runtime(); "
             "local_runtime.remove(docker_client(), load_settings(c, 'local'))")

@@ -16,7 +16,7 @@ import tempfile
 from pathlib import Path
 
 from .errors import PipelineError
-from .local_services import _ensure_command
+from .host import ensure_command
 from .stage_files import BUILD_ROOT
 
 # Debian release whose python3 matches the image's Python version.
@@ -104,7 +104,7 @@ def ensure_base_image(client, name: str, python_version: str, echo) -> str:
             "Building the offline base image needs root (debootstrap).",
             "Run `sudo invoke base-image`, or set image.base to an image you can pull.",
         )
-    debootstrap = _ensure_command("debootstrap", "debootstrap", echo)
+    debootstrap = ensure_command("debootstrap", "debootstrap", echo)
     mirror = debian_mirror(suite)
     BUILD_ROOT.mkdir(parents=True, exist_ok=True)
     workdir = Path(tempfile.mkdtemp(prefix="base-image-", dir=BUILD_ROOT))

@@ -14,6 +14,7 @@ import socket
 
 import requests
 
+from .engine import container_logs, container_running
 from .errors import PipelineError
 from .names import MODEL_SHA256_LABEL, MODEL_VERSION_LABEL, REVISION_LABEL, ROLE_LABEL
 from .service_checks import check_golden, check_version, wait_ready
@@ -34,22 +35,6 @@ def free_loopback_port() -> int:
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
         return probe.getsockname()[1]
-
-
-def container_logs(container, lines: int = 5) -> str:
-    try:
-        text = container.logs(tail=lines).decode(errors="replace").strip()
-    except Exception:  # the container may already be gone
-        return "(no logs)"
-    return " | ".join(text.splitlines()) or "(empty)"
-
-
-def container_running(container) -> bool:
-    try:
-        container.reload()
-    except Exception:
-        return False
-    return container.status in ("created", "running")
 
 
 def find_secrets(image) -> list[str]:

@@ -19,6 +19,7 @@ from pathlib import Path
 
 from . import __version__, model_metadata
 from .release_record import ImageRecord, ModelRecord, PushRecord, ReleaseRecord, SourceRecord
+from .engine import docker_client  # noqa: F401  (callers that still name image.docker_client)
 from .errors import PipelineError
 from .gitinfo import SourceState
 from .names import (INPUTS_LABEL, MODEL_NAME_LABEL, MODEL_SHA256_LABEL, MODEL_VERSION_LABEL,
@@ -35,20 +36,6 @@ IMAGE_LOCK = PROJECT_ROOT / "requirements" / "image.lock"
 SOURCE_INPUTS = ("Dockerfile", ".dockerignore", "requirements/image.lock")
 SOURCE_TREES = ("app",)
 CACHE_TAG = "latest"
-
-
-def docker_client():
-    import docker
-
-    try:
-        client = docker.from_env(timeout=300)
-        client.ping()
-        return client
-    except docker.errors.DockerException:
-        raise PipelineError(
-            "No Docker Engine answers.",
-            "Start one (for --env=local: `invoke local.up`), or set DOCKER_HOST.",
-        ) from None
 
 
 def read_model_metadata(model_dir: Path = MODEL_DIR) -> dict:

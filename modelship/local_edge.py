@@ -19,11 +19,13 @@ never listen beyond 127.0.0.1, and never route to anything but the two slot port
 from __future__ import annotations
 
 import socket
+import subprocess
 import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
 
+from . import host
 from .errors import PipelineError
 from .names import Echo
 from .settings import Settings
@@ -190,3 +192,43 @@ def route_to(edge: Edge, port: int, echo: Echo, drain_seconds: float = 30) -> No
     else:
         echo(f"  the old slot still had requests in flight after {drain_seconds:.0f} s")
     _set_state(edge, old, "maint")
+
+
+# --- starting it ---------------------------------------------------------------------------
+
+
+def edge_answers(edge: Edge) -> bool:
+    try:
+        return "Name: HAProxy" in runtime_api(edge, "show info", timeout=2)
+    except PipelineError:
+        return False
+
+
+def ensure_edge(edge: Edge, active_port: int | None, echo: Echo) -> str:
+    """HAProxy for `edge`, routing to `active_port`'s slot, started unless it answers."""
+    if host.started_pid(edge.service_name, edge.run_dir) and edge_answers(edge):
+        return f"edge: already answering on 127.0.0.1:{edge.port}"
+    # A PID file without a working edge behind it.
+    host.stop_started(edge.service_name, run_dir=edge.run_dir)
+    if host.port_taken(edge.port):
+        raise PipelineError(
+            f"Something else listens on 127.0.0.1:{edge.port}, where the local edge (HAProxy) "
+            f"of '{edge.env}' must listen.",
+            f"Stop it, or set deployment.port for '{edge.env}' to a free port.",
+        )
+    binary = host.ensure_command("haproxy", "haproxy", echo)
+    write_config(edge, active_port)
+    checked = subprocess.run([binary, "-c", "-q", "-f", str(edge.config_path)],
+                             capture_output=True, text=True)
+    if checked.returncode != 0:
+        raise PipelineError(
+            f"HAProxy refuses the edge configuration {edge.config_path}: "
+            f"{(checked.stderr or checked.stdout).strip()[-300:]}",
+            "Check local_services.slot_ports and deployment.port for this environment.",
+        )
+    edge.socket_path.unlink(missing_ok=True)
+    pid = host.spawn(edge.service_name, [binary, "-db", "-f", str(edge.config_path)],
+                     run_dir=edge.run_dir)
+    host.wait_until(lambda: edge_answers(edge), edge.service_name, pid, 30,
+                    log=edge.run_dir / f"{edge.service_name}.log")
+    return f"edge: HAProxy started on 127.0.0.1:{edge.port} (pid {pid})"

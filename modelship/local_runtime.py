@@ -11,8 +11,9 @@ active container is always named `<app>-<env>`; one being started is `<app>-<env
 
 from __future__ import annotations
 
-from . import local_edge, local_services
-from .container_test import container_logs, container_running
+from . import host, local_edge
+from .engine import container_logs, container_running, pull
+from .engine import find_container
 from .errors import PipelineError
 from .names import (ENV_LABEL, MODEL_SHA256_LABEL, MODEL_VERSION_LABEL, PREVIOUS_IMAGE_LABEL,
                     REVISION_LABEL, ROLE_LABEL, SLOT_PORT_LABEL)
@@ -31,36 +32,8 @@ def base_url(settings: Settings) -> str:
     return local_edge.Edge.of(settings).url()
 
 
-def _find(client, name: str):
-    import docker
-
-    try:
-        return client.containers.get(name)
-    except docker.errors.NotFound:
-        return None
-
-
-def pull(client, reference: str, auth: dict | None) -> None:
-    import docker
-
-    repository, _, digest = reference.partition("@")
-    try:
-        for chunk in client.api.pull(repository, tag=digest, stream=True, decode=True,
-                                     auth_config=auth):
-            if "error" in chunk:
-                raise PipelineError(
-                    f"Pulling {reference} failed: {chunk['error']}",
-                    "Check that the push succeeded and the registry runs (`invoke local.up`).",
-                )
-    except docker.errors.APIError as error:
-        raise PipelineError(
-            f"Pulling {reference} failed: {error.explanation}",
-            "Check that the push succeeded and the registry runs (`invoke local.up`).",
-        ) from None
-
-
 def previous_image(client, settings: Settings) -> str | None:
-    container = _find(client, container_name(settings))
+    container = find_container(client, container_name(settings))
     return (container.labels or {}).get(PREVIOUS_IMAGE_LABEL) if container else None
 
 
@@ -86,11 +59,11 @@ def deploy(client, settings: Settings, reference: str, auth: dict | None,
     pull(client, reference, auth)
     name = container_name(settings)
     for leftover in (f"{name}-next", f"{name}-previous"):  # from a deploy that was killed
-        found = _find(client, leftover)
+        found = find_container(client, leftover)
         if found is not None:
             found.remove(force=True)
 
-    current = _find(client, name)
+    current = find_container(client, name)
     previous_reference = current.attrs["Config"]["Image"] if current is not None else None
     if current is not None and _slot_port(current) not in edge.slot_ports:
         # Made before the edge existed: it holds the edge's port itself.
@@ -100,10 +73,10 @@ def deploy(client, settings: Settings, reference: str, auth: dict | None,
     active_port = _slot_port(current) if current is not None else None
     if current is not None and current.status != "running":
         active_port = None
-    echo("  " + local_services.ensure_edge(edge, active_port, echo))
+    echo("  " + local_edge.ensure_edge(edge, active_port, echo))
 
     port = edge.free_port(active_port)
-    if local_services.port_taken(port):
+    if host.port_taken(port):
         raise PipelineError(
             f"Slot port 127.0.0.1:{port} of '{settings.env}' is taken by something else "
             "(another app's container, or another server).",
@@ -147,21 +120,21 @@ def deploy(client, settings: Settings, reference: str, auth: dict | None,
 def already_serving(client, settings: Settings, reference: str, echo) -> bool:
     """True when the running container is `reference`, behind a working edge, and ready:
     then a release has nothing to do."""
-    current = _find(client, container_name(settings))
+    current = find_container(client, container_name(settings))
     if current is None or current.status != "running" or \
             current.attrs["Config"]["Image"] != reference or _slot_port(current) is None:
         return False
-    local_services.ensure_edge(local_edge.Edge.of(settings), _slot_port(current),
+    local_edge.ensure_edge(local_edge.Edge.of(settings), _slot_port(current),
                                lambda line: None)
     return container_ready(settings)
 
 
 def ensure_edge_for_running(client, settings: Settings, echo) -> str | None:
     """After an engine restart: the edge again, routing to the container that runs."""
-    current = _find(client, container_name(settings))
+    current = find_container(client, container_name(settings))
     if current is None or current.status != "running" or _slot_port(current) is None:
         return None
-    return local_services.ensure_edge(local_edge.Edge.of(settings), _slot_port(current), echo)
+    return local_edge.ensure_edge(local_edge.Edge.of(settings), _slot_port(current), echo)
 
 
 def remove(client, settings: Settings) -> bool:
@@ -169,18 +142,18 @@ def remove(client, settings: Settings) -> bool:
     removed = False
     name = container_name(settings)
     for candidate in (name, f"{name}-next", f"{name}-previous"):
-        container = _find(client, candidate)
+        container = find_container(client, candidate)
         if container is not None:
             container.remove(force=True)
             removed = True
     edge = local_edge.Edge.of(settings)
-    local_services.stop_started(edge.service_name, run_dir=edge.run_dir)
+    host.stop_started(edge.service_name, run_dir=edge.run_dir)
     return removed
 
 
 def status(client, settings: Settings) -> dict | None:
     """What the local deployment runs, in the same terms `kube.status` uses; None if nothing."""
-    container = _find(client, container_name(settings))
+    container = find_container(client, container_name(settings))
     if container is None:
         return None
     image = container.attrs["Config"]["Image"]

@@ -14,7 +14,7 @@ import subprocess
 
 from .errors import PipelineError
 from .image import CACHE_TAG, inputs_tag
-from .local_services import read_registry_login
+from .registry_login import read_registry_login
 from .release_record import PushRecord, ReleaseRecord
 from .settings import Settings
 

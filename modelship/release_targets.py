@@ -71,7 +71,7 @@ class DockerTarget:
 
     @staticmethod
     def _client():
-        from .image import docker_client
+        from .engine import docker_client
 
         return docker_client()
 
@@ -166,3 +166,23 @@ class KubernetesTarget:
 
     def deployed_model(self) -> model_check.ModelRef | None:
         return model_check.deployed_on_kubernetes(self.c, self.settings)
+
+
+def local_down(settings: Settings) -> list[str]:
+    """`local.down`: the local deployment's container and edge first, then what `local.up`
+    started. Here, above both, because it needs the docker runtime and the local services."""
+    from . import host, local_runtime, local_services
+    from .engine import docker_client, engine_answers
+    from .local_edge import Edge
+
+    lines = []
+    if engine_answers():
+        if local_runtime.remove(docker_client(), settings):
+            lines.append("removed the local deployment container")
+    edge = Edge.of(settings)
+    stopped = [edge.service_name] if host.stop_started(edge.service_name,
+                                                      run_dir=edge.run_dir) else []
+    stopped += local_services.down(settings.local_services)
+    lines.append("stopped: " + (", ".join(stopped) if stopped else
+                                "nothing (local.up started nothing)"))
+    return lines

@@ -91,7 +91,7 @@ def _public_key(settings: Settings) -> Path | None:
 
 def base_image(settings: Settings, *, dry: bool, echo: Echo) -> str:
     from .base_image import ensure_base_image
-    from .image import docker_client
+    from .engine import docker_client
 
     if not settings.image.offline_base:
         return f"base image {settings.image.base}: pulled by the engine (offline_base is off)"
@@ -117,6 +117,7 @@ def build(settings: Settings, *, force: bool = False, no_cache: bool = False, dr
     """Build the image, or find it already in the registry (same inputs): nothing rebuilt."""
     from . import image
     from .base_image import ensure_base_image
+    from .engine import docker_client
     from .gitinfo import source_state
     from .registry import login
     from .wheelhouse import prepare_wheelhouse
@@ -128,7 +129,7 @@ def build(settings: Settings, *, force: bool = False, no_cache: bool = False, dr
         return dry_run(f"[dry] would build {settings.image.repository} from "
                        f"{settings.image.base} with {model} (skipped if the registry holds the "
                        f"same inputs) and write {RECORD_FILE}")
-    client = image.docker_client()
+    client = docker_client()
     if settings.image.offline_base:
         echo(ensure_base_image(client, settings.image.base, settings.image.python_version, echo))
     echo(prepare_wheelhouse(image.IMAGE_LOCK, image.WHEELHOUSE, settings.image.python_version,
@@ -181,7 +182,7 @@ def test(c, settings: Settings, *, unit: bool = True, force: bool = False, dry: 
     """Unit tests, then the container contract test on the image the record names; each is
     skipped when it already passed for exactly these inputs (`force` runs them anyway)."""
     from .container_test import run_contract
-    from .image import docker_client
+    from .engine import docker_client
 
     units_ran = unit and run_unit_tests(c, force=force, dry=dry, echo=echo)
     if dry:
@@ -198,10 +199,10 @@ def test(c, settings: Settings, *, unit: bool = True, force: bool = False, dry: 
     client = docker_client()
     if record.image.id is None:
         # An up-to-date build was not rebuilt here: test the very image the registry holds.
-        from . import local_runtime
+        from .engine import pull
         from .registry import login
 
-        local_runtime.pull(client, image_ref, login(client, settings))
+        pull(client, image_ref, login(client, settings))
     run_contract(client, image_ref, record.model.as_metadata(), echo)
     release_record.save(record.with_contract_test(image_ref))
     return ran(f"container test passed for {record.image.name}")
@@ -271,7 +272,7 @@ def _side_by_side(c, commands: tuple[str, ...], env: dict, dry: bool) -> list:
 
 
 def push(settings: Settings, *, force: bool = False, dry: bool, echo: Echo) -> Outcome:
-    from .image import docker_client
+    from .engine import docker_client
     from .registry import push_image
 
     if dry and not release_record.exists():
@@ -456,7 +457,7 @@ def local_up(settings: Settings, *, dry: bool, echo: Echo) -> list[str]:
     lines = local_services.up(settings.local_services, echo)
     if settings.runtime == "docker":
         from . import local_runtime
-        from .image import docker_client
+        from .engine import docker_client
 
         edge = local_runtime.ensure_edge_for_running(docker_client(), settings, echo)
         if edge:
@@ -472,12 +473,12 @@ def local_status(settings: Settings) -> list[str]:
 
 
 def local_down(settings: Settings, *, dry: bool) -> list[str]:
-    from . import local_services
+    from .release_targets import local_down as stop_local_environment
 
     if dry:
         return ["[dry] would remove the local deployment and stop the services local.up "
                 "started"]
-    return local_services.down_with_deployment(settings)
+    return stop_local_environment(settings)
 
 
 # --- the data scientists' side ---------------------------------------------------------------

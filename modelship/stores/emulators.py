@@ -16,6 +16,7 @@ import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Callable
 
 import requests
 
@@ -33,20 +34,27 @@ def free_port() -> int:
 class Emulator:
     name: str
     url: str
-    process: subprocess.Popen
+    # Stops the server process (and only it).
+    stop_process: Callable[[], None]
     data_dir: Path
     log: Path
     extra: dict = field(default_factory=dict)
 
     def stop(self) -> None:
-        if self.process.poll() is None:
-            self.process.send_signal(signal.SIGTERM)
-            try:
-                self.process.wait(timeout=15)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait()
+        self.stop_process()
         shutil.rmtree(self.data_dir, ignore_errors=True)
+
+
+def _stopper(process: subprocess.Popen) -> Callable[[], None]:
+    def stop() -> None:
+        if process.poll() is None:
+            process.send_signal(signal.SIGTERM)
+            try:
+                process.wait(timeout=15)
+            except subprocess.TimeoutExpired:
+                process.kill()
+                process.wait()
+    return stop
 
 
 def _wait_for(url: str, process: subprocess.Popen, log: Path, name: str) -> None:
@@ -64,21 +72,20 @@ def _wait_for(url: str, process: subprocess.Popen, log: Path, name: str) -> None
 
 
 def start_azurite() -> Emulator:
-    from ..local_services import _ensure_azurite_installed
+    from .. import azurite, host
 
-    command = _ensure_azurite_installed(print)
     port = free_port()
     data_dir = Path(tempfile.mkdtemp(prefix="modelship-azurite-"))
-    log = data_dir / "azurite.log"
-    process = subprocess.Popen(
-        [str(command), "--blobHost", "127.0.0.1", "--blobPort", str(port),
-         "--location", str(data_dir / "data"), "--disableTelemetry", "--skipApiVersionCheck",
-         "--silent"],
-        stdout=open(log, "wb"), stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-    )
+    try:
+        azurite.start(port, data_dir / "data", print, run_dir=data_dir, quiet=True)
+    except PipelineError:
+        host.stop_started(azurite.SERVICE_NAME, run_dir=data_dir)
+        raise
     url = f"http://127.0.0.1:{port}/{AZURITE_ACCOUNT}"
-    _wait_for(f"{url}?comp=list", process, log, "Azurite")
-    return Emulator("azurite", url, process, data_dir, log,
+    return Emulator("azurite", url,
+                    lambda: host.stop_started(azurite.SERVICE_NAME, seconds=15, run_dir=data_dir),
+                    data_dir,
+                    host.log_file(azurite.SERVICE_NAME, data_dir),
                     {"account": AZURITE_ACCOUNT, "key": AZURITE_KEY, "port": port})
 
 
@@ -96,4 +103,4 @@ def start_moto() -> Emulator:
     )
     url = f"http://127.0.0.1:{port}"
     _wait_for(f"{url}/moto-api/", process, log, "moto_server")
-    return Emulator("moto", url, process, data_dir, log, {"port": port})
+    return Emulator("moto", url, _stopper(process), data_dir, log, {"port": port})

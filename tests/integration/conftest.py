@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 from invoke import Config
 
-from modelship import local_services
+from modelship import host, local_services
 from modelship.settings import PROJECT_ROOT, load_settings
 
 SERVICES = ("dockerd", "registry", "azurite")
@@ -38,28 +38,28 @@ def local_settings():
 
 @pytest.fixture(scope="session")
 def local_stack(local_settings):
-    before = {name: local_services.started_pid(name) for name in SERVICES}
+    before = {name: host.started_pid(name) for name in SERVICES}
     local_services.up(local_settings.local_services, print)
     started_here = [
         name for name in SERVICES
-        if local_services.started_pid(name) and not before[name]
+        if host.started_pid(name) and not before[name]
     ]
     yield local_settings
     if "dockerd" in started_here:
         from modelship import local_runtime
-        from modelship.image import docker_client
+        from modelship.engine import docker_client
 
         local_runtime.remove(docker_client(), local_settings)
     for name in ("azurite", "registry", "dockerd"):
         if name == "registry" and name in started_here:
             local_services.stop_registry(local_settings.local_services.registry_port)
         elif name in started_here:
-            local_services.stop_started(name)
+            host.stop_started(name)
 
 
 @pytest.fixture(scope="session")
 def docker_client(local_stack):
-    from modelship.image import docker_client as connect
+    from modelship.engine import docker_client as connect
 
     return connect()
 

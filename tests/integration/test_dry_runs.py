@@ -17,7 +17,7 @@ import sys
 import pytest
 import requests
 
-from modelship.local_services import read_registry_login
+from modelship.registry_login import read_registry_login
 from modelship.stage_files import BUILD_ROOT, PROJECT_ROOT
 
 pytestmark = pytest.mark.integration

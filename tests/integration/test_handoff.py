@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 import requests
 
-from modelship.local_services import read_registry_login
+from modelship.registry_login import read_registry_login
 from modelship.stage_files import files_for
 from modelship.settings import PROJECT_ROOT
 
@@ -116,7 +116,7 @@ def test_a_second_checkout_logs_in_to_the_registry_the_first_one_started(tmp_pat
     environ["PYTHONPATH"] = str(other)
     probe = (
         "from invoke import Config\n"
-        "from modelship.image import docker_client\n"
+        "from modelship.engine import docker_client\n"
         "from modelship.registry import login\n"
         "from modelship.settings import PROJECT_ROOT, load_settings\n"
         "config = Config(project_location=str(PROJECT_ROOT))\n"

@@ -140,29 +140,29 @@ def test_half_set_registry_credentials_are_refused(settings, monkeypatch):
 @pytest.fixture
 def local_registry_logins(tmp_path, monkeypatch):
     """This checkout's own registry login and the machine's shared ones, in tmp_path."""
-    from modelship import local_services
+    from modelship import registry_login
 
     monkeypatch.setenv("XDG_STATE_HOME", str(tmp_path / "state"))
     own = tmp_path / "checkout" / "credentials.json"
     own.parent.mkdir()
     own.write_text('{"username": "modelship", "password": "this-checkouts-own"}')
-    monkeypatch.setattr(local_services, "REGISTRY_CREDENTIALS", own)
+    monkeypatch.setattr(registry_login, "REGISTRY_CREDENTIALS", own)
     for name in ("REGISTRY_USERNAME", "REGISTRY_PASSWORD"):
         monkeypatch.delenv(name, raising=False)
-    return local_services
+    return registry_login
 
 
 def test_a_checkout_uses_the_login_of_the_registry_another_checkout_started(
         settings, local_registry_logins):
-    local_services = local_registry_logins
+    registry_login = local_registry_logins
     port = settings.local_services.registry_port
     assert settings.registry.host == f"127.0.0.1:{port}"
     assert registry.registry_auth(settings)["password"] == "this-checkouts-own"
 
-    local_services._share_registry_login(port, local_services.RegistryLogin("modelship", "s3"))
+    registry_login.share_registry_login(port, registry_login.RegistryLogin("modelship", "s3"))
 
     assert registry.registry_auth(settings) == {"username": "modelship", "password": "s3"}
-    shared = local_services.shared_registry_login_file(port)
+    shared = registry_login.shared_registry_login_file(port)
     assert stat.S_IMODE(shared.stat().st_mode) == 0o600
     assert stat.S_IMODE(shared.parent.stat().st_mode) == 0o700
     assert list(shared.parent.iterdir()) == [shared]  # no partial file left behind
@@ -170,11 +170,13 @@ def test_a_checkout_uses_the_login_of_the_registry_another_checkout_started(
 
 def test_stopping_the_registry_forgets_its_shared_login(settings, local_registry_logins,
                                                         monkeypatch):
-    local_services = local_registry_logins
+    from modelship import local_services
+
+    registry_login = local_registry_logins
     ports = settings.local_services
-    local_services._share_registry_login(ports.registry_port,
-                                         local_services.RegistryLogin("modelship", "s3"))
-    shared = local_services.shared_registry_login_file(ports.registry_port)
+    registry_login.share_registry_login(ports.registry_port,
+                                        registry_login.RegistryLogin("modelship", "s3"))
+    shared = registry_login.shared_registry_login_file(ports.registry_port)
 
     monkeypatch.setattr(local_services, "stop_started", lambda name: name == "azurite")
     assert local_services.down(ports) == ["azurite"]

@@ -240,7 +240,7 @@ def test_task_reads_the_local_container_for_docker_runtime(model_check_task, tmp
                                                            outside_ci, monkeypatch, capsys):
     publish_layout(tmp_path, "2024.2", NEW)
     client = FakeClient(**{"digits-api-test": FakeContainer({"ai.modelship.model.sha256": NEW})})
-    monkeypatch.setattr("modelship.image.docker_client", lambda *a, **k: client)
+    monkeypatch.setattr("modelship.engine.docker_client", lambda *a, **k: client)
 
     model_check_task(MockContext(config=config_for(tmp_path, runtime="docker")), env="test")
 

@@ -184,7 +184,7 @@ def test_the_contract_test_is_skipped_only_for_the_image_it_passed_for(record_di
     ran = []
     monkeypatch.setattr("modelship.container_test.run_contract",
                         lambda client, image, metadata, echo: ran.append(image))
-    monkeypatch.setattr("modelship.image.docker_client", lambda: object())
+    monkeypatch.setattr("modelship.engine.docker_client", lambda: object())
     settings = None
     release_record.save(record_with("sha256:" + "1" * 64, "digits-api:t", "sha256:" + "1" * 64))
     outcome = stages.test(MockContext(), settings, unit=False, dry=False, echo=print)
