@@ -151,9 +151,7 @@ def status(c, env=None):
 @pipeline_task("aks.credentials", name="credentials")
 def aks_credentials(c, env=None):
     """Fetch the environment's AKS credentials into ~/.kube/config (az aks get-credentials)."""
-    from modelship import kube
-
-    echo(kube.fetch_credentials(c, _settings(c, env), is_dry(c), echo))
+    echo(stages.aks_credentials(c, _settings(c, env), dry=is_dry(c), echo=echo))
 
 
 @pipeline_task("deploy")
@@ -166,21 +164,21 @@ def deploy(c, env=None, verbose=False):
 @pipeline_task("local.up", name="up")
 def local_up(c, env=None, verbose=False):
     """Start Docker Engine, the authenticated registry and Azurite on 127.0.0.1 if not running."""
-    for line in stages.local_up(_settings(c, env), dry=is_dry(c), echo=echo):
+    for line in stages.local_up(c, _settings(c, env), dry=is_dry(c), echo=echo):
         echo(line)
 
 
 @pipeline_task("local.down", name="down")
 def local_down(c, env=None):
     """Stop the local deployment and the services local.up started (nothing else)."""
-    for line in stages.local_down(_settings(c, env), dry=is_dry(c)):
+    for line in stages.local_down(c, _settings(c, env), dry=is_dry(c)):
         echo(line)
 
 
 @pipeline_task("local.status", name="status")
 def local_status(c, env=None):
     """Show which local services answer and which of them local.up started."""
-    for line in stages.local_status(_settings(c, env)):
+    for line in stages.local_status(c, _settings(c, env)):
         echo(line)
 
 

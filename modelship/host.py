@@ -23,16 +23,11 @@ import requests
 
 from .errors import PipelineError
 from .names import Echo
-from .stage_files import LOCAL_STATE_DIR, PROJECT_ROOT
+from .stage_files import LOCAL_STATE_DIR, shown
 
 RUN_DIR = LOCAL_STATE_DIR / "run"
 LOG_DIR = LOCAL_STATE_DIR / "logs"
 TOOLS_DIR = LOCAL_STATE_DIR / "tools"
-
-
-def shown(path: Path) -> Path:
-    """A path relative to the project when it is inside it (shorter in messages)."""
-    return path.relative_to(PROJECT_ROOT) if path.is_relative_to(PROJECT_ROOT) else path
 
 
 # --- ports --------------------------------------------------------------------------------

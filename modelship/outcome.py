@@ -1,7 +1,8 @@
 """What a stage did, for the task's closing line and the table `deploy` ends with.
 
 A stage either did its work (`ran`), found it already done for the same inputs
-(`up_to_date`), or only said what it would do (`dry_run`). The status is set where the
+(`up_to_date`), had nothing to do for this environment (`not_needed`: the docker runtime
+reads no manifests), or only said what it would do (`dry_run`). The status is set where the
 stage knows it, never read back out of the line.
 """
 
@@ -11,6 +12,7 @@ from dataclasses import dataclass
 
 RAN = "ran"
 UP_TO_DATE = "up to date"
+NOT_NEEDED = "not needed"
 DRY_RUN = "dry run"
 FAILED = "failed"
 
@@ -30,6 +32,10 @@ def ran(line: str) -> Outcome:
 
 def up_to_date(line: str) -> Outcome:
     return Outcome(line, UP_TO_DATE)
+
+
+def not_needed(line: str) -> Outcome:
+    return Outcome(line, NOT_NEEDED)
 
 
 def dry_run(line: str) -> Outcome:

@@ -1,20 +1,27 @@
 """Where a release goes: the local Docker Engine or a Kubernetes cluster, behind one interface.
 
-`release_target(c, settings)` is the one place that reads `settings.runtime`; every task asks
-the target it returns to apply a pushed image, roll back, report status or name the model it
-runs. A target gets what it needs from the release record (image reference, model, golden
-samples) and, for Kubernetes, the reviewed folder `render` wrote; it never reads
-`build/model/`. Under `--dry` a target changes nothing: the Kubernetes one prints each kubectl
-command through the Invoke context, the Docker one says what it would run.
+`release_target(c, settings)` is the one place that reads `settings.runtime`. Everything
+that differs between the runtimes lives in the target it returns: rolling a pushed image
+out, rolling back, status, diff, which model runs (`model.check`), whether `deploy` renders
+manifests, and starting, describing and stopping what the runtime needs on this machine
+(`local.up`, `local.status`, `local.down`). Stages ask the target and never name a
+runtime, kubectl or the local engine themselves. A target gets what it needs from the
+release record (image reference, model, golden samples) and, for Kubernetes, the reviewed
+folder `render` wrote; it never reads `build/model/`. Under `--dry` a target changes
+nothing: the Kubernetes one prints each kubectl command through the Invoke context, the
+Docker one says what it would run.
 """
 
 from __future__ import annotations
 
+import json
 from typing import Protocol
 
 from . import kube, model_check
 from .errors import PipelineError
-from .names import Echo
+from .model_check import ModelRef
+from .names import (MODEL_SHA256_ANNOTATION, MODEL_SHA256_LABEL, MODEL_VERSION_ANNOTATION,
+                    MODEL_VERSION_LABEL, Echo)
 from .outcome import Outcome, dry_run, ran, up_to_date
 from .release_record import PushRecord, ReleaseRecord
 from .settings import Settings
@@ -24,14 +31,14 @@ RUNTIMES = ("docker", "kubernetes")
 
 class ReleaseTarget(Protocol):
     settings: Settings
+    # The runtime's name, as `runtime` is set in invoke.yaml.
+    runtime: str
+    # Whether `apply` reads the manifests `render` writes (so whether `deploy` renders them).
+    renders_manifests: bool
 
     @property
     def where(self) -> str:
         """Where the release runs, for messages: an engine, or context/namespace."""
-
-    @property
-    def needs_local_services(self) -> bool:
-        """Whether `deploy` should start the local registry and store when they are down."""
 
     def apply(self, record: ReleaseRecord, pushed: PushRecord, *, smoke: bool, yes: bool,
               dry: bool, echo: Echo) -> Outcome:
@@ -43,8 +50,26 @@ class ReleaseTarget(Protocol):
     def status(self, *, dry: bool) -> dict | None:
         """What runs there now (image, digest, model, replicas), None when nothing does."""
 
-    def deployed_model(self) -> model_check.ModelRef | None:
+    def diff(self, *, dry: bool) -> str:
+        """What `apply` would change there, shown; returns the closing line."""
+
+    def deployed_model(self) -> ModelRef | None:
         """The model the running release serves (read even under --dry: it changes nothing)."""
+
+    def prepare(self, *, dry: bool, echo: Echo) -> None:
+        """Before `deploy`: start what the release needs on this machine and does not answer."""
+
+    def fetch_credentials(self, *, dry: bool, echo: Echo) -> str:
+        """`aks.credentials`: the credentials the release needs, in ~/.kube/config."""
+
+    def start_services(self, echo: Echo) -> list[str]:
+        """`local.up`: this machine's services for the environment, one line each."""
+
+    def describe_services(self) -> list[str]:
+        """`local.status`: which of them answer and who started them."""
+
+    def stop_services(self) -> list[str]:
+        """`local.down`: stop what `local.up` (and a local release) started, nothing else."""
 
 
 def release_target(c, settings: Settings) -> ReleaseTarget:
@@ -57,10 +82,40 @@ def release_target(c, settings: Settings) -> ReleaseTarget:
                         f"Set runtime to one of: {', '.join(RUNTIMES)}.")
 
 
-class DockerTarget:
-    """The local environment: the image pulled from the registry, run with host networking."""
+def _model_ref(sha256: str | None, version: str | None) -> ModelRef | None:
+    return model_check.deployed_ref(sha256, version)
 
-    needs_local_services = True
+
+class _LocalServices:
+    """The registry, Azurite and (to run them) Docker Engine that `local.up` starts: any
+    environment may use them, whatever its runtime."""
+
+    settings: Settings
+
+    def start_services(self, echo: Echo) -> list[str]:
+        from . import local_services
+
+        return local_services.up(self.settings.local_services, echo)
+
+    def describe_services(self) -> list[str]:
+        from . import local_services
+
+        return local_services.describe(self.settings.local_services)
+
+    def stop_services(self) -> list[str]:
+        from . import local_services
+
+        stopped = local_services.down(self.settings.local_services)
+        return ["stopped: " + (", ".join(stopped) if stopped else
+                               "nothing (local.up started nothing)")]
+
+
+class DockerTarget(_LocalServices):
+    """The local environment: the image pulled from the registry, run with host networking
+    behind the local edge. It reads no manifests."""
+
+    runtime = "docker"
+    renders_manifests = False
 
     def __init__(self, settings: Settings):
         self.settings = settings
@@ -117,16 +172,84 @@ class DockerTarget:
 
         return local_runtime.status(self._client(), self.settings)
 
-    def deployed_model(self) -> model_check.ModelRef | None:
+    def diff(self, *, dry: bool) -> str:
+        return (f"nothing to compare: runtime {self.runtime} reads no manifests (`invoke status "
+                f"--env={self.settings.env}` shows what runs)")
+
+    def deployed_model(self) -> ModelRef | None:
+        import docker
+
+        from .engine import find_container
         from .local_runtime import container_name
 
-        return model_check.deployed_locally(self._client(), container_name(self.settings))
+        name = container_name(self.settings)
+        try:
+            container = find_container(self._client(), name)
+        except docker.errors.APIError as error:
+            raise PipelineError(f"The Docker Engine could not inspect {name}: "
+                                f"{error.explanation}", "Check that it runs (`invoke local.up`).") \
+                from None
+        if container is None:
+            return None
+        # A container's labels include those of its image, where build put the model's.
+        labels = container.labels or {}
+        return _model_ref(labels.get(MODEL_SHA256_LABEL), labels.get(MODEL_VERSION_LABEL))
+
+    def prepare(self, *, dry: bool, echo: Echo) -> None:
+        from . import local_services
+
+        if local_services.all_answer(self.settings.local_services):
+            return
+        if dry:
+            echo("[dry] would start the local services that do not answer (`invoke local.up`)")
+            return
+        for line in local_services.up(self.settings.local_services, echo):
+            echo(line)
+
+    def fetch_credentials(self, *, dry: bool, echo: Echo) -> str:
+        raise PipelineError(
+            f"'{self.settings.env}' runs on {self.where} (runtime {self.runtime}): there is no "
+            "cluster to fetch credentials for.",
+            "Name an environment whose runtime is kubernetes, e.g. --env=dev.")
+
+    def start_services(self, echo: Echo) -> list[str]:
+        from . import local_runtime
+
+        lines = super().start_services(echo)
+        # After an engine restart: the edge again, routing to the container that runs.
+        edge = local_runtime.ensure_edge_for_running(self._client(), self.settings, echo)
+        return lines + ([edge] if edge else [])
+
+    def describe_services(self) -> list[str]:
+        from . import local_services
+        from .local_edge import Edge
+
+        return local_services.describe(self.settings.local_services, Edge.of(self.settings))
+
+    def stop_services(self) -> list[str]:
+        """The local deployment's container and edge first, then what `local.up` started."""
+        from . import host, local_runtime, local_services
+        from .engine import engine_answers
+        from .local_edge import Edge
+
+        lines = []
+        if engine_answers():
+            if local_runtime.remove(self._client(), self.settings):
+                lines.append("removed the local deployment container")
+        edge = Edge.of(self.settings)
+        stopped = [edge.service_name] if host.stop_started(edge.service_name,
+                                                          run_dir=edge.run_dir) else []
+        stopped += local_services.down(self.settings.local_services)
+        lines.append("stopped: " + (", ".join(stopped) if stopped else
+                                    "nothing (local.up started nothing)"))
+        return lines
 
 
-class KubernetesTarget:
+class KubernetesTarget(_LocalServices):
     """A cluster reached with kubectl: the reviewed folder applied, rollout watched, undone."""
 
-    needs_local_services = False
+    runtime = "kubernetes"
+    renders_manifests = True
 
     def __init__(self, c, settings: Settings):
         self.c = c
@@ -164,25 +287,53 @@ class KubernetesTarget:
     def status(self, *, dry: bool) -> dict | None:
         return kube.status(self.c, self.settings)
 
-    def deployed_model(self) -> model_check.ModelRef | None:
-        return model_check.deployed_on_kubernetes(self.c, self.settings)
+    def diff(self, *, dry: bool) -> str:
+        from .stage_files import shown
 
+        rendered = shown(self.settings.render_dir)
+        if kube.diff(self.c, self.settings):
+            return (f"the cluster differs from {rendered}/ (diff above); "
+                    "`invoke apply` would change it")
+        if dry:
+            return f"[dry] would compare {rendered}/ with the cluster"
+        return (f"context '{self.settings.kubernetes.context}' already matches the rendered "
+                "manifests")
 
-def local_down(settings: Settings) -> list[str]:
-    """`local.down`: the local deployment's container and edge first, then what `local.up`
-    started. Here, above both, because it needs the docker runtime and the local services."""
-    from . import host, local_runtime, local_services
-    from .engine import docker_client, engine_answers
-    from .local_edge import Edge
+    def deployed_model(self) -> ModelRef | None:
+        settings = self.settings
+        command = kube.kubectl(settings, "get", f"deployment/{settings.app_name}",
+                               "--ignore-not-found", "--output=json")
+        # A read-only probe: it runs even under --dry, or the answer would be meaningless.
+        result = self.c.run(command, warn=True, hide=True, dry=False)
+        if not result.ok:
+            reason = (result.stderr or "").strip().splitlines()[-1:] or ["no message"]
+            raise PipelineError(
+                f"Cannot read deployment/{settings.app_name} from context "
+                f"'{settings.kubernetes.context}': {reason[0]}",
+                f"Check the cluster credentials (`invoke aks.credentials --env={settings.env}`).",
+            )
+        if not result.stdout.strip():
+            return None
+        try:
+            deployment = json.loads(result.stdout)
+        except ValueError:
+            raise PipelineError("kubectl printed something that is not JSON.",
+                                "Check the kubectl version and plugins.") from None
+        # The pod template says what pods run: `rollout undo` restores it, but not the
+        # Deployment's own annotations, which keep naming the model of the failed rollout.
+        template = (((deployment.get("spec") or {}).get("template") or {}).get("metadata")
+                    or {})
+        template_annotations = template.get("annotations") or {}
+        annotations = (deployment.get("metadata") or {}).get("annotations") or {}
+        sha256 = (template_annotations.get(MODEL_SHA256_ANNOTATION)
+                  or annotations.get(MODEL_SHA256_ANNOTATION))
+        version = None
+        if annotations.get(MODEL_SHA256_ANNOTATION) == sha256:
+            version = annotations.get(MODEL_VERSION_ANNOTATION)
+        return _model_ref(sha256, version)
 
-    lines = []
-    if engine_answers():
-        if local_runtime.remove(docker_client(), settings):
-            lines.append("removed the local deployment container")
-    edge = Edge.of(settings)
-    stopped = [edge.service_name] if host.stop_started(edge.service_name,
-                                                      run_dir=edge.run_dir) else []
-    stopped += local_services.down(settings.local_services)
-    lines.append("stopped: " + (", ".join(stopped) if stopped else
-                                "nothing (local.up started nothing)"))
-    return lines
+    def prepare(self, *, dry: bool, echo: Echo) -> None:
+        """The cluster runs the release: nothing to start on this machine."""
+
+    def fetch_credentials(self, *, dry: bool, echo: Echo) -> str:
+        return kube.fetch_credentials(self.c, self.settings, dry, echo)

@@ -36,6 +36,11 @@ CONTEXT_DIR = "build/context/"
 PUBLISH_DIR = "build/publish/"
 
 
+def shown(path: Path) -> str:
+    """A path relative to the project when it is inside it (shorter in messages)."""
+    return str(path.relative_to(PROJECT_ROOT)) if path.is_relative_to(PROJECT_ROOT) else str(path)
+
+
 def on_disk(declared: str, env: str | None = None) -> Path:
     """Where a path declared here (`build/...`, `<env>` filled in) lies in this checkout."""
     relative = declared.removeprefix(BUILD_DIR).rstrip("/")

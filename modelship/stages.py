@@ -19,12 +19,11 @@ from . import release_record
 from .console import current, human_size
 from .errors import PipelineError
 from .names import Echo
-from .outcome import FAILED, UP_TO_DATE, Outcome, dry_run, ran, up_to_date
+from .outcome import FAILED, NOT_NEEDED, UP_TO_DATE, Outcome, dry_run, not_needed, ran, up_to_date
 from .release_targets import release_target
 from .settings import Settings
-from .stage_files import MODEL_DIR, PROJECT_ROOT, PUBLISH_DIR, RECORD_FILE, on_disk
+from .stage_files import MODEL_DIR, PROJECT_ROOT, PUBLISH_DIR, RECORD_FILE, on_disk, shown
 
-PIPELINE = ("fetch-model", "build", "test", "push", "render", "apply")
 NO_RECORD_YET = f"no {RECORD_FILE} yet: the one `invoke build` would write"
 
 
@@ -37,11 +36,6 @@ class StageFailed(PipelineError):
             f"{error.fix} (re-run this stage alone with `invoke {stage} --env={env}`)".strip(),
         )
         self.stage = stage
-
-
-def shown(path: Path) -> str:
-    """A path relative to the project when it is inside it (shorter in logs)."""
-    return str(path.relative_to(PROJECT_ROOT)) if path.is_relative_to(PROJECT_ROOT) else str(path)
 
 
 def open_model_store(settings: Settings):
@@ -383,14 +377,11 @@ def status(c, settings: Settings, *, dry: bool) -> list[str]:
 
 
 def diff(c, settings: Settings, *, dry: bool) -> str:
-    from . import kube
+    return release_target(c, settings).diff(dry=dry)
 
-    if kube.diff(c, settings):
-        return (f"the cluster differs from {shown(settings.render_dir)}/ (diff above); "
-                "`invoke apply` would change it")
-    if dry:
-        return f"[dry] would compare {shown(settings.render_dir)}/ with the cluster"
-    return f"context '{settings.kubernetes.context}' already matches the rendered manifests"
+
+def aks_credentials(c, settings: Settings, *, dry: bool, echo: Echo) -> str:
+    return release_target(c, settings).fetch_credentials(dry=dry, echo=echo)
 
 
 # --- deploy ----------------------------------------------------------------------------------
@@ -407,22 +398,23 @@ def deploy(c, settings: Settings, *, dry: bool, echo: Echo) -> Outcome:
     table: each stage, whether it ran or was up to date, and its seconds."""
     import time
 
-    from . import local_services
     from .console import StageRow
 
     target = release_target(c, settings)
-    if target.needs_local_services and not local_services.all_answer(settings.local_services):
-        if dry:
-            echo("[dry] would start the local services that do not answer (`invoke local.up`)")
-        else:
-            for line in local_services.up(settings.local_services, echo):
-                echo(line)
+    target.prepare(dry=dry, echo=echo)
+
+    def render_if_read() -> Outcome:
+        if not target.renders_manifests:
+            return not_needed(f"render: not needed for runtime {target.runtime}, which reads "
+                              "no manifests")
+        return render(settings, dry=dry, echo=echo)
+
     stages = (
         Stage("fetch-model", lambda: fetch_model(settings, dry=dry, echo=echo)),
         Stage("build", lambda: build(settings, dry=dry, echo=echo)),
         Stage("test", lambda: test(c, settings, dry=dry, echo=echo)),
         Stage("push", lambda: push(settings, dry=dry, echo=echo)),
-        Stage("render", lambda: render(settings, dry=dry, echo=echo)),
+        Stage("render", render_if_read),
         Stage("apply", lambda: apply(c, settings, dry=dry, echo=echo)),
     )
     rows: list[StageRow] = []
@@ -439,8 +431,9 @@ def deploy(c, settings: Settings, *, dry: bool, echo: Echo) -> Outcome:
         echo(outcome.line)
     current().stage_table(rows)
     if dry:
-        return dry_run(f"[dry] deploy --env={settings.env} would run {', '.join(PIPELINE)}")
-    if all(row.status == UP_TO_DATE for row in rows):
+        run = [row.stage for row in rows if row.status != NOT_NEEDED]
+        return dry_run(f"[dry] deploy --env={settings.env} would run {', '.join(run)}")
+    if all(row.status in (UP_TO_DATE, NOT_NEEDED) for row in rows):
         return up_to_date(f"deploy --env={settings.env}: up to date, nothing changed")
     return ran(f"deploy --env={settings.env}: done")
 
@@ -448,37 +441,22 @@ def deploy(c, settings: Settings, *, dry: bool, echo: Echo) -> Outcome:
 # --- the local environment's services -------------------------------------------------------
 
 
-def local_up(settings: Settings, *, dry: bool, echo: Echo) -> list[str]:
-    from . import local_services
-
+def local_up(c, settings: Settings, *, dry: bool, echo: Echo) -> list[str]:
     if dry:
         return ["[dry] would start Docker Engine, the registry and Azurite where none answers, "
                 "and the local edge if a deployment container runs"]
-    lines = local_services.up(settings.local_services, echo)
-    if settings.runtime == "docker":
-        from . import local_runtime
-        from .engine import docker_client
-
-        edge = local_runtime.ensure_edge_for_running(docker_client(), settings, echo)
-        if edge:
-            lines.append(edge)
-    return lines
+    return release_target(c, settings).start_services(echo)
 
 
-def local_status(settings: Settings) -> list[str]:
-    from . import local_edge, local_services
-
-    edge = local_edge.Edge.of(settings) if settings.runtime == "docker" else None
-    return local_services.describe(settings.local_services, edge)
+def local_status(c, settings: Settings) -> list[str]:
+    return release_target(c, settings).describe_services()
 
 
-def local_down(settings: Settings, *, dry: bool) -> list[str]:
-    from .release_targets import local_down as stop_local_environment
-
+def local_down(c, settings: Settings, *, dry: bool) -> list[str]:
     if dry:
         return ["[dry] would remove the local deployment and stop the services local.up "
                 "started"]
-    return stop_local_environment(settings)
+    return release_target(c, settings).stop_services()
 
 
 # --- the data scientists' side ---------------------------------------------------------------

@@ -37,7 +37,9 @@ def test_deploy_twice_serves_the_published_model_pulled_from_the_registry(
             table = result.stdout[result.stdout.index("stage "):].splitlines()
             assert [row.split()[0] for row in table[1:7]] == [
                 "fetch-model", "build", "test", "push", "render", "apply"]
-            assert all("up to date" in row for row in table[1:7]), table
+            # The docker runtime reads no manifests: render has nothing to do for it.
+            assert all("up to date" in row or row.split()[:3] == ["render", "not", "needed"]
+                       for row in table[1:7]), table
             assert "\x1b[" not in result.stdout  # not a terminal: no ANSI codes
 
         record = read_record()

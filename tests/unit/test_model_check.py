@@ -11,6 +11,7 @@ from modelship.errors import PipelineError
 from modelship.model_check import Comparison, ModelRef
 from modelship.model_store import FileStore
 from modelship.pipeline_check import load_namespace
+from modelship.release_targets import DockerTarget, KubernetesTarget
 from modelship.settings import load_settings
 
 OLD = "a" * 64
@@ -90,7 +91,7 @@ def test_deployed_model_is_read_from_the_environments_cluster(tmp_path):
     settings = load_settings(config_for(tmp_path), "test")
     c = MockContext(run=Result(stdout=deployment_json(NEW, NEW, version="2024.2")))
 
-    assert model_check.deployed_on_kubernetes(c, settings) == ModelRef("2024.2", NEW)
+    assert KubernetesTarget(c, settings).deployed_model() == ModelRef("2024.2", NEW)
     command = c.run.call_args.args[0]
     assert command.startswith("kubectl --context=aks-test --namespace=digits-test get "
                               "deployment/digits-api")
@@ -103,20 +104,20 @@ def test_pod_template_wins_after_a_rolled_back_rollout(tmp_path):
     settings = load_settings(config_for(tmp_path), "test")
     c = MockContext(run=Result(stdout=deployment_json(template_sha=OLD, metadata_sha=NEW)))
 
-    assert model_check.deployed_on_kubernetes(c, settings) == ModelRef("", OLD)
+    assert KubernetesTarget(c, settings).deployed_model() == ModelRef("", OLD)
 
 
 def test_no_deployment_means_nothing_deployed(tmp_path):
     settings = load_settings(config_for(tmp_path), "test")
 
-    assert model_check.deployed_on_kubernetes(MockContext(run=Result(stdout="")), settings) is None
+    assert KubernetesTarget(MockContext(run=Result(stdout="")), settings).deployed_model() is None
 
 
 def test_deployment_without_model_annotation_counts_as_unknown(tmp_path):
     settings = load_settings(config_for(tmp_path), "test")
     c = MockContext(run=Result(stdout=deployment_json()))
 
-    assert model_check.deployed_on_kubernetes(c, settings) is None
+    assert KubernetesTarget(c, settings).deployed_model() is None
 
 
 def test_unreachable_cluster_is_an_error_naming_the_context(tmp_path):
@@ -124,7 +125,7 @@ def test_unreachable_cluster_is_an_error_naming_the_context(tmp_path):
     c = MockContext(run=Result(exited=1, stderr="Unable to connect to the server: dial tcp"))
 
     with pytest.raises(PipelineError, match="aks-test.*Unable to connect") as error:
-        model_check.deployed_on_kubernetes(c, settings)
+        KubernetesTarget(c, settings).deployed_model()
     assert "aks.credentials --env=test" in str(error.value)
 
 
@@ -148,12 +149,15 @@ class FakeContainer:
         self.labels = labels
 
 
-def test_local_deployment_is_read_from_the_container_labels():
-    client = FakeClient(**{"digits-api-local": FakeContainer({
+def test_local_deployment_is_read_from_the_container_labels(tmp_path, monkeypatch):
+    settings = load_settings(config_for(tmp_path, runtime="docker"), "test")
+    client = FakeClient(**{"digits-api-test": FakeContainer({
         "ai.modelship.model.sha256": NEW, "ai.modelship.model.version": "2024.2"})})
+    monkeypatch.setattr("modelship.engine.docker_client", lambda *a, **k: client)
+    assert DockerTarget(settings).deployed_model() == ModelRef("2024.2", NEW)
 
-    assert model_check.deployed_locally(client, "digits-api-local") == ModelRef("2024.2", NEW)
-    assert model_check.deployed_locally(client, "digits-api-dev") is None
+    monkeypatch.setattr("modelship.engine.docker_client", lambda *a, **k: FakeClient())
+    assert DockerTarget(settings).deployed_model() is None
 
 
 def test_comparison_is_by_sha256_not_by_version_name():
