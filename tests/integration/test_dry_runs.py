@@ -72,7 +72,8 @@ def model_store(settings) -> list[tuple[str, str]]:
 
 
 def registry(settings) -> dict[str, list[str]]:
-    login = read_registry_login()
+    # The login of whichever checkout started the registry on this port.
+    login = read_registry_login(settings.local_services.registry_port)
     auth = (login.username, login.password)
     base = f"http://{settings.registry.host}/v2"
     catalog = requests.get(f"{base}/_catalog", auth=auth, timeout=10).json()

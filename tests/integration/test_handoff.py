@@ -44,8 +44,19 @@ def fresh_clone(destination: Path) -> Path:
     return destination
 
 
+def local_registry_port() -> int:
+    from invoke import Config
+
+    from modelship.settings import load_settings
+
+    config = Config(project_location=str(PROJECT_ROOT))
+    config.load_project()
+    return load_settings(config, "local").local_services.registry_port
+
+
 def run_invoke(clone: Path, *args: str) -> subprocess.CompletedProcess:
-    login = read_registry_login()
+    # The login of whichever checkout started the shipped local registry.
+    login = read_registry_login(local_registry_port())
     assert login is not None, "local.up generates the registry login"
     environ = dict(os.environ, REGISTRY_USERNAME=login.username,
                    REGISTRY_PASSWORD=login.password)
