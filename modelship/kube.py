@@ -333,7 +333,7 @@ def port_forward(settings: Settings, local_port: int) -> Iterator[tuple[str, Cal
         raise PipelineError("kubectl is not on PATH.", "Install kubectl and try again.")
     command = kubectl(settings, "port-forward", "--address=127.0.0.1",
                       f"service/{settings.app_name}",
-                      f"{local_port}:{settings.deployment['service']['port']}").split()
+                      f"{local_port}:{settings.deployment.service.port}").split()
     command[0] = executable
     process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
                                text=True)
@@ -364,7 +364,7 @@ def smoke_api_key(c, settings: Settings, environ: Mapping[str, str] = os.environ
     """
     if environ.get(SMOKE_KEY_ENV):
         return environ[SMOKE_KEY_ENV]
-    secret = settings.deployment["api_key"]
+    secret = settings.deployment.api_key.model_dump()
     result = c.run(kubectl(settings, "get", "secret", secret["secret_name"],
                            f"--output=jsonpath='{{.data.{secret['key']}}}'"),
                    warn=True, hide=True)
@@ -376,7 +376,7 @@ def smoke_api_key(c, settings: Settings, environ: Mapping[str, str] = os.environ
 def smoke_test(settings: Settings, metadata: dict, api_key: str | None = None,
                echo: Echo = print, ready_seconds: float = 60) -> None:
     """Readiness and one golden /score through the Service, via a local port-forward."""
-    local_port = int(settings.deployment["smoke_local_port"])
+    local_port = int(settings.deployment.smoke_local_port)
     with port_forward(settings, local_port) as (base_url, alive, log):
         service_checks.wait_ready(base_url, ready_seconds, alive, log)
         service_checks.check_golden(
@@ -511,7 +511,7 @@ def kubelogin_convert_command(settings: Settings) -> str:
 
 def needs_confirmation(settings: Settings, yes: bool,
                        environ: Mapping[str, str] = os.environ) -> bool:
-    return bool(settings.deployment.get("confirm")) and not yes and not running_in_ci(environ)
+    return bool(settings.deployment.confirm) and not yes and not running_in_ci(environ)
 
 
 def confirm(settings: Settings, image: str, ask: Callable[[str], str] = input,

@@ -45,7 +45,7 @@ class Edge:
 
     @classmethod
     def of(cls, settings: Settings) -> Edge:
-        port = int(settings.deployment["port"])
+        port = int(settings.deployment.port)
         slots = settings.local_services.slot_ports or (port + SLOT_OFFSETS[0],
                                                        port + SLOT_OFFSETS[1])
         return cls(env=settings.env, port=port, slot_ports=tuple(slots))

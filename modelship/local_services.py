@@ -21,7 +21,7 @@ from .local_edge import edge_answers
 from .names import Echo
 from .registry_login import (REGISTRY_DIR, RegistryLogin, own_registry_login,
                              share_registry_login, take_back_shared_login)
-from .settings import LocalServiceSettings
+from .settings_schema import LocalServicesSection
 from .stage_files import LOCAL_STATE_DIR
 
 AZURITE_DIR = LOCAL_STATE_DIR / "azurite"
@@ -97,7 +97,7 @@ def ensure_azurite(port: int, echo: Echo) -> str:
     return f"Azurite: started on 127.0.0.1:{port} (pid {pid})"
 
 
-def all_answer(ports: LocalServiceSettings) -> bool:
+def all_answer(ports: LocalServicesSection) -> bool:
     return (
         engine_answers()
         and registry_answers(ports.registry_port)
@@ -105,7 +105,7 @@ def all_answer(ports: LocalServiceSettings) -> bool:
     )
 
 
-def up(ports: LocalServiceSettings, echo: Echo) -> list[str]:
+def up(ports: LocalServicesSection, echo: Echo) -> list[str]:
     return [
         ensure_engine(echo),
         ensure_registry(ports.registry_port, echo),
@@ -121,7 +121,7 @@ def stop_registry(port: int) -> bool:
     return True
 
 
-def down(ports: LocalServiceSettings) -> list[str]:
+def down(ports: LocalServicesSection) -> list[str]:
     """Stop what `up()` started, newest first; the engine last so containers stop cleanly."""
     stops = {
         "azurite": lambda: stop_started("azurite"),
@@ -131,7 +131,7 @@ def down(ports: LocalServiceSettings) -> list[str]:
     return [name for name, stop in stops.items() if stop()]
 
 
-def describe(ports: LocalServiceSettings, edge=None) -> list[str]:
+def describe(ports: LocalServicesSection, edge=None) -> list[str]:
     """One line per service: whether it answers, and whether `up()` started it."""
     probes = {
         "dockerd": engine_answers(),

@@ -86,17 +86,35 @@ POD_RUN_DIRECTORY = "/tmp/modelship"
 GRACE_MARGIN_SECONDS = 5
 
 
+def needed(settings: Settings, *path: str):
+    """The deployment setting at `path` that a rendering needs. The settings invent no
+    deployment value, so one the files leave out is None here: KeyError naming the first
+    key that is missing, which `template_values` turns into a message saying where to add it.
+    """
+    value = settings.deployment
+    for key in path:
+        value = getattr(value, key)
+        if value is None:
+            raise KeyError(key)
+    return value
+
+
+def given(section) -> dict:
+    """A section as the templates read it: only the keys the files set, so a template that
+    needs one left out fails strictly (StrictUndefined) and names it."""
+    return section.model_dump(exclude_unset=True)
+
+
 def app_config(settings: Settings, release: Release) -> dict:
     """The ConfigMap's data: plain settings the app reads from its environment."""
-    deployment = settings.deployment
     return {
         "APP_VERSION": release.version_label,
         "GIT_REVISION": release.revision,
-        "MAX_BATCH": str(deployment["max_batch"]),
+        "MAX_BATCH": str(needed(settings, "max_batch")),
         "METRICS_DIR": POD_RUN_DIRECTORY,
-        "SHUTDOWN_DRAIN_SECONDS": str(deployment["drain_seconds"]),
-        "WEB_CONCURRENCY": str(deployment["web_concurrency"]),
-        "WORKERS_KILL_TIMEOUT_SECONDS": str(deployment["shutdown_timeout_seconds"]),
+        "SHUTDOWN_DRAIN_SECONDS": str(needed(settings, "drain_seconds")),
+        "WEB_CONCURRENCY": str(needed(settings, "web_concurrency")),
+        "WORKERS_KILL_TIMEOUT_SECONDS": str(needed(settings, "shutdown_timeout_seconds")),
     }
 
 
@@ -106,16 +124,15 @@ def config_map_name(app_name: str, config: dict) -> str:
     return f"{app_name}-config-{digest[:10]}"
 
 
-def uses_ingress(deployment: dict) -> bool:
-    return bool(deployment["ingress"]["hosts"])
+def uses_ingress(settings: Settings) -> bool:
+    return bool(needed(settings, "ingress", "hosts"))
 
 
 def _public_edge(settings: Settings) -> bool:
     """True when the Service itself is the public load balancer (no Ingress in front)."""
-    deployment = settings.deployment
-    if not uses_ingress(deployment):
+    if not uses_ingress(settings):
         return True
-    if deployment["service"].get("dns_label"):
+    if needed(settings, "service").dns_label:
         raise PipelineError(
             f"'{settings.env}' sets both deployment.ingress.hosts and "
             "deployment.service.dns_label: with an Ingress the Service is ClusterIP and has no "
@@ -139,7 +156,6 @@ def template_values(settings: Settings, release: Release) -> dict:
 
 
 def _template_values(settings: Settings, release: Release) -> dict:
-    deployment = settings.deployment
     instance = f"{settings.app_name}-{settings.env}"
     config = app_config(settings, release)
     return {
@@ -147,12 +163,12 @@ def _template_values(settings: Settings, release: Release) -> dict:
         "app_name": settings.app_name,
         "namespace": settings.kubernetes.namespace,
         "image": _pinned_image(settings, release),
-        "deployment": deployment,
-        "container_port": deployment["container_port"],
-        "autoscaling": deployment["autoscaling"],
-        "service": deployment["service"],
-        "ingress": deployment["ingress"],
-        "api_key": deployment["api_key"],
+        "deployment": given(settings.deployment),
+        "container_port": needed(settings, "container_port"),
+        "autoscaling": given(needed(settings, "autoscaling")),
+        "service": given(needed(settings, "service")),
+        "ingress": given(needed(settings, "ingress")),
+        "api_key": given(needed(settings, "api_key")),
         # The serving app reads API_KEY_FILE; this is where the Secret is mounted.
         "api_key_mount_path": "/var/run/secrets/modelship",
         "revision": release.revision,
@@ -161,8 +177,8 @@ def _template_values(settings: Settings, release: Release) -> dict:
         "app_config": config,
         "config_map_name": config_map_name(settings.app_name, config),
         "public_load_balancer": _public_edge(settings),
-        "termination_grace_seconds": int(deployment["drain_seconds"])
-        + int(deployment["shutdown_timeout_seconds"]) + GRACE_MARGIN_SECONDS,
+        "termination_grace_seconds": int(needed(settings, "drain_seconds"))
+        + int(needed(settings, "shutdown_timeout_seconds")) + GRACE_MARGIN_SECONDS,
         "release_annotations": {
             GIT_REVISION_ANNOTATION: release.revision,
             SOURCE_DIRTY_ANNOTATION: str(release.dirty).lower(),

@@ -3,7 +3,7 @@
 `invoke.yaml` holds `modelship.defaults` and `modelship.environments.<env>`; this module
 applies the INVOKE_MODELSHIP_* variables, merges the defaults with the environment a task
 runs against, validates the result against `settings_schema` and returns one immutable
-`Settings` object. Every mistake (an unknown key or variable, a bad value, a missing `-f`
+`Settings` object, made of the very models that validated it. Every mistake (an unknown key or variable, a bad value, a missing `-f`
 file) ends as one `PipelineError` line naming the key and where it came from. It must never
 hold environment-specific values itself: those live in config files only.
 """
@@ -14,7 +14,6 @@ import copy
 import difflib
 import os
 from collections.abc import Mapping
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -24,7 +23,10 @@ from pydantic import ValidationError
 from . import stage_files
 from .errors import PipelineError
 from .settings_schema import (
+    Dns1035Label,
+    EnvironmentName,
     EnvironmentSection,
+    ModelName,
     ModelshipSection,
     is_text,
     leaf_paths,
@@ -54,72 +56,14 @@ def _plain(value: Any) -> Any:
     return value
 
 
-@dataclass(frozen=True)
-class ModelStoreSettings:
-    uri: str
-    account_url: str = ""
-    # S3-compatible servers (MinIO, moto, …): their endpoint; empty for AWS itself.
-    endpoint_url: str = ""
-    # The publisher's public key (PEM): when set, fetch-model refuses unsigned models.
-    public_key: str = ""
+class Settings(EnvironmentSection):
+    """One environment's settings as the code reads them: the validated sections of
+    `EnvironmentSection` (defaults merged with the environment), with the environment's
+    name and the top of the `modelship` block. Immutable."""
 
-
-@dataclass(frozen=True)
-class ImageSettings:
-    repository: str
-    base: str
-    offline_base: bool = False
-    python_version: str = "3.11"
-    platform: str = "linux/amd64"
-
-
-@dataclass(frozen=True)
-class RegistrySettings:
-    host: str
-    username_env: str = "REGISTRY_USERNAME"
-    password_env: str = "REGISTRY_PASSWORD"
-
-
-@dataclass(frozen=True)
-class AksSettings:
-    resource_group: str = ""
-    cluster: str = ""
-    # How kubelogin signs in on clusters with Microsoft Entra ID login: azurecli (a
-    # laptop after `az login`, or an AzureCLI@2 pipeline step), workloadidentity, msi...
-    login: str = "azurecli"
-
-
-@dataclass(frozen=True)
-class KubernetesSettings:
-    context: str
-    namespace: str
-    rollout_timeout: str = "300s"
-    # The Kubernetes minor version whose schemas rendered objects must pass.
-    version: str = "1.31"
-    aks: AksSettings = field(default_factory=AksSettings)
-
-
-@dataclass(frozen=True)
-class LocalServiceSettings:
-    azurite_port: int = 10000
-    registry_port: int = 15000
-    # The two ports the deployment's containers take turns on behind the local edge; by
-    # default the two 11 and 12 above deployment.port, so apps on other ports never share.
-    slot_ports: tuple[int, int] | None = None
-
-
-@dataclass(frozen=True)
-class Settings:
-    env: str
-    app_name: str
-    model_name: str
-    runtime: str
-    model_store: ModelStoreSettings
-    image: ImageSettings
-    registry: RegistrySettings
-    kubernetes: KubernetesSettings
-    deployment: dict
-    local_services: LocalServiceSettings = field(default_factory=LocalServiceSettings)
+    env: EnvironmentName
+    app_name: Dns1035Label
+    model_name: ModelName
 
     @property
     def image_repository(self) -> str:
@@ -360,19 +304,6 @@ def _refuse_missing_runtime_file(config: Any) -> None:
                             "Check the path: without it, the run would use invoke.yaml alone.")
 
 
-def _kubernetes_settings(section: Mapping) -> KubernetesSettings:
-    section = dict(section)
-    aks = AksSettings(**(section.pop("aks", None) or {}))
-    return KubernetesSettings(**section, aks=aks)
-
-
-def _local_services(section: Mapping) -> LocalServiceSettings:
-    section = dict(section)
-    if "slot_ports" in section:
-        section["slot_ports"] = tuple(section["slot_ports"])
-    return LocalServiceSettings(**section)
-
-
 def known_environments(config: Mapping) -> list[str]:
     return sorted(_plain(config.get("modelship", {})).get("environments", {}))
 
@@ -427,18 +358,5 @@ def load_settings(config: Mapping, env: str | None = None,
             error, EnvironmentSection, full_path, origins,
             missing_path=lambda loc: ("modelship", "environments", env) + loc,
             missing_note=" (nor in modelship.defaults)") from None
-    # Only what the files set: the dataclasses hold the defaults, the manifests say what a
-    # rendering still lacks.
-    given = valid.model_dump(exclude_unset=True)
-    return Settings(
-        env=env,
-        app_name=top.app_name,
-        model_name=top.model_name,
-        runtime=given.get("runtime", "kubernetes"),
-        model_store=ModelStoreSettings(**given["model_store"]),
-        image=ImageSettings(**given["image"]),
-        registry=RegistrySettings(**given["registry"]),
-        kubernetes=_kubernetes_settings(given["kubernetes"]),
-        deployment=given.get("deployment", {}),
-        local_services=_local_services(given.get("local_services", {})),
-    )
+    return Settings(env=env, app_name=top.app_name, model_name=top.model_name,
+                    **{name: getattr(valid, name) for name in EnvironmentSection.model_fields})

@@ -4,8 +4,12 @@
 against `EnvironmentSection`; the top of the `modelship` block is checked by
 `ModelshipSection`. The models reject unknown keys and check the formats Kubernetes, the
 registry and the model store will later insist on, so a mistake stops the run before any
-stage starts. A key left out stays left out (the typed settings and the manifests own
-defaults and what a stage needs); the schema must never invent a value.
+stage starts. These models are also the typed settings the code reads (`settings.Settings`
+adds the environment's name and the top of the block): there is no second definition to
+drift. A field's default is what the code uses when the files leave the key out; the
+deployment's have none, and which keys the files set stays known
+(`model_dump(exclude_unset=True)`), so the manifests name what a rendering lacks instead of
+inventing it.
 """
 
 from __future__ import annotations
@@ -126,8 +130,9 @@ Count = Annotated[int, Field(ge=0)]
 Positive = Annotated[int, Field(ge=1)]
 
 # --- sections ------------------------------------------------------------------------------
-# A default of None means "may be left out": pydantic does not validate defaults, so an
-# omitted key passes while an explicit `key: null` (or empty value) is still refused.
+# A default is the value used when the key is left out (None: no value, nothing invented).
+# Pydantic does not validate defaults, so an omitted key passes while an explicit
+# `key: null` (or empty value) is still refused.
 
 
 class Section(BaseModel):
@@ -138,38 +143,45 @@ class Section(BaseModel):
 
 class ModelStoreSection(Section):
     uri: ModelStoreUri
-    account_url: HttpUrl = None
-    endpoint_url: HttpUrl = None
+    account_url: HttpUrl = ""
+    # S3-compatible servers (MinIO, moto, ...): their endpoint; empty for AWS itself.
+    endpoint_url: HttpUrl = ""
+    # The publisher's public key (PEM file, relative to the project): when set, fetch-model
+    # refuses unsigned models (docs/model-store.md).
+    public_key: str = ""
 
 
 class ImageSection(Section):
     repository: ImageRepository
     base: ImageReference
-    offline_base: bool = None
-    python_version: PythonMinor = None
-    platform: Platform = None
+    offline_base: bool = False
+    python_version: PythonMinor = "3.11"
+    platform: Platform = "linux/amd64"
 
 
 class RegistrySection(Section):
     host: RegistryHost
-    username_env: EnvVarName = None
-    password_env: EnvVarName = None
+    username_env: EnvVarName = "REGISTRY_USERNAME"
+    password_env: EnvVarName = "REGISTRY_PASSWORD"
 
 
 class AksSection(Section):
-    resource_group: ResourceGroup = None
-    cluster: AksClusterName = None
-    # The modes kubelogin's convert-kubeconfig accepts.
+    resource_group: ResourceGroup = ""
+    cluster: AksClusterName = ""
+    # How kubelogin signs in on clusters with Microsoft Entra ID login: azurecli (a laptop
+    # after `az login`, or an AzureCLI@2 pipeline step), workloadidentity, msi... The modes
+    # kubelogin's convert-kubeconfig accepts.
     login: Literal["azurecli", "azd", "devicecode", "interactive", "msi", "ropc", "spn",
-                   "workloadidentity", "azurepipelines"] = None
+                   "workloadidentity", "azurepipelines"] = "azurecli"
 
 
 class KubernetesSection(Section):
     context: str
     namespace: Rfc1123Label
-    rollout_timeout: Duration = None
-    version: KubernetesMinor = None
-    aks: AksSection = None
+    rollout_timeout: Duration = "300s"
+    # The Kubernetes minor version whose schemas rendered objects must pass.
+    version: KubernetesMinor = "1.31"
+    aks: AksSection = Field(default_factory=AksSection)
 
 
 class AutoscalingSection(Section):
@@ -226,9 +238,10 @@ class DeploymentSection(Section):
 
 
 class LocalServicesSection(Section):
-    azurite_port: Port = None
-    registry_port: Port = None
-    # The deployment's two container slots behind the local edge.
+    azurite_port: Port = 10000
+    registry_port: Port = 15000
+    # The deployment's two container slots behind the local edge; by default the two 11 and
+    # 12 above deployment.port, so apps on other ports never share.
     slot_ports: Annotated[list[Port], Field(min_length=2, max_length=2)] = None
 
     @model_validator(mode="after")
@@ -242,13 +255,13 @@ class LocalServicesSection(Section):
 class EnvironmentSection(Section):
     """`modelship.defaults` merged with `modelship.environments.<env>`."""
 
-    runtime: Literal["kubernetes", "docker"] = None
+    runtime: Literal["kubernetes", "docker"] = "kubernetes"
     model_store: ModelStoreSection
     image: ImageSection
     registry: RegistrySection
     kubernetes: KubernetesSection
-    deployment: DeploymentSection = None
-    local_services: LocalServicesSection = None
+    deployment: DeploymentSection = Field(default_factory=DeploymentSection)
+    local_services: LocalServicesSection = Field(default_factory=LocalServicesSection)
 
 
 EnvironmentName = _text(_LABEL_1123, "an RFC 1123 label (lower-case letters, digits and '-')",

@@ -10,7 +10,6 @@ cluster can pull: set MODELSHIP_TEST_IMAGE to a pushed REPOSITORY@sha256:... of 
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import os
 import subprocess
@@ -25,6 +24,7 @@ from modelship import kube, manifests
 from modelship.errors import PipelineError
 from modelship.manifests import Release
 from modelship.settings import PROJECT_ROOT, load_settings
+from modelship.settings_schema import DeploymentSection
 
 pytestmark = pytest.mark.cluster
 
@@ -68,10 +68,11 @@ def settings_in(env: str, context: str, namespace: str, folder: Path, **deployme
     config = invoke.Config(project_location=str(PROJECT_ROOT))
     config.load_project()
     settings = load_settings(config, env)
-    settings = dataclasses.replace(
-        settings, deployment={**settings.deployment, **deployment},
-        kubernetes=dataclasses.replace(settings.kubernetes, context=context,
-                                       namespace=namespace, rollout_timeout="90s"))
+    given = {**settings.deployment.model_dump(exclude_unset=True), **deployment}
+    settings = settings.model_copy(update={
+        "deployment": DeploymentSection.model_validate(given),
+        "kubernetes": settings.kubernetes.model_copy(update={
+            "context": context, "namespace": namespace, "rollout_timeout": "90s"})})
     # render_dir follows stage_files.BUILD_ROOT; the tests render into their own folder instead.
     return settings, folder
 

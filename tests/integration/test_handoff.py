@@ -110,7 +110,7 @@ def test_apply_on_a_second_agent_serves_what_the_first_one_built(
     pushed = record.require_push("local")
     container = docker_client.containers.get("digits-api-local")
     assert container.attrs["Config"]["Image"] == pushed.reference
-    port = local_stack.deployment["port"]
+    port = local_stack.deployment.port
     version = requests.get(f"http://127.0.0.1:{port}/version", timeout=5).json()
     assert version["model"]["sha256"] == record.model.sha256
     golden = record.model.golden[0]

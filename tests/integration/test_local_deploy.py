@@ -25,7 +25,7 @@ def deployment_containers(client, settings):
 def test_deploy_twice_serves_the_published_model_pulled_from_the_registry(
     run_invoke, published_model, docker_client, local_settings
 ):
-    base_url = f"http://127.0.0.1:{local_settings.deployment['port']}"
+    base_url = f"http://127.0.0.1:{local_settings.deployment.port}"
     for attempt in (1, 2):
         result = run_invoke("deploy", "--env=local")
         assert result.returncode == 0, f"attempt {attempt}: {result.stderr}\n{result.stdout}"
@@ -77,7 +77,7 @@ def test_a_failing_new_container_leaves_the_previous_deployment_serving(
     run_invoke, published_model, docker_client, local_settings
 ):
     assert run_invoke("deploy", "--env=local").returncode == 0
-    base_url = f"http://127.0.0.1:{local_settings.deployment['port']}"
+    base_url = f"http://127.0.0.1:{local_settings.deployment.port}"
     # A pushed image that exits at once: the base image runs bare python3 with no stdin.
     broken = f"{local_settings.image_repository}:broken"
     docker_client.images.get(local_settings.image.base).tag(broken)

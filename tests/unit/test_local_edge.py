@@ -51,7 +51,7 @@ def test_the_slots_follow_the_edge_port_unless_set():
     from types import SimpleNamespace
 
     def settings(port, slots=None):
-        return SimpleNamespace(env="local", deployment={"port": port},
+        return SimpleNamespace(env="local", deployment=SimpleNamespace(port=port),
                                local_services=SimpleNamespace(slot_ports=slots))
 
     assert Edge.of(settings(18080)).slot_ports == (18091, 18092)

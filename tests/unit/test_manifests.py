@@ -8,7 +8,6 @@ review the diff like any other change.
 
 from __future__ import annotations
 
-import copy
 import dataclasses
 import os
 import re
@@ -25,6 +24,7 @@ from modelship.manifests import Release
 from modelship.release_record import ReleaseRecord
 from modelship.errors import PipelineError
 from modelship.settings import PROJECT_ROOT, load_settings
+from modelship.settings_schema import DeploymentSection
 
 GOLDEN_DIR = Path(__file__).parent / "golden"
 ENVIRONMENTS = ["local", "dev", "staging", "prod"]
@@ -68,10 +68,15 @@ def record():
 def settings_for(env: str, **deployment_overrides):
     settings = load_settings(project_config(), env)
     if deployment_overrides:
-        deployment = copy.deepcopy(settings.deployment)
+        deployment = settings.deployment.model_dump(exclude_unset=True)
         deployment.update(deployment_overrides)
-        settings = dataclasses.replace(settings, deployment=deployment)
+        settings = with_deployment(settings, deployment)
     return settings
+
+
+def with_deployment(settings, deployment: dict):
+    """The settings with another deployment section, validated as the files' would be."""
+    return settings.model_copy(update={"deployment": DeploymentSection.model_validate(deployment)})
 
 
 def render_env(env: str, record: ReleaseRecord, output_dir: Path,
@@ -305,8 +310,9 @@ def test_replicas_are_spread_over_nodes_and_zones(prod_deployment):
 
 def test_a_value_missing_from_the_config_is_an_error_naming_it(record, tmp_path):
     settings = settings_for("dev")
-    deployment = {k: v for k, v in settings.deployment.items() if k != "cpu_limit"}
-    settings = dataclasses.replace(settings, deployment=deployment)
+    deployment = {k: v for k, v in settings.deployment.model_dump(exclude_unset=True).items()
+                  if k != "cpu_limit"}
+    settings = with_deployment(settings, deployment)
     with pytest.raises(PipelineError, match="deployment.yaml.j2 needs.*cpu_limit"):
         manifests.render(settings, release_of(record, "dev"), output_dir=tmp_path / "x")
     assert not (tmp_path / "x").exists()
@@ -317,8 +323,9 @@ def test_a_failed_render_keeps_the_previous_folder(record, tmp_path):
     render_env("dev", record, output)
     before = sorted(p.name for p in output.iterdir())
     settings = settings_for("dev")
-    broken = dataclasses.replace(settings, deployment={
-        k: v for k, v in settings.deployment.items() if k != "service"})
+    broken = with_deployment(settings, {
+        k: v for k, v in settings.deployment.model_dump(exclude_unset=True).items()
+        if k != "service"})
     with pytest.raises(PipelineError, match="service"):
         manifests.render(broken, release_of(record, "dev"), output_dir=output)
     assert sorted(p.name for p in output.iterdir()) == before

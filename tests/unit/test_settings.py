@@ -2,9 +2,9 @@
 stops the run with one line naming the key, where it came from and what is allowed."""
 
 import copy
-import dataclasses
 
 import invoke
+import pydantic
 import pytest
 import yaml
 
@@ -57,14 +57,14 @@ def test_the_shipped_invoke_yaml_is_valid_for_every_environment(env, runtime, na
     settings = load_settings(project(), env, environ={})
 
     assert (settings.runtime, settings.kubernetes.namespace) == (runtime, namespace)
-    assert settings.deployment["replicas"] == replicas
-    assert settings.deployment["autoscaling"]["target_cpu_percent"] == 70
+    assert settings.deployment.replicas == replicas
+    assert settings.deployment.autoscaling.target_cpu_percent == 70
 
 
 def test_settings_stay_immutable(project):
     settings = load_settings(project(), "dev", environ={})
 
-    with pytest.raises(dataclasses.FrozenInstanceError):
+    with pytest.raises(pydantic.ValidationError, match="frozen"):
         settings.runtime = "docker"
 
 
@@ -74,13 +74,15 @@ def test_keys_the_files_leave_out_stay_out_of_the_deployment(project):
         dev(modelship)["deployment"] = {}
 
     # The manifests name what a rendering lacks; the settings must not invent it.
-    assert load_settings(project(only_replicas), "dev", environ={}).deployment == {"replicas": 2}
+    deployment = load_settings(project(only_replicas), "dev", environ={}).deployment
+    assert deployment.model_dump(exclude_unset=True) == {"replicas": 2}
+    assert deployment.cpu_limit is None
 
 
 def test_a_quantity_written_as_a_number_is_accepted_as_text(project):
     config = project(lambda m: dev(m)["deployment"].update(cpu_limit=2))
 
-    assert load_settings(config, "dev", environ={}).deployment["cpu_limit"] == "2"
+    assert load_settings(config, "dev", environ={}).deployment.cpu_limit == "2"
 
 
 # --- mistakes in invoke.yaml -------------------------------------------------------------------
@@ -197,17 +199,17 @@ def test_a_mistake_in_the_runtime_file_is_blamed_on_that_file(project, tmp_path)
     # dev sets no model_store.uri itself: invoke alone would ignore this variable.
     ("ENVIRONMENTS_DEV_MODEL_STORE_URI", "s3://models/digits",
      lambda s: s.model_store.uri, "s3://models/digits"),
-    ("ENVIRONMENTS_DEV_DEPLOYMENT_REPLICAS", "4", lambda s: s.deployment["replicas"], 4),
+    ("ENVIRONMENTS_DEV_DEPLOYMENT_REPLICAS", "4", lambda s: s.deployment.replicas, 4),
     ("ENVIRONMENTS_DEV_DEPLOYMENT_AUTOSCALING_MAX_REPLICAS", "9",
-     lambda s: s.deployment["autoscaling"]["max_replicas"], 9),
+     lambda s: s.deployment.autoscaling.max_replicas, 9),
     ("ENVIRONMENTS_DEV_DEPLOYMENT_INGRESS_HOSTS", "[a.example.com, b.example.com]",
-     lambda s: s.deployment["ingress"]["hosts"], ["a.example.com", "b.example.com"]),
-    ("ENVIRONMENTS_DEV_DEPLOYMENT_CONFIRM", "true", lambda s: s.deployment["confirm"], True),
+     lambda s: s.deployment.ingress.hosts, ["a.example.com", "b.example.com"]),
+    ("ENVIRONMENTS_DEV_DEPLOYMENT_CONFIRM", "true", lambda s: s.deployment.confirm, True),
     # Text is taken as written: as YAML, 1.30 would be the number 1.3.
     ("ENVIRONMENTS_DEV_KUBERNETES_VERSION", "1.30", lambda s: s.kubernetes.version, "1.30"),
     ("ENVIRONMENTS_DEV_KUBERNETES_AKS_LOGIN", "workloadidentity",
      lambda s: s.kubernetes.aks.login, "workloadidentity"),
-    ("DEFAULTS_DEPLOYMENT_WEB_CONCURRENCY", "3", lambda s: s.deployment["web_concurrency"], 3),
+    ("DEFAULTS_DEPLOYMENT_WEB_CONCURRENCY", "3", lambda s: s.deployment.web_concurrency, 3),
     ("APP_NAME", "digits-v2", lambda s: s.app_name, "digits-v2"),
 ])
 def test_a_variable_overrides_any_setting(variable, value, read, expected, project):
@@ -219,11 +221,11 @@ def test_a_variable_overrides_any_setting(variable, value, read, expected, proje
 def test_an_environment_setting_still_beats_a_defaults_variable(project):
     environ = {"INVOKE_MODELSHIP_DEFAULTS_DEPLOYMENT_REPLICAS": "7"}
 
-    assert load_settings(project(), "prod", environ=environ).deployment["replicas"] == 3
-    assert load_settings(project(), "local", environ=environ).deployment["replicas"] == 1
-    assert load_settings(project(), "staging", environ=environ).deployment["replicas"] == 2
+    assert load_settings(project(), "prod", environ=environ).deployment.replicas == 3
+    assert load_settings(project(), "local", environ=environ).deployment.replicas == 1
+    assert load_settings(project(), "staging", environ=environ).deployment.replicas == 2
     without_own = project(lambda m: dev(m)["deployment"].pop("replicas"))
-    assert load_settings(without_own, "dev", environ=environ).deployment["replicas"] == 7
+    assert load_settings(without_own, "dev", environ=environ).deployment.replicas == 7
 
 
 def test_the_runtime_file_beats_a_variable_as_invoke_ranks_them(project, tmp_path):
@@ -233,7 +235,7 @@ def test_the_runtime_file_beats_a_variable_as_invoke_ranks_them(project, tmp_pat
 
     config = project(runtime_file=str(runtime_file))
 
-    assert load_settings(config, "dev", environ=environ).deployment["replicas"] == 5
+    assert load_settings(config, "dev", environ=environ).deployment.replicas == 5
 
 
 def test_a_variable_invoke_already_applied_is_read_once_and_as_yaml(project, monkeypatch):
@@ -294,3 +296,14 @@ def test_other_invoke_variables_are_left_to_invoke(project):
     environ = {"INVOKE_RUN_ECHO": "1", "INVOKE_RUNTIME_CONFIG": "ignored-here"}
 
     assert load_settings(project(), "dev", environ=environ).env == "dev"
+
+
+def test_the_documented_public_key_is_a_setting_of_a_runtime_file(project, tmp_path):
+    runtime_file = tmp_path / "signed.yaml"
+    runtime_file.write_text("modelship: {environments: {dev: {model_store: "
+                            "{public_key: keys/publisher.pem}}}}\n")
+
+    settings = load_settings(project(runtime_file=str(runtime_file)), "dev", environ={})
+
+    assert settings.model_store.public_key == "keys/publisher.pem"
+    assert load_settings(project(), "dev", environ={}).model_store.public_key == ""
