@@ -28,7 +28,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from modelship import model_store  # noqa: E402
-from modelship.stores import emulators  # noqa: E402
+from tests.support import emulators  # noqa: E402
 
 
 def median_seconds(action, repeat: int, before=None) -> float:

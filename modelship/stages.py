@@ -175,7 +175,7 @@ def test(c, settings: Settings, *, unit: bool = True, force: bool = False, dry: 
          echo: Echo) -> Outcome:
     """Unit tests, then the container contract test on the image the record names; each is
     skipped when it already passed for exactly these inputs (`force` runs them anyway)."""
-    from .container_test import run_contract
+    from .contract_check import run_contract
     from .engine import docker_client
 
     units_ran = unit and run_unit_tests(c, force=force, dry=dry, echo=echo)
@@ -213,16 +213,16 @@ def run_unit_tests(c, *, force: bool, dry: bool, echo: Echo) -> bool:
     import os
     import time
 
-    from . import test_cache
+    from . import unit_test_cache
 
-    digest = test_cache.inputs_digest()
-    previous = None if force else test_cache.passed_run(digest)
+    digest = unit_test_cache.inputs_digest()
+    previous = None if force else unit_test_cache.passed_run(digest)
     if previous is not None:
         when = time.strftime("%Y-%m-%d %H:%M", time.localtime(previous.passed_at))
         echo(f"unit tests: up to date (passed at {when} for these inputs, sha256 "
              f"{digest[:12]}…; `invoke test --force` runs them again)")
         return False
-    run = test_cache.plan_run(force, os.environ)
+    run = unit_test_cache.plan_run(force, os.environ)
     started = time.monotonic()
     results = _side_by_side(c, run.commands, run.env, dry)
     if dry:
@@ -231,22 +231,22 @@ def run_unit_tests(c, *, force: bool, dry: bool, echo: Echo) -> bool:
         # The selection itself failed (a damaged coverage file, a testmon bug): say so and
         # run everything the plain way.
         echo("unit tests: test selection failed (pytest-testmon), running all of them")
-        test_cache.forget_coverage()
+        unit_test_cache.forget_coverage()
         run = dataclasses.replace(run, commands=(run.fallback,), scope="all",
                                   collects_coverage=False, fallback="")
         results = _side_by_side(c, run.commands, {}, dry)
     failed = next((result for result in results
                    if not result.ok and result.exited != PYTEST_NOTHING_SELECTED), None)
     if failed is not None:
-        test_cache.forget()
+        unit_test_cache.forget()
         if run.collects_coverage:
-            test_cache.forget_coverage()
+            unit_test_cache.forget_coverage()
         if not current().verbose:
             echo("\n".join(failed.stdout.strip().splitlines()[-15:]))
         raise PipelineError("The unit tests failed.", "Fix the failures listed above.")
     if run.collects_coverage:
-        test_cache.remember_baseline()
-    test_cache.remember_pass(digest, time.monotonic() - started)
+        unit_test_cache.remember_baseline()
+    unit_test_cache.remember_pass(digest, time.monotonic() - started)
     summaries = [(result.stdout.strip().splitlines() or ["no tests selected"])[-1].strip("= ")
                  for result in results]
     echo(f"unit tests ({run.scope}): {'; '.join(summaries)}")

@@ -9,7 +9,7 @@ import pytest
 
 from modelship import image
 from modelship.release_record import load as read_record
-from modelship.container_test import run_contract
+from modelship.contract_check import run_contract
 from modelship.errors import PipelineError
 from modelship.image import read_model_metadata
 

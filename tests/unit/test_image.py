@@ -11,7 +11,7 @@ import pytest
 from invoke import Config
 
 from modelship import image, registry
-from modelship.container_test import check_labels_match, find_secrets
+from modelship.contract_check import check_labels_match, find_secrets
 from modelship.errors import PipelineError
 from modelship.gitinfo import SourceState, strip_credentials
 from modelship.settings import PROJECT_ROOT, load_settings

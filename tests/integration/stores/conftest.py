@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from modelship.stores import emulators
+from tests.support import emulators
 
 from fault_proxy import FaultProxy  # this folder is on sys.path (rootdir conftest)
 

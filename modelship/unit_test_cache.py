@@ -3,9 +3,9 @@
 The key is one sha256 over everything the unit tests can see: the content of every file in
 the checkout that git tracks or would track (ignored files such as build/ and .venv/ are
 not inputs), except the ones the unit tests never read (documentation, benchmarks, the
-integration tests, the scripts CI uses to set a machine up); the Python version; and every
-installed distribution with its version (a changed lock or an upgraded library re-runs
-them). A run that passed is recorded under that key in `.local/cache/`, which belongs to the
+integration tests and their tools, the scripts CI uses to set a machine up); the Python
+version; and every installed distribution with its version (a changed lock or an upgraded
+library re-runs them). A run that passed is recorded under that key in `.local/cache/`, which belongs to the
 checkout and is never a pipeline artifact: a fresh agent has no record and runs everything,
 and any changed byte of an input gives another key.
 
@@ -43,7 +43,8 @@ TESTMON_BASELINE = CACHE_DIR / "testmon-baseline.json"
 SUBPROCESS_MARKER = "subprocess_project_code"
 PYTHON_CODE_DIRS = ("app/", "modelship/", "tests/unit/")
 # Read by no unit test: changing them must not cost a test run.
-NOT_INPUTS = ("docs/", "benchmarks/", "tests/integration/", "examples/", "scripts/", ".ci/")
+NOT_INPUTS = ("docs/", "benchmarks/", "tests/integration/", "tests/support/", "examples/",
+              "scripts/", ".ci/")
 NOT_INPUT_SUFFIXES = (".md",)
 
 

@@ -9,7 +9,7 @@ from unittest import mock
 import pytest
 from invoke import MockContext, Result
 
-from modelship import release_record, stages, test_cache
+from modelship import release_record, stages, unit_test_cache
 from modelship.errors import PipelineError
 
 PYTEST_COMMAND = re.compile(r".* -m pytest .*")
@@ -27,34 +27,34 @@ def checkout(tmp_path, monkeypatch):
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_text(text)
     subprocess.run(["git", "init", "-q", str(root)], check=True)
-    monkeypatch.setattr(test_cache, "PROJECT_ROOT", root)
-    monkeypatch.setattr(test_cache, "UNIT_RECORD", tmp_path / "cache" / "unit-tests.json")
+    monkeypatch.setattr(unit_test_cache, "PROJECT_ROOT", root)
+    monkeypatch.setattr(unit_test_cache, "UNIT_RECORD", tmp_path / "cache" / "unit-tests.json")
     return root
 
 
 def test_the_inputs_are_the_checkouts_files_but_docs_integration_tests_and_ignored_ones(
         checkout):
-    assert test_cache.input_files() == [".gitignore", "app/routes.py",
+    assert unit_test_cache.input_files() == [".gitignore", "app/routes.py",
                                         "requirements/image.lock", "tests/unit/test_x.py"]
 
 
 def test_one_changed_byte_of_a_tested_file_changes_the_digest_and_docs_do_not(checkout):
-    before = test_cache.inputs_digest()
+    before = unit_test_cache.inputs_digest()
     (checkout / "docs" / "notes.md").write_text("changed\n")
     (checkout / "tests" / "integration" / "test_y.py").write_text("y = 2\n")
-    assert test_cache.inputs_digest() == before
+    assert unit_test_cache.inputs_digest() == before
     (checkout / "app" / "routes.py").write_text("ANSWER = 43\n")
-    assert test_cache.inputs_digest() != before
+    assert unit_test_cache.inputs_digest() != before
     (checkout / "app" / "routes.py").write_text("ANSWER = 42\n")
-    assert test_cache.inputs_digest() == before
+    assert unit_test_cache.inputs_digest() == before
     (checkout / "app" / "new_module.py").write_text("")  # untracked but not ignored: an input
-    assert test_cache.inputs_digest() != before
+    assert unit_test_cache.inputs_digest() != before
 
 
 def test_the_installed_libraries_are_inputs(checkout, monkeypatch):
-    before = test_cache.inputs_digest()
-    monkeypatch.setattr(test_cache, "environment_fingerprint", lambda: "python 3.11\nflask==9")
-    assert test_cache.inputs_digest() != before
+    before = unit_test_cache.inputs_digest()
+    monkeypatch.setattr(unit_test_cache, "environment_fingerprint", lambda: "python 3.11\nflask==9")
+    assert unit_test_cache.inputs_digest() != before
 
 
 def pytest_commands(c) -> list[str]:
@@ -64,16 +64,16 @@ def pytest_commands(c) -> list[str]:
 @pytest.fixture
 def laptop(checkout, tmp_path, monkeypatch):
     """Not CI, testmon installed; its data file appears once a run collected coverage."""
-    monkeypatch.setattr(test_cache, "TESTMON_DATA", tmp_path / "cache" / "testmondata")
-    monkeypatch.setattr(test_cache, "TESTMON_BASELINE", tmp_path / "cache" / "baseline.json")
-    monkeypatch.setattr(test_cache, "_installed", lambda name: True)
+    monkeypatch.setattr(unit_test_cache, "TESTMON_DATA", tmp_path / "cache" / "testmondata")
+    monkeypatch.setattr(unit_test_cache, "TESTMON_BASELINE", tmp_path / "cache" / "baseline.json")
+    monkeypatch.setattr(unit_test_cache, "_installed", lambda name: True)
     for name in ("CI", "TF_BUILD"):
         monkeypatch.delenv(name, raising=False)
 
     def run(command, **kwargs):
         if "--testmon" in command:
-            test_cache.TESTMON_DATA.parent.mkdir(parents=True, exist_ok=True)
-            test_cache.TESTMON_DATA.write_bytes(b"coverage")
+            unit_test_cache.TESTMON_DATA.parent.mkdir(parents=True, exist_ok=True)
+            unit_test_cache.TESTMON_DATA.write_bytes(b"coverage")
         return Result(stdout="3 passed in 0.1s\n")
 
     c = MockContext()
@@ -114,7 +114,7 @@ def test_unit_tests_run_once_then_are_skipped_until_an_input_changes(laptop, che
 
 def test_in_ci_the_whole_suite_runs_without_coverage(checkout, monkeypatch):
     monkeypatch.setenv("TF_BUILD", "True")
-    run = test_cache.plan_run(force=False, environ={"TF_BUILD": "True"})
+    run = unit_test_cache.plan_run(force=False, environ={"TF_BUILD": "True"})
     assert len(run.commands) == 1 and "--testmon" not in run.commands[0]
     assert run.scope == "all" and run.collects_coverage is False
 
@@ -125,12 +125,12 @@ def test_nothing_affected_is_a_pass_not_an_error(laptop, checkout):
     laptop.run.side_effect = lambda command, **kwargs: Result(
         stdout="no tests ran in 0.1s\n", exited=5)
     assert stages.run_unit_tests(laptop, force=False, dry=False, echo=lambda line: None)
-    assert test_cache.passed_run(test_cache.inputs_digest()) is not None
+    assert unit_test_cache.passed_run(unit_test_cache.inputs_digest()) is not None
 
 
 def test_a_fresh_agent_has_no_record_and_runs_them(checkout, monkeypatch):
     monkeypatch.setenv("CI", "true")
-    assert test_cache.passed_run(test_cache.inputs_digest()) is None
+    assert unit_test_cache.passed_run(unit_test_cache.inputs_digest()) is None
     c = MockContext(run={PYTEST_COMMAND: Result(stdout="3 passed\n")}, repeat=True)
     assert stages.run_unit_tests(c, force=False, dry=False, echo=lambda line: None) is True
 
@@ -144,16 +144,16 @@ def test_a_failure_forgets_the_pass_and_stops(checkout, monkeypatch):
     (checkout / "app" / "routes.py").write_text("ANSWER = 0\n")
     with pytest.raises(PipelineError, match="unit tests failed"):
         stages.run_unit_tests(c, force=False, dry=False, echo=lambda line: None)
-    assert not test_cache.UNIT_RECORD.exists()
+    assert not unit_test_cache.UNIT_RECORD.exists()
     # Put back as it was when they passed: the earlier pass was forgotten, so they run.
     (checkout / "app" / "routes.py").write_text("ANSWER = 42\n")
     assert stages.run_unit_tests(c, force=False, dry=False, echo=lambda line: None) is True
 
 
 def test_an_unreadable_record_means_run_them(checkout):
-    test_cache.UNIT_RECORD.parent.mkdir(parents=True)
-    test_cache.UNIT_RECORD.write_text("{not json")
-    assert test_cache.passed_run(test_cache.inputs_digest()) is None
+    unit_test_cache.UNIT_RECORD.parent.mkdir(parents=True)
+    unit_test_cache.UNIT_RECORD.write_text("{not json")
+    assert unit_test_cache.passed_run(unit_test_cache.inputs_digest()) is None
 
 
 # --- the container contract test ------------------------------------------------------
@@ -182,7 +182,7 @@ def record_dir(tmp_path, monkeypatch):
 
 def test_the_contract_test_is_skipped_only_for_the_image_it_passed_for(record_dir, monkeypatch):
     ran = []
-    monkeypatch.setattr("modelship.container_test.run_contract",
+    monkeypatch.setattr("modelship.contract_check.run_contract",
                         lambda client, image, metadata, echo: ran.append(image))
     monkeypatch.setattr("modelship.engine.docker_client", lambda: object())
     settings = None
@@ -215,4 +215,4 @@ def test_a_broken_selection_falls_back_to_running_everything(laptop, checkout):
     assert lines[0] == "unit tests: test selection failed (pytest-testmon), running all of them"
     assert lines[1] == "unit tests (all): 3 passed"
     assert "--testmon" not in pytest_commands(laptop)[-1]
-    assert not test_cache.TESTMON_DATA.exists()
+    assert not unit_test_cache.TESTMON_DATA.exists()

@@ -1,5 +1,7 @@
 """Throw-away store servers on 127.0.0.1 for integration tests and benchmarks.
 
+Test tooling, kept under tests/ and out of the package users install.
+
 Starts an Azurite blob emulator (telemetry off, data in a temporary folder) or moto's
 S3-compatible server on a free loopback port, and stops exactly the process it started.
 It must never bind anything but 127.0.0.1 nor touch the services `invoke local.up` runs.
@@ -20,8 +22,8 @@ from typing import Callable
 
 import requests
 
-from ..errors import PipelineError
-from .azure_blob import AZURITE_ACCOUNT, AZURITE_KEY
+from modelship.errors import PipelineError
+from modelship.stores.azure_blob import AZURITE_ACCOUNT, AZURITE_KEY
 
 
 def free_port() -> int:
@@ -72,7 +74,7 @@ def _wait_for(url: str, process: subprocess.Popen, log: Path, name: str) -> None
 
 
 def start_azurite() -> Emulator:
-    from .. import azurite, host
+    from modelship import azurite, host
 
     port = free_port()
     data_dir = Path(tempfile.mkdtemp(prefix="modelship-azurite-"))
