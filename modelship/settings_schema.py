@@ -118,6 +118,10 @@ ModelStoreUri = Annotated[str, AfterValidator(_model_store_uri)]
 ModelName = _text(r"[A-Za-z0-9][A-Za-z0-9._-]*", "a model name (letters, digits, '.', '_', '-')")
 ResourceGroup = _text(r"[-\w.()]{0,89}[-\w()]", "empty or an Azure resource group name",
                       allow_empty=True)
+# kind, minikube, AKS, GKE (gke_project_zone_name) and EKS (arn:aws:eks:...:cluster/name)
+# contexts all fit; a space, quote or shell metacharacter does not.
+KubeContext = _text(r"[A-Za-z0-9][A-Za-z0-9._:/@-]*", "a kube context name (letters, digits, "
+                    "'.', '_', ':', '/', '@' and '-')", 253)
 AksClusterName = _text(r"[A-Za-z0-9]([-_A-Za-z0-9]{0,61}[A-Za-z0-9])?",
                        "empty or an AKS cluster name", allow_empty=True)
 
@@ -165,7 +169,7 @@ class AksSection(Section):
 
 
 class KubernetesSection(Section):
-    context: str
+    context: KubeContext
     namespace: Rfc1123Label
     rollout_timeout: Duration = None
     version: KubernetesMinor = None
