@@ -14,6 +14,7 @@ import re
 from typing import Annotated, Any, Literal
 from urllib.parse import urlparse
 
+import yaml
 from pydantic import (
     AfterValidator,
     BaseModel,
@@ -86,8 +87,22 @@ ObjectName = _text(_SUBDOMAIN_1123, "a Kubernetes object name (lower-case RFC 11
 OptionalObjectName = _text(_SUBDOMAIN_1123, "empty or a Kubernetes object name (lower-case "
                                             "RFC 1123 subdomain)", 253, allow_empty=True)
 SecretKey = _text(r"[-._a-zA-Z0-9]+", "a Secret key (letters, digits, '-', '_' or '.')", 253)
-IngressHost = _text(rf"(\*\.)?{_SUBDOMAIN_1123}", "a lower-case DNS name such as "
-                                                  "digits.example.com", 253)
+def _reads_as_text_in_yaml(value: str) -> str:
+    # "null", "true", "no", "1.10"... fit a DNS name but YAML reads them as another type: an
+    # Ingress rule with `host: null` matches every host.
+    try:
+        read = yaml.safe_load(value)
+    except yaml.YAMLError:  # "*.example.com" reads as an alias: not a scalar of another type
+        return value
+    if not isinstance(read, str):
+        raise ValueError("must be a DNS name YAML reads as text (not null, true, yes, no, "
+                         "~ or a number) such as digits.example.com")
+    return value
+
+
+IngressHost = Annotated[_text(rf"(\*\.)?{_SUBDOMAIN_1123}", "a lower-case DNS name such as "
+                                                        "digits.example.com", 253),
+                        AfterValidator(_reads_as_text_in_yaml)]
 AzureDnsLabel = _text(r"[a-z][a-z0-9-]{1,61}[a-z0-9]", "empty or an Azure DNS label (3-63 "
                                                        "lower-case letters, digits or '-', "
                                                        "starting with a letter)",
