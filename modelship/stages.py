@@ -141,7 +141,11 @@ def build(settings: Settings, *, force: bool = False, no_cache: bool = False, dr
         else:
             reference = f"{settings.image_repository}:{image.inputs_tag(plan.inputs)}"
             digest = None if force or no_cache else image.registry_digest(client, reference, auth)
-            if digest:
+            cached = f"{settings.image_repository}@{digest}" if digest else None
+            problem = cached and image.cached_image_problem(client, cached, plan, auth)
+            if problem:
+                echo(f"not reusing {cached} ({reference}): {problem}; rebuilding")
+            elif digest:
                 record = image.record_up_to_date(plan, settings, digest)
                 release_record.save(_keep_contract_test(record, settings.env))
                 return up_to_date(f"up to date: {record.image.name} has the same inputs; "

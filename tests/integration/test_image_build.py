@@ -125,3 +125,36 @@ def test_dry_build_and_push_change_nothing(fresh_build, run_invoke):
         assert result.returncode == 0, result.stderr
         assert "[dry]" in result.stdout or "up to date" in result.stdout
     assert read_record().model_dump_json() == before
+
+
+@pytest.mark.parametrize("planted_line", [
+    'LABEL ai.modelship.model.sha256="' + "0" * 64 + '"',   # same inputs label, other model
+    'LABEL ai.modelship.inputs="forged"',                      # other labels
+])
+def test_an_image_planted_under_the_inputs_tag_is_not_reused(
+        fresh_build, run_invoke, docker_client, local_settings, planted_line):
+    from modelship.registry import login
+
+    assert run_invoke("push").returncode == 0
+    repository = read_record().require_push("local").repository
+    planted = _derived_image(docker_client, fresh_build.image.id, [planted_line],
+                             "modelship-test/planted")
+    inputs_tag = image.inputs_tag(fresh_build.image.inputs)
+    docker_client.images.get(planted).tag(repository, inputs_tag)
+    auth = login(docker_client, local_settings)
+    for chunk in docker_client.api.push(repository, tag=inputs_tag, stream=True, decode=True,
+                                        auth_config=auth):
+        assert "error" not in chunk, chunk
+    planted_digest = image.registry_digest(docker_client, f"{repository}:{inputs_tag}", auth)
+
+    again = run_invoke("build")
+
+    assert again.returncode == 0, again.stderr
+    assert "not reusing" in again.stdout and "rebuilding" in again.stdout, again.stdout
+    record = read_record()
+    assert record.image.up_to_date is False
+    assert planted_digest not in (record.image.name, str(record.push_for("local")))
+    # The next push puts the real image back under the inputs tag.
+    assert run_invoke("push").returncode == 0
+    assert image.registry_digest(docker_client, f"{repository}:{inputs_tag}", auth) != \
+        planted_digest
