@@ -231,7 +231,7 @@ def model_check(c, env=None):
 @pipeline_task("ci.check", name="check")
 def ci_check(c):
     """Validate ci/ against the Azure Pipelines schema; every `invoke` call must name real tasks."""
-    echo(stages.check_pipeline(c.config, echo))
+    echo(stages.check_pipeline(c.config, namespace, echo))
 
 
 namespace = Collection(fetch_model, base_image, lock, build, test, push, render, apply, rollback,

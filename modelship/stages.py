@@ -582,12 +582,13 @@ def check_model(c, settings: Settings) -> tuple[list[str], bool]:
     return lines, comparison.differs
 
 
-def check_pipeline(config, echo: Echo) -> str:
-    """`ci.check`: each problem in ci/, then a PipelineError; or the one line saying valid."""
+def check_pipeline(config, namespace, echo: Echo) -> str:
+    """`ci.check`: each problem in ci/, then a PipelineError; or the one line saying valid.
+    `namespace` is the task collection the pipeline's `invoke` calls must name."""
     from . import pipeline_check
     from .settings import known_environments
 
-    problems = pipeline_check.check(environments=known_environments(config))
+    problems = pipeline_check.check(namespace=namespace, environments=known_environments(config))
     if problems:
         for problem in problems:
             echo(str(problem))

@@ -10,7 +10,6 @@ from modelship import model_check
 from modelship.errors import PipelineError
 from modelship.model_check import Comparison, ModelRef
 from modelship.model_store import FileStore
-from modelship.pipeline_check import load_namespace
 from modelship.settings import load_settings
 
 OLD = "a" * 64
@@ -18,8 +17,8 @@ NEW = "b" * 64
 
 
 @pytest.fixture(scope="module")
-def model_check_task():
-    return load_namespace()["model.check"]
+def model_check_task(tasks_namespace):
+    return tasks_namespace["model.check"]
 
 
 def publish_layout(root, version, sha256):

@@ -6,15 +6,15 @@ import pytest
 from invoke import Collection, Context, Exit, task
 
 from modelship import pipeline_check, stage_files
-from modelship.pipeline_check import check, load_namespace
+from modelship.pipeline_check import check
 
 ENVIRONMENTS = ("local", "dev", "staging", "prod")
 
 
 @pytest.fixture(scope="module")
-def namespace():
-    """tasks.py's collection, loaded the way ci.check loads it."""
-    return load_namespace()
+def namespace(tasks_namespace):
+    """tasks.py's collection, which its ci.check task passes to the check."""
+    return tasks_namespace
 
 
 @pytest.fixture
