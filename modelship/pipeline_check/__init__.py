@@ -11,7 +11,9 @@ One module per check, each reporting `file:line: problem` lines (problems.py):
   caught before a pipeline run is;
 - expansion.py: the pipeline expanded as Azure Pipelines compiles it, which handoff.py walks
   to prove that each job (a fresh agent holding only the checkout) produces or downloads
-  every file its tasks read, as declared in modelship/stage_files.py.
+  every file its tasks read, as declared in modelship/stage_files.py, and pull_requests.py
+  to prove that no secret reaches a step that pull-request builds run (conditions.py reads
+  the stage, job and step conditions).
 
 The package only reads files: it must never run a task or change anything.
 """
@@ -26,6 +28,7 @@ from .handoff import handoff_problems
 from .invoke_calls import default_environment, invoke_call_problems
 from .layout import CI_DIR, pipeline_files
 from .problems import Problem
+from .pull_requests import pull_request_secret_problems
 from .schema import schema_problems
 from .scripts import InvokeCall, ShellScript, fail_fast_problems, invoke_calls, shell_scripts
 
@@ -33,7 +36,7 @@ __all__ = [
     "CI_DIR", "ExpandedJob", "InvokeCall", "Problem", "ShellScript", "check",
     "default_environment", "expanded_jobs", "fail_fast_problems", "handoff_problems",
     "invoke_call_problems", "invoke_calls", "pipeline_files", "pipeline_roots",
-    "schema_problems", "shell_scripts",
+    "pull_request_secret_problems", "schema_problems", "shell_scripts",
 ]
 
 
@@ -53,4 +56,5 @@ def check(ci_dir: Path | None = None, namespace=None,
     calls = [call for script in scripts for call in invoke_calls(script)]
     return (schema_problems(files) + fail_fast_problems(scripts)
             + invoke_call_problems(calls, namespace, environments)
-            + handoff_problems(ci_dir, namespace, default_env))
+            + handoff_problems(ci_dir, namespace, default_env)
+            + pull_request_secret_problems(ci_dir))

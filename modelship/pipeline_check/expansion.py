@@ -58,7 +58,7 @@ def _construct_located(loader: _LocatingLoader, node: yaml.ScalarNode) -> Locate
 _LocatingLoader.add_constructor("tag:yaml.org,2002:str", _construct_located)
 
 
-def _load_located(path: Path):
+def load_located(path: Path):
     loader = _LocatingLoader(path.read_text())
     loader.source = path
     try:
@@ -83,6 +83,10 @@ class ExpandedJob:
     label: str  # `Stage/Job`, with the lifecycle hook when it is not a deployment's `deploy`
     path: Path  # the file the job is written in
     steps: tuple[dict, ...]
+    # The stage's and the job's `condition:`, where written: the job runs only if both hold.
+    conditions: tuple[str, ...] = ()
+    # Variables the stage and the job set to a literal value (never a secret).
+    variables: frozenset[str] = frozenset()
 
 
 def _resolve(expression: str, scope: dict):
@@ -106,7 +110,12 @@ def _as_text(value) -> str | None:
     return None
 
 
-def _plain_variables(variables) -> dict:
+def _is_macro(value) -> bool:
+    """A value Azure Pipelines fills in at run time, from a variable that may be secret."""
+    return isinstance(value, str) and ("$(" in value or "$[" in value)
+
+
+def plain_variables(variables) -> dict:
     """Pipeline variables with a literal value; groups and templates are unknown at check time."""
     if isinstance(variables, dict):
         return {name: value for name, value in variables.items()
@@ -219,7 +228,7 @@ class PipelineExpander:
                                                       f"{display(path)}"))
             return None
         try:
-            document = _load_located(path)
+            document = load_located(path)
         except yaml.YAMLError:
             return None  # the schema check reports it
         if not isinstance(document, dict):
@@ -260,10 +269,10 @@ class PipelineExpander:
 
     def pipeline_jobs(self, path: Path) -> tuple[list[ExpandedJob], dict[str, list[str]]]:
         """A pipeline's jobs in stage order and each stage's direct dependencies."""
-        document = _load_located(path)
+        document = load_located(path)
         if not isinstance(document, dict):
             return [], {}
-        variables = _plain_variables(document.get("variables"))
+        variables = plain_variables(document.get("variables"))
         parameters, _ = self._parameter_defaults(document.get("parameters"))
         body = {key: value for key, value in document.items() if key != "parameters"}
         document = self.expand(body, {"parameters": parameters, "variables": variables})
@@ -293,18 +302,25 @@ class PipelineExpander:
             previous = name
             for job, job_path in self._included(stage.get("jobs"), "jobs", stage_path,
                                                 variables, 0):
-                jobs.extend(self._agent_jobs(name, job, job_path, variables))
+                jobs.extend(self._agent_jobs(name, job, job_path, variables, stage))
         return jobs, depends_on
 
-    def _agent_jobs(self, stage: str, job: dict, path: Path, variables: dict) -> list[ExpandedJob]:
+    def _agent_jobs(self, stage: str, job: dict, path: Path, variables: dict,
+                    stage_body: dict) -> list[ExpandedJob]:
         name = str(job.get("job") or job.get("deployment") or "Job")
         label = f"{stage}/{name}" if stage else name
+        conditions = tuple(str(item["condition"]) for item in (stage_body, job)
+                           if item.get("condition") is not None)
+        local = frozenset(name for item in (stage_body, job)
+                          for name, value in plain_variables(item.get("variables")).items()
+                          if not _is_macro(value))
+        context = {"conditions": conditions, "variables": local}
 
         def steps(items):
             return [step for step, _ in self._included(items, "steps", path, variables, 0)]
 
         if "deployment" not in job:
-            return [ExpandedJob(stage, label, path, tuple(steps(job.get("steps"))))]
+            return [ExpandedJob(stage, label, path, tuple(steps(job.get("steps"))), **context)]
         agent_jobs = []
         for strategy in (job.get("strategy") or {}).values():
             if not isinstance(strategy, dict):
@@ -316,7 +332,7 @@ class PipelineExpander:
                 if isinstance(body, dict):
                     hook_label = label if hook == "deploy" else f"{label} ({hook})"
                     agent_jobs.append(ExpandedJob(stage, hook_label, path,
-                                                  tuple(steps(body.get("steps")))))
+                                                  tuple(steps(body.get("steps"))), **context))
         return agent_jobs
 
 
