@@ -76,7 +76,7 @@ def base_image(c, env=None, verbose=False):
 
 @pipeline_task("lock")
 def lock(c, env=None):
-    """Resolve requirements/image.in into requirements/image.lock, hash-pinned for the image."""
+    """Re-lock the image's and the host's dependencies (requirements/), hash-pinned."""
     echo(stages.lock(_settings(c, env), dry=is_dry(c)))
 
 

@@ -49,7 +49,7 @@ def config_for(store_root, runtime="kubernetes"):
         "defaults": {
             "runtime": runtime,
             "model_store": {"uri": f"file://{store_root}"},
-            "image": {"repository": "digits-api", "base": "python:3.11-slim"},
+            "image": {"repository": "digits-api", "base": "python:3.11-slim@sha256:" + "ab" * 32},
             "registry": {"host": "registry.invalid"},
             "kubernetes": {"context": "aks-test", "namespace": "digits-test"},
             "deployment": {"replicas": 1},
