@@ -31,7 +31,6 @@ REGISTRY_DIR = LOCAL_STATE_DIR / "registry"
 REGISTRY_CREDENTIALS = REGISTRY_DIR / "credentials.json"
 AZURITE_DIR = LOCAL_STATE_DIR / "azurite"
 TOOLS_DIR = LOCAL_STATE_DIR / "tools"
-AZURITE_PACKAGE = "azurite@3"
 
 
 Echo = Callable[[str], None]
@@ -300,17 +299,27 @@ def azurite_command() -> Path:
 
 
 def _ensure_azurite_installed(echo: Echo) -> Path:
+    """Azurite exactly as requirements/azurite/package-lock.json pins it (`npm ci`)."""
+    from .host_locks import AZURITE_DIR
+
     command = azurite_command()
-    if command.exists():
+    lock = AZURITE_DIR / "package-lock.json"
+    installed_lock = TOOLS_DIR / "package-lock.json"
+    if command.exists() and installed_lock.is_file() \
+            and installed_lock.read_bytes() == lock.read_bytes():
         return command
     npm = shutil.which("npm") or _ensure_command("npm", "npm", echo)
-    echo(f"installing {AZURITE_PACKAGE} with npm into {TOOLS_DIR.relative_to(PROJECT_ROOT)}")
+    echo(f"installing Azurite with `npm ci` from {lock.relative_to(PROJECT_ROOT)} into "
+         f"{TOOLS_DIR.relative_to(PROJECT_ROOT)}")
     TOOLS_DIR.mkdir(parents=True, exist_ok=True)
+    for name in ("package.json", "package-lock.json"):
+        shutil.copyfile(AZURITE_DIR / name, TOOLS_DIR / name)
     result = subprocess.run(
-        [npm, "install", "--no-audit", "--no-fund", "--prefix", str(TOOLS_DIR), AZURITE_PACKAGE],
+        [npm, "ci", "--no-audit", "--no-fund", "--prefix", str(TOOLS_DIR)],
         capture_output=True, text=True,
     )
     if result.returncode != 0 or not command.exists():
+        installed_lock.unlink(missing_ok=True)  # so the next run installs again
         raise PipelineError(
             f"Could not install Azurite with npm: {result.stderr.strip()[-300:]}",
             "Check that npm can reach its registry, then run `invoke local.up` again.",

@@ -168,6 +168,17 @@ class ImageSection(Section):
     python_version: PythonMinor = None
     platform: Platform = None
 
+    @model_validator(mode="after")
+    def _pulled_base_by_digest(self):
+        # A pulled base is pinned like the wheels: a tag can be moved to other bytes. A base
+        # built offline (base-image) is made here and never pulled, so its tag is enough.
+        if not self.offline_base and "@sha256:" not in self.base:
+            raise ValueError(
+                f"has base '{self.base}' pinned by tag only: a pulled base image is pinned by "
+                f"digest, {self.base}@sha256:<digest> (docs/image.md: refreshing the base "
+                "image), unless offline_base builds it")
+        return self
+
 
 class RegistrySection(Section):
     host: RegistryHost

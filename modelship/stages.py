@@ -101,14 +101,23 @@ def base_image(settings: Settings, *, dry: bool, echo: Echo) -> str:
 
 
 def lock(settings: Settings, *, dry: bool) -> str:
+    """The image's lock, then the host's: the virtualenv's, checkov's and Azurite's."""
+    from . import host_locks
     from .image import IMAGE_LOCK, IMAGE_REQUIREMENTS_IN
     from .wheelhouse import lock_requirements
 
     if dry:
-        return f"[dry] would lock {IMAGE_REQUIREMENTS_IN.name} for {settings.image.platform}"
+        return (f"[dry] would lock {IMAGE_REQUIREMENTS_IN.name} for {settings.image.platform}, "
+                f"and the host's {host_locks.HOST_LOCK.name}, {host_locks.CHECKOV_LOCK.name} "
+                "and Azurite's package-lock.json")
     count = lock_requirements(IMAGE_REQUIREMENTS_IN, IMAGE_LOCK, settings.image.python_version,
                               settings.image.platform)
-    return f"locked {count} packages into requirements/{IMAGE_LOCK.name}"
+    host = host_locks.lock_host()
+    checkov = host_locks.lock_checkov()
+    azurite = host_locks.lock_azurite()
+    return (f"locked {count} packages into requirements/{IMAGE_LOCK.name}, {host} into "
+            f"{host_locks.HOST_LOCK.name}, {checkov} into {host_locks.CHECKOV_LOCK.name}; "
+            f"{azurite} re-resolved")
 
 
 def build(settings: Settings, *, force: bool = False, no_cache: bool = False, dry: bool,
@@ -586,12 +595,13 @@ def check_model(c, settings: Settings) -> tuple[list[str], bool]:
     return lines, comparison.differs
 
 
-def check_pipeline(config, echo: Echo) -> str:
-    """`ci.check`: each problem in ci/, then a PipelineError; or the one line saying valid."""
+def check_pipeline(config, namespace, echo: Echo) -> str:
+    """`ci.check`: each problem in ci/, then a PipelineError; or the one line saying valid.
+    `namespace` is the task collection the pipeline's `invoke` calls must name."""
     from . import pipeline_check
     from .settings import known_environments
 
-    problems = pipeline_check.check(environments=known_environments(config))
+    problems = pipeline_check.check(namespace=namespace, environments=known_environments(config))
     if problems:
         for problem in problems:
             echo(str(problem))

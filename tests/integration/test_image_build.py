@@ -63,6 +63,24 @@ def test_contract_test_runs_against_an_up_to_date_image(fresh_build, run_invoke)
     assert "golden samples" in tested.stdout
 
 
+def test_a_build_without_a_registry_login_builds_and_tests_on_its_own(fresh_build, run_invoke):
+    # What a pull request's build is: no push token. The registry refuses this login, so the
+    # image it holds with the same inputs cannot be reused: build builds, and test tests that.
+    assert run_invoke("push").returncode == 0
+    no_login = {"REGISTRY_USERNAME": "pull-request", "REGISTRY_PASSWORD": "not-the-token"}
+
+    built = run_invoke("build", env=no_login)
+
+    assert built.returncode == 0, built.stderr
+    assert "cannot check the registry for an up-to-date image" in built.stdout
+    assert "nothing built" not in built.stdout and "\nbuilt " in built.stdout
+    record = read_record()
+    assert record.image.id and record.image.up_to_date is not True
+    tested = run_invoke("test", "--no-unit", env=no_login)
+    assert tested.returncode == 0, tested.stderr
+    assert "golden samples" in tested.stdout
+
+
 def _derived_image(client, base_id: str, lines: list[str], tag: str) -> str:
     dockerfile = f"FROM {base_id}\n" + "\n".join(lines) + "\n"
     context = io.BytesIO()
