@@ -6,7 +6,7 @@
 # Order matters for the inner loop: everything that changes rarely comes first, then the
 # model, then the code, then the few per-build values (revision, labels) in two steps, so
 # a code change rebuilds one COPY and two metadata steps.
-ARG BASE_IMAGE=python:3.11-slim
+ARG BASE_IMAGE=python:3.11-slim@sha256:78b39ef14d8e2b4d71f8dc304f1328c37df95fe0ef99477c2ae6bd3d03784553
 
 FROM ${BASE_IMAGE} AS dependencies
 COPY requirements/image.lock /tmp/image.lock

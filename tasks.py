@@ -76,7 +76,7 @@ def base_image(c, env=None, verbose=False):
 
 @pipeline_task("lock")
 def lock(c, env=None):
-    """Resolve requirements/image.in into requirements/image.lock, hash-pinned for the image."""
+    """Re-lock the image's and the host's dependencies (requirements/), hash-pinned."""
     echo(stages.lock(_settings(c, env), dry=is_dry(c)))
 
 
@@ -229,7 +229,7 @@ def model_check(c, env=None):
 @pipeline_task("ci.check", name="check")
 def ci_check(c):
     """Validate ci/ against the Azure Pipelines schema; every `invoke` call must name real tasks."""
-    echo(stages.check_pipeline(c.config, echo))
+    echo(stages.check_pipeline(c.config, namespace, echo))
 
 
 namespace = Collection(fetch_model, base_image, lock, build, test, push, render, apply, rollback,

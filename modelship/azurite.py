@@ -10,10 +10,10 @@ from __future__ import annotations
 from pathlib import Path
 
 from . import host
+from .host_locks import AZURITE_DIR
 from .names import Echo
 from .stores.azure_blob import AZURITE_ACCOUNT
 
-PACKAGE = "azurite@3"
 COMMAND = "azurite-blob"
 SERVICE_NAME = "azurite"
 
@@ -27,7 +27,8 @@ def start(port: int, location: Path, echo: Echo, run_dir: Path | None = None,
           quiet: bool = False) -> int:
     """Start Azurite's blob service on 127.0.0.1:`port` with its data in `location` and wait
     until it answers; its PID file and log go to `run_dir` (default: .local/run, .local/logs)."""
-    command = host.ensure_npm_tool(PACKAGE, COMMAND, echo)
+    # Exactly as requirements/azurite/package-lock.json pins it.
+    command = host.ensure_npm_tool("Azurite", AZURITE_DIR, COMMAND, echo)
     location.mkdir(parents=True, exist_ok=True)
     pid = host.spawn(SERVICE_NAME, [
         str(command), "--blobHost", "127.0.0.1", "--blobPort", str(port),

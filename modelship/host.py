@@ -178,21 +178,29 @@ def ensure_command(command: str, package: str, echo: Echo) -> str:
     return found
 
 
-def ensure_npm_tool(package: str, command: str, echo: Echo) -> Path:
-    """`command` of the npm `package`, installed into .local/tools if missing."""
+def ensure_npm_tool(name: str, lock_dir: Path, command: str, echo: Echo) -> Path:
+    """`command` of the npm packages `lock_dir` pins (its package.json and
+    package-lock.json), installed exactly so with `npm ci` into .local/tools unless that very
+    lock is installed there already."""
     installed = TOOLS_DIR / "node_modules" / ".bin" / command
-    if installed.exists():
+    lock = lock_dir / "package-lock.json"
+    installed_lock = TOOLS_DIR / "package-lock.json"
+    if installed.exists() and installed_lock.is_file() \
+            and installed_lock.read_bytes() == lock.read_bytes():
         return installed
     npm = shutil.which("npm") or ensure_command("npm", "npm", echo)
-    echo(f"installing {package} with npm into {shown(TOOLS_DIR)}")
+    echo(f"installing {name} with `npm ci` from {shown(lock)} into {shown(TOOLS_DIR)}")
     TOOLS_DIR.mkdir(parents=True, exist_ok=True)
+    for file_name in ("package.json", "package-lock.json"):
+        shutil.copyfile(lock_dir / file_name, TOOLS_DIR / file_name)
     result = subprocess.run(
-        [npm, "install", "--no-audit", "--no-fund", "--prefix", str(TOOLS_DIR), package],
+        [npm, "ci", "--no-audit", "--no-fund", "--prefix", str(TOOLS_DIR)],
         capture_output=True, text=True,
     )
     if result.returncode != 0 or not installed.exists():
+        installed_lock.unlink(missing_ok=True)  # so the next run installs again
         raise PipelineError(
-            f"Could not install {package} with npm: {result.stderr.strip()[-300:]}",
+            f"Could not install {name} with npm: {result.stderr.strip()[-300:]}",
             "Check that npm can reach its registry, then run `invoke local.up` again.",
         )
     return installed

@@ -34,7 +34,9 @@ IMAGE_REQUIREMENTS_IN = PROJECT_ROOT / "requirements" / "image.in"
 IMAGE_LOCK = PROJECT_ROOT / "requirements" / "image.lock"
 # What the image is made of, besides the model and the wheels (covered by the lock).
 SOURCE_INPUTS = ("Dockerfile", ".dockerignore", "requirements/image.lock")
-SOURCE_TREES = ("app",)
+# The toolkit shapes the image too (wheelhouse, base image, labels, build context): a change to
+# it must not reuse an image an older toolkit built.
+SOURCE_TREES = ("app", "modelship")
 CACHE_TAG = "latest"
 
 
@@ -116,6 +118,51 @@ def image_labels(settings: Settings, source: SourceState, model: dict, inputs: s
         MODEL_SHA256_LABEL: str(model.get("sha256", "")),
         INPUTS_LABEL: inputs,
     }
+
+
+# The labels a reused image must carry with exactly this build's values (the build time, the
+# commit and its URL may differ: the same inputs at another commit make the same image).
+PROOF_LABELS = (
+    "org.opencontainers.image.title",
+    "org.opencontainers.image.version",
+    MODEL_NAME_LABEL,
+    MODEL_VERSION_LABEL,
+    MODEL_SHA256_LABEL,
+    INPUTS_LABEL,
+)
+
+
+def label_mismatches(labels: dict, expected: dict) -> list[str]:
+    return [f"{name} is {labels.get(name)!r}, not {expected[name]!r}"
+            for name in PROOF_LABELS if labels.get(name) != expected[name]]
+
+
+def provenance_problem(reference: str) -> str | None:
+    """Signed build provenance of `reference`, once issue 22 adds it: None means accepted.
+
+    Labels only show what the image claims; anyone who can push can forge them. Until this
+    checks a signature, a cached image is trusted as far as its labels go.
+    """
+    return None
+
+
+def cached_image_problem(client, reference: str, plan: "BuildPlan",
+                         auth: dict | None) -> str | None:
+    """Why the registry's image for these inputs must not be reused, or None when it may.
+
+    It is pulled (the test stage would pull it anyway) and its labels compared with what
+    this build would write."""
+    from .local_runtime import pull
+
+    try:
+        pull(client, reference, auth)
+        labels = client.images.get(reference).labels or {}
+    except PipelineError as error:
+        return error.problem
+    mismatches = label_mismatches(labels, plan.labels)
+    if mismatches:
+        return "its labels do not match these inputs (" + "; ".join(mismatches) + ")"
+    return provenance_problem(reference)
 
 
 def base_image_id(client, name: str) -> str:

@@ -22,6 +22,7 @@ import base64
 import contextlib
 import json
 import os
+import shlex
 import shutil
 import subprocess
 from dataclasses import dataclass
@@ -39,11 +40,15 @@ from .settings import Settings
 SMOKE_KEY_ENV = "MODELSHIP_API_KEY"
 
 
+def kubectl_argv(settings: Settings, *args: str) -> list[str]:
+    return ["kubectl", f"--context={settings.kubernetes.context}",
+            f"--namespace={settings.kubernetes.namespace}", *args]
+
+
 def kubectl(settings: Settings, *args: str) -> str:
-    return " ".join([
-        "kubectl", f"--context={settings.kubernetes.context}",
-        f"--namespace={settings.kubernetes.namespace}", *args,
-    ])
+    """The command line for `c.run` (a shell runs it): every argument quoted, so no setting or
+    object name can end the command or start another."""
+    return shlex.join(kubectl_argv(settings, *args))
 
 
 def _selector(settings: Settings) -> str:
@@ -331,9 +336,9 @@ def port_forward(settings: Settings, local_port: int) -> Iterator[tuple[str, Cal
     executable = shutil.which("kubectl")
     if executable is None:
         raise PipelineError("kubectl is not on PATH.", "Install kubectl and try again.")
-    command = kubectl(settings, "port-forward", "--address=127.0.0.1",
-                      f"service/{settings.app_name}",
-                      f"{local_port}:{settings.deployment.service.port}").split()
+    command = kubectl_argv(settings, "port-forward", "--address=127.0.0.1",
+                           f"service/{settings.app_name}",
+                           f"{local_port}:{settings.deployment.service.port}")
     command[0] = executable
     process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
                                text=True)
@@ -366,7 +371,7 @@ def smoke_api_key(c, settings: Settings, environ: Mapping[str, str] = os.environ
         return environ[SMOKE_KEY_ENV]
     secret = settings.deployment.api_key.model_dump()
     result = c.run(kubectl(settings, "get", "secret", secret["secret_name"],
-                           f"--output=jsonpath='{{.data.{secret['key']}}}'"),
+                           f"--output=jsonpath={{.data.{secret['key']}}}"),
                    warn=True, hide=True)
     if result is None or not result.ok or not result.stdout.strip():
         return None
@@ -443,7 +448,7 @@ def aks_credentials_command(settings: Settings) -> str:
             f"modelship.environments.{settings.env} in invoke.yaml.",
         )
     # --context names the kubeconfig entry the way every other task expects to find it.
-    return " ".join([
+    return shlex.join([
         "az", "aks", "get-credentials", f"--resource-group={aks.resource_group}",
         f"--name={aks.cluster}", f"--context={settings.kubernetes.context}",
         "--overwrite-existing",
@@ -505,8 +510,8 @@ def _use_kubelogin_if_needed(c, settings: Settings) -> None:
 
 def kubelogin_convert_command(settings: Settings) -> str:
     # Only this environment's context: other clusters in the kubeconfig keep their login.
-    return (f"kubelogin convert-kubeconfig --login={settings.kubernetes.aks.login} "
-            f"--context={settings.kubernetes.context}")
+    return shlex.join(["kubelogin", "convert-kubeconfig", f"--login={settings.kubernetes.aks.login}",
+                       f"--context={settings.kubernetes.context}"])
 
 
 def needs_confirmation(settings: Settings, yes: bool,

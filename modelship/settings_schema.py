@@ -18,6 +18,7 @@ import re
 from typing import Annotated, Any, Literal
 from urllib.parse import urlparse
 
+import yaml
 from pydantic import (
     AfterValidator,
     BaseModel,
@@ -90,8 +91,22 @@ ObjectName = _text(_SUBDOMAIN_1123, "a Kubernetes object name (lower-case RFC 11
 OptionalObjectName = _text(_SUBDOMAIN_1123, "empty or a Kubernetes object name (lower-case "
                                             "RFC 1123 subdomain)", 253, allow_empty=True)
 SecretKey = _text(r"[-._a-zA-Z0-9]+", "a Secret key (letters, digits, '-', '_' or '.')", 253)
-IngressHost = _text(rf"(\*\.)?{_SUBDOMAIN_1123}", "a lower-case DNS name such as "
-                                                  "digits.example.com", 253)
+def _reads_as_text_in_yaml(value: str) -> str:
+    # "null", "true", "no", "1.10"... fit a DNS name but YAML reads them as another type: an
+    # Ingress rule with `host: null` matches every host.
+    try:
+        read = yaml.safe_load(value)
+    except yaml.YAMLError:  # "*.example.com" reads as an alias: not a scalar of another type
+        return value
+    if not isinstance(read, str):
+        raise ValueError("must be a DNS name YAML reads as text (not null, true, yes, no, "
+                         "~ or a number) such as digits.example.com")
+    return value
+
+
+IngressHost = Annotated[_text(rf"(\*\.)?{_SUBDOMAIN_1123}", "a lower-case DNS name such as "
+                                                        "digits.example.com", 253),
+                        AfterValidator(_reads_as_text_in_yaml)]
 AzureDnsLabel = _text(r"[a-z][a-z0-9-]{1,61}[a-z0-9]", "empty or an Azure DNS label (3-63 "
                                                        "lower-case letters, digits or '-', "
                                                        "starting with a letter)",
@@ -122,6 +137,10 @@ ModelStoreUri = Annotated[str, AfterValidator(_model_store_uri)]
 ModelName = _text(r"[A-Za-z0-9][A-Za-z0-9._-]*", "a model name (letters, digits, '.', '_', '-')")
 ResourceGroup = _text(r"[-\w.()]{0,89}[-\w()]", "empty or an Azure resource group name",
                       allow_empty=True)
+# kind, minikube, AKS, GKE (gke_project_zone_name) and EKS (arn:aws:eks:...:cluster/name)
+# contexts all fit; a space, quote or shell metacharacter does not.
+KubeContext = _text(r"[A-Za-z0-9][A-Za-z0-9._:/@-]*", "a kube context name (letters, digits, "
+                    "'.', '_', ':', '/', '@' and '-')", 253)
 AksClusterName = _text(r"[A-Za-z0-9]([-_A-Za-z0-9]{0,61}[A-Za-z0-9])?",
                        "empty or an AKS cluster name", allow_empty=True)
 
@@ -158,6 +177,17 @@ class ImageSection(Section):
     python_version: PythonMinor = "3.11"
     platform: Platform = "linux/amd64"
 
+    @model_validator(mode="after")
+    def _pulled_base_by_digest(self):
+        # A pulled base is pinned like the wheels: a tag can be moved to other bytes. A base
+        # built offline (base-image) is made here and never pulled, so its tag is enough.
+        if not self.offline_base and "@sha256:" not in self.base:
+            raise ValueError(
+                f"has base '{self.base}' pinned by tag only: a pulled base image is pinned by "
+                f"digest, {self.base}@sha256:<digest> (docs/image.md: refreshing the base "
+                "image), unless offline_base builds it")
+        return self
+
 
 class RegistrySection(Section):
     host: RegistryHost
@@ -176,7 +206,7 @@ class AksSection(Section):
 
 
 class KubernetesSection(Section):
-    context: str
+    context: KubeContext
     namespace: Rfc1123Label
     rollout_timeout: Duration = "300s"
     # The Kubernetes minor version whose schemas rendered objects must pass.

@@ -96,14 +96,23 @@ def base_image(settings: Settings, *, dry: bool, echo: Echo) -> str:
 
 
 def lock(settings: Settings, *, dry: bool) -> str:
+    """The image's lock, then the host's: the virtualenv's, checkov's and Azurite's."""
+    from . import host_locks
     from .image import IMAGE_LOCK, IMAGE_REQUIREMENTS_IN
     from .wheelhouse import lock_requirements
 
     if dry:
-        return f"[dry] would lock {IMAGE_REQUIREMENTS_IN.name} for {settings.image.platform}"
+        return (f"[dry] would lock {IMAGE_REQUIREMENTS_IN.name} for {settings.image.platform}, "
+                f"and the host's {host_locks.HOST_LOCK.name}, {host_locks.CHECKOV_LOCK.name} "
+                "and Azurite's package-lock.json")
     count = lock_requirements(IMAGE_REQUIREMENTS_IN, IMAGE_LOCK, settings.image.python_version,
                               settings.image.platform)
-    return f"locked {count} packages into requirements/{IMAGE_LOCK.name}"
+    host = host_locks.lock_host()
+    checkov = host_locks.lock_checkov()
+    azurite = host_locks.lock_azurite()
+    return (f"locked {count} packages into requirements/{IMAGE_LOCK.name}, {host} into "
+            f"{host_locks.HOST_LOCK.name}, {checkov} into {host_locks.CHECKOV_LOCK.name}; "
+            f"{azurite} re-resolved")
 
 
 def build(settings: Settings, *, force: bool = False, no_cache: bool = False, dry: bool,
@@ -138,7 +147,11 @@ def build(settings: Settings, *, force: bool = False, no_cache: bool = False, dr
         else:
             reference = f"{settings.image_repository}:{image.inputs_tag(plan.inputs)}"
             digest = None if force or no_cache else image.registry_digest(client, reference, auth)
-            if digest:
+            cached = f"{settings.image_repository}@{digest}" if digest else None
+            problem = cached and image.cached_image_problem(client, cached, plan, auth)
+            if problem:
+                echo(f"not reusing {cached} ({reference}): {problem}; rebuilding")
+            elif digest:
                 record = image.record_up_to_date(plan, settings, digest)
                 release_record.save(_keep_contract_test(record, settings.env))
                 return up_to_date(f"up to date: {record.image.name} has the same inputs; "
@@ -564,12 +577,13 @@ def check_model(c, settings: Settings) -> tuple[list[str], bool]:
     return lines, comparison.differs
 
 
-def check_pipeline(config, echo: Echo) -> str:
-    """`ci.check`: each problem in ci/, then a PipelineError; or the one line saying valid."""
+def check_pipeline(config, namespace, echo: Echo) -> str:
+    """`ci.check`: each problem in ci/, then a PipelineError; or the one line saying valid.
+    `namespace` is the task collection the pipeline's `invoke` calls must name."""
     from . import pipeline_check
     from .settings import known_environments
 
-    problems = pipeline_check.check(environments=known_environments(config))
+    problems = pipeline_check.check(namespace=namespace, environments=known_environments(config))
     if problems:
         for problem in problems:
             echo(str(problem))

@@ -25,6 +25,7 @@ from __future__ import annotations
 import functools
 import hashlib
 import json
+import shlex
 import subprocess
 import sys
 import time
@@ -165,6 +166,7 @@ def _parallel() -> str:
 
 
 def plan_run(force: bool, environ, python: str = sys.executable) -> UnitRun:
+    python = shlex.quote(python)  # a shell runs these: a venv path may hold spaces
     pytest = f"{python} -m pytest -q{_parallel()}"
     # A selection is small: worker processes would cost more than they save, and its two
     # commands run side by side instead.

@@ -2,7 +2,8 @@
 # One-time set-up on a fresh Debian/Ubuntu machine with Python 3.11: the system packages the
 # local environment runs (Docker Engine, docker-registry, HAProxy for the local edge,
 # debootstrap, Node.js for Azurite)
-# and a virtualenv in .venv with the toolkit and its test dependencies. Safe to run again.
+# and a virtualenv in .venv with the toolkit and its test dependencies, installed from the
+# hash-pinned locks in requirements/. Safe to run again.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -30,12 +31,19 @@ if ! "$python" -c 'import sys; sys.exit(sys.version_info < (3, 11))'; then
   echo "setup: Python 3.11 or newer is needed; found $("$python" --version)" >&2
   exit 1
 fi
+# Every package comes from a hash-pinned lock (`invoke lock` remakes them), pip itself and the
+# build backend included, so the project is then installed with nothing left to resolve.
+pip_install=(-m pip install --quiet --disable-pip-version-check --require-hashes)
 [ -x .venv/bin/python ] || "$python" -m venv .venv
-.venv/bin/python -m pip install --quiet --disable-pip-version-check --upgrade pip
-.venv/bin/python -m pip install --quiet --disable-pip-version-check -e '.[publish,serve,test]'
-# checkov pins older versions of packages the toolkit uses, so it gets a virtualenv of its own.
-if [ ! -x .local/tools/checkov/bin/checkov ]; then
-  "$python" -m venv .local/tools/checkov
-  .local/tools/checkov/bin/python -m pip install --quiet --disable-pip-version-check checkov
+.venv/bin/python "${pip_install[@]}" -r requirements/host.lock
+.venv/bin/python -m pip install --quiet --disable-pip-version-check --no-deps \
+  --no-build-isolation -e .
+# checkov pins older versions of packages the toolkit uses, so it gets a virtualenv of its own;
+# it is installed again whenever its lock changes.
+checkov=.local/tools/checkov
+if [ ! -x "$checkov/bin/checkov" ] || ! cmp -s requirements/checkov.lock "$checkov/installed.lock"; then
+  [ -x "$checkov/bin/python" ] || "$python" -m venv "$checkov"
+  "$checkov/bin/python" "${pip_install[@]}" -r requirements/checkov.lock
+  cp requirements/checkov.lock "$checkov/installed.lock"
 fi
 echo "setup: done (.venv ready)"

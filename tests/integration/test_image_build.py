@@ -63,6 +63,24 @@ def test_contract_test_runs_against_an_up_to_date_image(fresh_build, run_invoke)
     assert "golden samples" in tested.stdout
 
 
+def test_a_build_without_a_registry_login_builds_and_tests_on_its_own(fresh_build, run_invoke):
+    # What a pull request's build is: no push token. The registry refuses this login, so the
+    # image it holds with the same inputs cannot be reused: build builds, and test tests that.
+    assert run_invoke("push").returncode == 0
+    no_login = {"REGISTRY_USERNAME": "pull-request", "REGISTRY_PASSWORD": "not-the-token"}
+
+    built = run_invoke("build", env=no_login)
+
+    assert built.returncode == 0, built.stderr
+    assert "cannot check the registry for an up-to-date image" in built.stdout
+    assert "nothing built" not in built.stdout and "\nbuilt " in built.stdout
+    record = read_record()
+    assert record.image.id and record.image.up_to_date is not True
+    tested = run_invoke("test", "--no-unit", env=no_login)
+    assert tested.returncode == 0, tested.stderr
+    assert "golden samples" in tested.stdout
+
+
 def _derived_image(client, base_id: str, lines: list[str], tag: str) -> str:
     dockerfile = f"FROM {base_id}\n" + "\n".join(lines) + "\n"
     context = io.BytesIO()
@@ -125,3 +143,36 @@ def test_dry_build_and_push_change_nothing(fresh_build, run_invoke):
         assert result.returncode == 0, result.stderr
         assert "[dry]" in result.stdout or "up to date" in result.stdout
     assert read_record().model_dump_json() == before
+
+
+@pytest.mark.parametrize("planted_line", [
+    'LABEL ai.modelship.model.sha256="' + "0" * 64 + '"',   # same inputs label, other model
+    'LABEL ai.modelship.inputs="forged"',                      # other labels
+])
+def test_an_image_planted_under_the_inputs_tag_is_not_reused(
+        fresh_build, run_invoke, docker_client, local_settings, planted_line):
+    from modelship.registry import login
+
+    assert run_invoke("push").returncode == 0
+    repository = read_record().require_push("local").repository
+    planted = _derived_image(docker_client, fresh_build.image.id, [planted_line],
+                             "modelship-test/planted")
+    inputs_tag = image.inputs_tag(fresh_build.image.inputs)
+    docker_client.images.get(planted).tag(repository, inputs_tag)
+    auth = login(docker_client, local_settings)
+    for chunk in docker_client.api.push(repository, tag=inputs_tag, stream=True, decode=True,
+                                        auth_config=auth):
+        assert "error" not in chunk, chunk
+    planted_digest = image.registry_digest(docker_client, f"{repository}:{inputs_tag}", auth)
+
+    again = run_invoke("build")
+
+    assert again.returncode == 0, again.stderr
+    assert "not reusing" in again.stdout and "rebuilding" in again.stdout, again.stdout
+    record = read_record()
+    assert record.image.up_to_date is False
+    assert planted_digest not in (record.image.name, str(record.push_for("local")))
+    # The next push puts the real image back under the inputs tag.
+    assert run_invoke("push").returncode == 0
+    assert image.registry_digest(docker_client, f"{repository}:{inputs_tag}", auth) != \
+        planted_digest

@@ -12,6 +12,18 @@ os.environ["AWS_EC2_METADATA_DISABLED"] = "true"
 
 
 @pytest.fixture(scope="session")
+def tasks_namespace():
+    """tasks.py's task collection, loaded the way the `invoke` command loads it."""
+    from invoke import Collection
+    from invoke.loader import FilesystemLoader
+
+    from modelship.settings import PROJECT_ROOT
+
+    module, _ = FilesystemLoader(start=str(PROJECT_ROOT)).load("tasks")
+    return Collection.from_module(module)
+
+
+@pytest.fixture(scope="session")
 def sample_model_version():
     return "1.2.3"
 

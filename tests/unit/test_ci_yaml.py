@@ -160,7 +160,7 @@ def test_secrets_reach_steps_only_through_env_from_the_variable_group(pipeline, 
                 mapped += 1
                 assert re.fullmatch(r"\$\(registry-[A-Za-z${} .]+-(username|password)\)", value), \
                     (name, value)
-    assert mapped == 6  # build, test and push, each with a username and a password
+    assert mapped == 2  # push only (once per environment): build and test hold no push token
     text = "\n".join(path.read_text() for path in pipeline_files())
     assert "AZURE_STORAGE_CONNECTION_STRING" not in text
     assert "AccountKey" not in text
@@ -174,12 +174,21 @@ def test_no_registry_host_is_written_into_the_pipeline():
     assert hosts and not [host for host in hosts if host in text]
 
 
-def test_cloud_access_goes_through_service_connections(build_job, deploy_stage):
-    steps = list(flatten_each(build_job["steps"])) + deploy_steps(deploy_stage)
-    azure_steps = [step for step in steps if step.get("task") == "AzureCLI@2"]
-    assert {step["displayName"].split(" ")[1] for step in azure_steps} == {"fetch-model", "apply"}
-    for step in azure_steps:
-        assert step["inputs"]["azureSubscription"] == "${{ parameters.serviceConnection }}"
+def test_cloud_access_goes_through_service_connections(pipeline, build_job, deploy_stage):
+    build_steps = [step for step in flatten_each(build_job["steps"])
+                   if step.get("task") == "AzureCLI@2"]
+    # What pull requests run reads the model store and pulls images, with the pull-only identity.
+    assert [step["displayName"].split(" ")[1] for step in build_steps] == [
+        "fetch-model", "build", "test"]
+    for step in build_steps:
+        assert step["inputs"]["azureSubscription"] == \
+            "${{ parameters.pullOnlyServiceConnection }}"
+    build_stage = pipeline["stages"][1]
+    assert build_stage["jobs"][0]["parameters"]["pullOnlyServiceConnection"] == \
+        "${{ variables.pullOnlyServiceConnection }}"
+    apply = [step for step in deploy_steps(deploy_stage) if step.get("task") == "AzureCLI@2"]
+    assert [step["inputs"]["azureSubscription"] for step in apply] == [
+        "${{ parameters.serviceConnection }}"]
 
 
 def test_scheduled_run_deploys_only_when_the_model_changed(pipeline):

@@ -12,8 +12,7 @@ import pytest
 from invoke import Context, Exit
 
 from modelship import pipeline_check
-from modelship.pipeline_check import (CI_DIR, check, expanded_jobs, handoff_problems,
-                                      load_namespace)
+from modelship.pipeline_check import CI_DIR, check, expanded_jobs, handoff_problems
 from modelship.stage_files import TASK_FILES, TaskFiles, files_for
 
 ENVIRONMENTS = ("local", "dev", "staging", "prod")
@@ -22,8 +21,8 @@ NOT_HANDED_OVER = ("but nothing earlier in this job produces it and no artifact 
 
 
 @pytest.fixture(scope="module")
-def namespace():
-    return load_namespace()
+def namespace(tasks_namespace):
+    return tasks_namespace
 
 
 @pytest.fixture

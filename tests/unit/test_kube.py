@@ -11,6 +11,7 @@ import io
 import json
 import os
 import re
+import shlex
 import shutil
 import socket
 import stat
@@ -684,7 +685,7 @@ def test_the_real_kubectl_accepts_every_command_apply_and_diff_send(dev, tmp_pat
                                         "--ignore-not-found", "--wait=false"))
     env = {**os.environ, "KUBECONFIG": str(kubeconfig)}
     for name, command in commands.items():
-        argv = command.split()
+        argv = shlex.split(command)
         argv[0] = shutil.which("kubectl")
         result = subprocess.run(argv, env=env, capture_output=True, text=True, timeout=60)
         assert result.returncode != 0, name

@@ -10,7 +10,6 @@ from modelship import model_check, names
 from modelship.errors import PipelineError
 from modelship.model_check import Comparison, ModelRef
 from modelship.model_store import FileStore
-from modelship.pipeline_check import load_namespace
 from modelship.release_targets import DockerTarget, KubernetesTarget
 from modelship.settings import load_settings
 
@@ -19,8 +18,8 @@ NEW = "b" * 64
 
 
 @pytest.fixture(scope="module")
-def model_check_task():
-    return load_namespace()["model.check"]
+def model_check_task(tasks_namespace):
+    return tasks_namespace["model.check"]
 
 
 def publish_layout(root, version, sha256):
@@ -51,7 +50,7 @@ def config_for(store_root, runtime="kubernetes"):
         "defaults": {
             "runtime": runtime,
             "model_store": {"uri": f"file://{store_root}"},
-            "image": {"repository": "digits-api", "base": "python:3.11-slim"},
+            "image": {"repository": "digits-api", "base": "python:3.11-slim@sha256:" + "ab" * 32},
             "registry": {"host": "registry.invalid"},
             "kubernetes": {"context": "aks-test", "namespace": "digits-test"},
             "deployment": {"replicas": 1},

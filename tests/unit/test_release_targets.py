@@ -20,7 +20,7 @@ def settings_for(runtime: str):
         "defaults": {
             "runtime": runtime,
             "model_store": {"uri": "file:///tmp/modelship-no-store"},
-            "image": {"repository": "digits-api", "base": "python:3.11-slim"},
+            "image": {"repository": "digits-api", "base": "python:3.11-slim@sha256:" + "ab" * 32},
             "registry": {"host": "registry.invalid"},
             "kubernetes": {"context": "aks-test", "namespace": "digits-test"},
             "deployment": {"replicas": 1, "port": 18099},

@@ -133,6 +133,11 @@ def test_an_unknown_key_is_named_with_the_nearest_known_one(change, expected, pr
      "deployment.autoscaling has min_replicas 5 above max_replicas 2", ""),
     (lambda m: dev(m)["kubernetes"]["aks"].update(login="password"),
      "kubernetes.aks.login is 'password'", "'azurecli'"),
+    # A pulled base by tag alone could change under the same name (issue 25): by digest.
+    (lambda m: dev(m).update(image={"base": "python:3.11-slim"}),
+     "dev.image has base 'python:3.11-slim' pinned by tag only", "@sha256:<digest>"),
+    (lambda m: dev(m).update(image={"base": "python:3.11-slim", "offline_base": False}),
+     "dev.image has base 'python:3.11-slim' pinned by tag only", "unless offline_base"),
     (lambda m: dev(m).update(local_services={"slot_ports": [18091, 18091]}),
      "local_services has slot_ports [18091, 18091]", "two different ports"),
     (lambda m: dev(m).update(local_services={"slot_ports": [18091]}),
@@ -149,6 +154,18 @@ def test_a_bad_value_is_named_with_what_is_allowed(change, key, allowed, project
 
     assert message.startswith("invoke.yaml: modelship.")
     assert key in message and allowed in message
+
+
+def test_a_base_image_by_tag_is_accepted_only_where_it_is_built_offline(project):
+    offline = load_settings(project(lambda m: dev(m).update(
+        image={"base": "modelship/debian-python:bookworm", "offline_base": True})), "dev",
+        environ={})
+    pinned = load_settings(project(lambda m: dev(m).update(image={
+        "base": "python:3.11-slim@sha256:" + "ab" * 32})), "dev", environ={})
+
+    assert offline.image.base == "modelship/debian-python:bookworm"
+    assert pinned.image.base.endswith("@sha256:" + "ab" * 32)
+    assert "@sha256:" in load_settings(project(), "prod", environ={}).image.base
 
 
 def test_a_required_setting_missing_everywhere_names_the_environment(project):
@@ -241,6 +258,9 @@ def test_the_runtime_file_beats_a_variable_as_invoke_ranks_them(project, tmp_pat
 def test_a_variable_invoke_already_applied_is_read_once_and_as_yaml(project, monkeypatch):
     # Invoke turns any non-empty string into True for a key the file holds as a boolean.
     monkeypatch.setenv("INVOKE_MODELSHIP_ENVIRONMENTS_LOCAL_IMAGE_OFFLINE_BASE", "false")
+    # A base that is pulled, not built offline, is pinned by digest.
+    monkeypatch.setenv("INVOKE_MODELSHIP_ENVIRONMENTS_LOCAL_IMAGE_BASE",
+                       "python:3.11-slim@sha256:" + "ab" * 32)
     config = project()
     config.load_shell_env()
     assert config.modelship.environments.local.image.offline_base is True
