@@ -134,6 +134,9 @@ EnvVarName = _text(r"[A-Za-z_][A-Za-z0-9_]*", "an environment variable name such
                                               "REGISTRY_USERNAME")
 HttpUrl = _text(r"https?://[^\s/]+(/\S*)?", "empty or an http(s):// URL", allow_empty=True)
 ModelStoreUri = Annotated[str, AfterValidator(_model_store_uri)]
+# A path to a PEM file, relative to the project or absolute: printable, no control characters.
+PemPath = _text(r"[^\x00-\x1f\x7f]+", "empty or the path of a PEM file such as "
+                "keys/publisher.pub.pem", 4096, allow_empty=True)
 ModelName = _text(r"[A-Za-z0-9][A-Za-z0-9._-]*", "a model name (letters, digits, '.', '_', '-')")
 ResourceGroup = _text(r"[-\w.()]{0,89}[-\w()]", "empty or an Azure resource group name",
                       allow_empty=True)
@@ -166,8 +169,9 @@ class ModelStoreSection(Section):
     # S3-compatible servers (MinIO, moto, ...): their endpoint; empty for AWS itself.
     endpoint_url: HttpUrl = ""
     # The publisher's public key (PEM file, relative to the project): when set, fetch-model
-    # refuses unsigned models (docs/model-store.md).
-    public_key: str = ""
+    # refuses unsigned or forged models (docs/model-store.md). The private key is never a
+    # setting: it is passed to model.publish --signing-key.
+    public_key: PemPath = ""
 
 
 class ImageSection(Section):

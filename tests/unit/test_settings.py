@@ -85,6 +85,21 @@ def test_a_quantity_written_as_a_number_is_accepted_as_text(project):
     assert load_settings(config, "dev", environ={}).deployment.cpu_limit == "2"
 
 
+def test_the_documented_public_key_is_a_setting(project):
+    # docs/model-store.md tells users to set it; the strict schema must not refuse it.
+    config = project(lambda m: dev(m)["model_store"].update(public_key="keys/publisher.pub.pem"))
+
+    assert load_settings(config, "dev", environ={}).model_store.public_key == \
+        "keys/publisher.pub.pem"
+
+
+def test_a_public_key_path_with_a_control_character_is_refused(project):
+    config = project(lambda m: dev(m)["model_store"].update(public_key="keys/a\nb.pem"))
+
+    message = error_of(config)
+    assert "model_store.public_key" in message and "path of a PEM file" in message
+
+
 # --- mistakes in invoke.yaml -------------------------------------------------------------------
 
 
