@@ -14,7 +14,7 @@ import sys
 import pytest
 from test_model_signatures import key_pair
 
-from modelship.settings import BUILD_DIR, PROJECT_ROOT
+from modelship.stage_files import BUILD_ROOT, PROJECT_ROOT
 
 pytestmark = pytest.mark.integration
 
@@ -29,7 +29,7 @@ def invoke(config, *args):
 
 
 def locked_version():
-    return json.loads((BUILD_DIR / "model" / "model.lock.json").read_text())["version"]
+    return json.loads((BUILD_ROOT / "model" / "model.lock.json").read_text())["version"]
 
 
 def test_fetch_model_checks_signatures_when_the_settings_file_sets_public_key(tmp_path):
@@ -51,7 +51,7 @@ def test_fetch_model_checks_signatures_when_the_settings_file_sets_public_key(tm
     assert code == 0, err
     assert "model 1" in out, out
     assert locked_version() == "1"
-    fetched = hashlib.sha256((BUILD_DIR / "model" / "model.onnx").read_bytes()).hexdigest()
+    fetched = hashlib.sha256((BUILD_ROOT / "model" / "model.onnx").read_bytes()).hexdigest()
 
     for version, says in (("2", "is not signed"), ("3", "does not verify")):
         code, out, err = invoke(config, "fetch-model", "--env", "local", "--version", version)
@@ -61,4 +61,4 @@ def test_fetch_model_checks_signatures_when_the_settings_file_sets_public_key(tm
         # to the same bytes every time, so the lock is what would show a switch).
         assert locked_version() == "1"
         assert hashlib.sha256(
-            (BUILD_DIR / "model" / "model.onnx").read_bytes()).hexdigest() == fetched
+            (BUILD_ROOT / "model" / "model.onnx").read_bytes()).hexdigest() == fetched
