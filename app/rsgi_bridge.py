@@ -26,6 +26,7 @@ import asyncio
 import io
 import logging
 import os
+import signal
 import sys
 import time
 import traceback
@@ -81,6 +82,18 @@ class RsgiBridge:
             "wsgi.run_once": False,
             "wsgi.input_terminated": True,
         }
+
+    def __rsgi_init__(self, loop) -> None:
+        """Called by Granian once its stop signal handlers are installed, before the loop runs.
+
+        uvloop (0.23) notes a signal that arrives before its loop runs but acts on it only
+        when a byte reaches its self-pipe, which it creates when the loop starts: a
+        SIGTERM sent to a worker in that gap (just after it built the app) was lost, and
+        the worker served on until the server killed it at WORKERS_KILL_TIMEOUT_SECONDS.
+        The loop's first callback therefore wakes the loop's signal handling once, so
+        that a signal noted meanwhile is acted on.
+        """
+        loop.call_soon(_wake_signal_handling)
 
     async def __rsgi__(self, scope, protocol) -> None:
         started = time.perf_counter()
@@ -266,6 +279,18 @@ class RsgiBridge:
             _CLOSE,
         ]
         return 500, headers, body
+
+
+def _wake_signal_handling() -> None:
+    """Write a NUL to the running loop's signal wake-up fd: the loop reads it, skips the NUL
+    (the byte Python itself writes on an overflow) and handles the signals it has noted."""
+    wakeup_fd = signal.set_wakeup_fd(-1)
+    signal.set_wakeup_fd(wakeup_fd, warn_on_full_buffer=False)
+    if wakeup_fd != -1:
+        try:
+            os.write(wakeup_fd, b"\0")
+        except OSError:  # a full pipe already wakes the loop
+            pass
 
 
 def _head_problem(environ: dict, http_version: str) -> ApiError | None:

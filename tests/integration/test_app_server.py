@@ -568,6 +568,30 @@ def test_sigterm_while_workers_are_still_starting_stops_the_server(tmp_path, mod
         stop(process)
 
 
+def test_sigterm_in_the_last_moment_of_a_workers_start_still_stops_it(tmp_path, model_dir):
+    """The worker has its stop handlers but its event loop does not run yet."""
+    held = tmp_path / "held"
+    held.mkdir()
+    process, _, log_path = start_server(tmp_path, model_dir, module="tests.support.held_start_app",
+                                        SHUTDOWN_DRAIN_SECONDS="0",
+                                        WORKERS_KILL_TIMEOUT_SECONDS="10",
+                                        HELD_WORKERS_DIR=str(held))
+    try:
+        deadline = time.monotonic() + 60
+        while len(list(held.iterdir())) < WORKERS:
+            assert time.monotonic() < deadline and process.poll() is None, log_path.read_text()
+            time.sleep(0.02)
+        process.send_signal(signal.SIGTERM)  # the server passes it on to every held worker
+        time.sleep(1)
+        (held / "release").touch()
+
+        assert process.wait(timeout=30) == 0
+        log = log_path.read_text()
+        assert "Killing worker" not in log, log  # each stopped by itself, none was killed
+    finally:
+        stop(process)
+
+
 def test_the_prestop_hook_drains_then_sigterm_finishes_the_request_in_flight(tmp_path,
                                                                             model_dir):
     """The pod's stop sequence: preStop (app.drain), then SIGTERM, then in-flight finishes."""
@@ -604,6 +628,8 @@ def test_the_prestop_hook_drains_then_sigterm_finishes_the_request_in_flight(tmp
         answer = read_until_closed(in_flight)
         in_flight.close()
         assert status_of(answer) == 200, answer[:200]
+        # Told to go: a kept-alive client does not wait on a worker that is stopping.
+        assert b"\r\nconnection: close\r\n" in answer.split(b"\r\n\r\n", 1)[0].lower()
         assert process.wait(timeout=30) == 0
         log = log_path.read_text()
         assert "drained by the preStop hook" in log
