@@ -656,7 +656,7 @@ def failing_served(tmp_path_factory, model_dir):
 
 
 @pytest.mark.parametrize("path", ["/test-only/fail-in-app", "/test-only/fail-in-body",
-                                  "/test-only/bad-status"])
+                                  "/test-only/bad-status", "/test-only/bad-header"])
 def test_a_failure_outside_the_apps_error_handling_is_a_json_500_with_the_request_id(
         failing_served, path):
     base_url, log_path = failing_served

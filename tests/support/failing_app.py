@@ -5,7 +5,8 @@ except that each worker serves the real app wrapped in a WSGI layer with three p
 that fail where the app's own error handling cannot catch them:
   - FAIL_IN_APP raises before the app answers;
   - FAIL_IN_BODY answers 200, then raises while the body is read;
-  - BAD_STATUS answers a status line the bridge cannot read.
+  - BAD_STATUS answers a status line the bridge cannot read;
+  - BAD_HEADER answers a header Granian cannot send (a value that is not text).
 Every other path goes to the real app. The integration tests check that each failure
 reaches the client as the API's JSON 500 with an X-Request-ID, in one short log line.
 """
@@ -18,6 +19,7 @@ from app.rsgi_bridge import RsgiBridge
 FAIL_IN_APP = "/test-only/fail-in-app"
 FAIL_IN_BODY = "/test-only/fail-in-body"
 BAD_STATUS = "/test-only/bad-status"
+BAD_HEADER = "/test-only/bad-header"
 
 
 class DeliberateFailure(RuntimeError):
@@ -34,6 +36,9 @@ def failing_layer(wsgi_app):
             return _body_that_fails()
         if path == BAD_STATUS:
             start_response("two hundred", [])
+            return [b"{}"]
+        if path == BAD_HEADER:
+            start_response("200 OK", [("X-Not-Text", 12345)])
             return [b"{}"]
         return wsgi_app(environ, start_response)
 
