@@ -58,13 +58,14 @@ class ServiceFront:
         if problem is not None:
             status, headers, body = self._error(problem, request_id)
             start_response(_STATUS_LINES[status], headers)
-            self._finish(environ, method, scoring.ROUTE if is_scoring else None, status,
-                         started, request_id)
+            finish_request(self._metric_store, environ, method,
+                           scoring.ROUTE if is_scoring else None, status, started, request_id)
             return [body]
         if is_scoring:
             status, headers, body = self._score(environ, method, request_id)
             start_response(_STATUS_LINES[status], headers)
-            self._finish(environ, method, scoring.ROUTE, status, started, request_id)
+            finish_request(self._metric_store, environ, method, scoring.ROUTE, status, started,
+                           request_id)
             return [body]
         return self._through_flask(environ, start_response, method, started, request_id)
 
@@ -104,10 +105,8 @@ class ServiceFront:
             # The route pattern, not the path: paths of unknown URLs are client input.
             route = environ.get(_ROUTE_KEY)
             status = int(answered_status[:3]) if answered_status else 500
-            self._finish(environ, method, route, status, started, request_id)
-
-    def _finish(self, environ, method, route, status: int, started: float, request_id: str):
-        finish_request(self._metric_store, environ, method, route, status, started, request_id)
+            finish_request(self._metric_store, environ, method, route, status, started,
+                           request_id)
 
 
 def finish_request(metric_store, environ: dict, method: str, route: str | None, status: int,
