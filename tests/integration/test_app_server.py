@@ -133,6 +133,23 @@ def read_until_closed(connection: socket.socket) -> bytes:
     return answer
 
 
+def read_response(connection: socket.socket) -> bytes:
+    """One response, read as an HTTP client does: the head, then Content-Length bytes."""
+    answer = b""
+    while b"\r\n\r\n" not in answer:
+        chunk = connection.recv(65536)
+        assert chunk, f"closed before the head was complete: {answer!r}"
+        answer += chunk
+    head, body = answer.split(b"\r\n\r\n", 1)
+    length = int(next(line.split(b":", 1)[1] for line in head.split(b"\r\n")[1:]
+                      if line.lower().startswith(b"content-length:")))
+    while len(body) < length:
+        chunk = connection.recv(65536)
+        assert chunk, f"closed before the body was complete: {answer!r}"
+        body += chunk
+    return head + b"\r\n\r\n" + body
+
+
 def status_of(answer: bytes) -> int:
     return int(answer.split(b" ", 2)[1])
 
@@ -625,11 +642,14 @@ def test_the_prestop_hook_drains_then_sigterm_finishes_the_request_in_flight(tmp
         process.send_signal(signal.SIGTERM)
         time.sleep(0.5)
         in_flight.sendall(ONE_ROW[10:])
-        answer = read_until_closed(in_flight)
-        in_flight.close()
+        answer = read_response(in_flight)
         assert status_of(answer) == 200, answer[:200]
-        # Told to go: a kept-alive client does not wait on a worker that is stopping.
+        # Told to go: a kept-alive client closes and does not wait on a stopping worker.
+        # (Waiting for the server to close instead is not what a client does, and hyper
+        # does not always close its end at once after such an answer: under load the
+        # worker then waited on the socket until it was killed, a flaky test in CI.)
         assert b"\r\nconnection: close\r\n" in answer.split(b"\r\n\r\n", 1)[0].lower()
+        in_flight.close()
         assert process.wait(timeout=30) == 0
         log = log_path.read_text()
         assert "drained by the preStop hook" in log
