@@ -15,7 +15,7 @@ import orjson
 from flask import Flask, jsonify, request
 from werkzeug.exceptions import HTTPException
 
-from app.request_log import request_id_of
+from app.request_log import request_id_of, shown_method
 
 logger = logging.getLogger(__name__)
 
@@ -71,7 +71,8 @@ def http_error_as_api_error(error: HTTPException, method: str, body_limit) -> Ap
             "and /openapi.json"
         )
     elif error.code == 405 and getattr(error, "valid_methods", None):
-        message = f"{method} is not allowed here; use {', '.join(error.valid_methods)}"
+        message = (f"{shown_method(method)} is not allowed here; "
+                   f"use {', '.join(error.valid_methods)}")
     elif error.code == 413:
         return body_too_large(body_limit)
     else:

@@ -30,9 +30,13 @@ from app.request_log import REQUEST_ID_HEADER, log_request, request_id_for
 
 _JSON_CONTENT_TYPE = "application/json"
 _ROUTE_KEY = "modelship.route"
-# Set by the server bridge (app.rsgi_bridge) when the body itself was refused (too
-# large, too slow, malformed): the answer is that error, whatever the route.
-BODY_PROBLEM_KEY = "modelship.body_problem"
+# Set by the server bridge (app.rsgi_bridge) when the request was refused before the app
+# ran (its framing, its Host header, its body too large, too slow or malformed): the
+# answer is that error, whatever the route.
+REQUEST_PROBLEM_KEY = "modelship.request_problem"
+# Set once a request is logged and counted, so that the bridge, answering a failure the
+# front did not see through, neither counts it twice nor leaves it out.
+FINISHED_KEY = "modelship.finished"
 _STATUS_LINES = {status.value: f"{status.value} {status.phrase}" for status in HTTPStatus}
 
 
@@ -50,17 +54,18 @@ class ServiceFront:
         request_id = request_id_for(environ)
         method = environ.get("REQUEST_METHOD", "")
         is_scoring = method == scoring.METHOD and environ.get("PATH_INFO") == scoring.ROUTE
-        body_problem = environ.get(BODY_PROBLEM_KEY)
-        if body_problem is not None:
-            status, headers, body = self._error(body_problem, request_id)
+        problem = environ.get(REQUEST_PROBLEM_KEY)
+        if problem is not None:
+            status, headers, body = self._error(problem, request_id)
             start_response(_STATUS_LINES[status], headers)
-            self._finish(method, scoring.ROUTE if is_scoring else None, status, started,
-                         request_id)
+            finish_request(self._metric_store, environ, method,
+                           scoring.ROUTE if is_scoring else None, status, started, request_id)
             return [body]
         if is_scoring:
             status, headers, body = self._score(environ, method, request_id)
             start_response(_STATUS_LINES[status], headers)
-            self._finish(method, scoring.ROUTE, status, started, request_id)
+            finish_request(self._metric_store, environ, method, scoring.ROUTE, status, started,
+                           request_id)
             return [body]
         return self._through_flask(environ, start_response, method, started, request_id)
 
@@ -100,17 +105,22 @@ class ServiceFront:
             # The route pattern, not the path: paths of unknown URLs are client input.
             route = environ.get(_ROUTE_KEY)
             status = int(answered_status[:3]) if answered_status else 500
-            self._finish(method, route, status, started, request_id)
+            finish_request(self._metric_store, environ, method, route, status, started,
+                           request_id)
 
-    def _finish(self, method, route, status: int, started: float, request_id: str) -> None:
-        seconds = time.perf_counter() - started
-        self._metric_store.record_request(
-            metrics.method_label(method),
-            route or metrics.UNMATCHED_ROUTE,
-            str(status),
-            seconds,
-        )
-        log_request(method, route, status, seconds, request_id)
+
+def finish_request(metric_store, environ: dict, method: str, route: str | None, status: int,
+                   started: float, request_id: str) -> None:
+    """Count the answered request in the metrics and write its one log line."""
+    seconds = time.perf_counter() - started
+    metric_store.record_request(
+        metrics.method_label(method),
+        route or metrics.UNMATCHED_ROUTE,
+        str(status),
+        seconds,
+    )
+    log_request(method, route, status, seconds, request_id)
+    environ[FINISHED_KEY] = True
 
 
 def _note_route() -> None:

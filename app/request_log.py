@@ -26,6 +26,10 @@ _REQUEST_ID_ENVIRON_KEY = "HTTP_X_REQUEST_ID"
 # Where the request's id is kept in the WSGI environ for everything after the front.
 REQUEST_ID_KEY = "modelship.request_id"
 _SANE_REQUEST_ID = re.compile(r"[A-Za-z0-9._-]{1,128}")
+# Granian takes a method of any length (up to its 64 KiB head buffer): what logs and
+# error messages repeat of one is cut to this many characters.
+METHOD_SHOWN_CHARACTERS = 24
+_NOT_TOKEN_CHARACTER = re.compile(r"[^!#$%&'*+.^_`|~0-9A-Za-z-]")  # RFC 9110 tchar
 _APP_LOGGER_NAME = "app"
 
 request_logger = logging.getLogger(__name__)
@@ -145,9 +149,17 @@ def request_id_of(environ: dict) -> str | None:
     return environ.get(REQUEST_ID_KEY)
 
 
+def shown_method(method: str) -> str:
+    """A client's method as a log line or error message may repeat it: short, token only."""
+    shown = _NOT_TOKEN_CHARACTER.sub("?", method[:METHOD_SHOWN_CHARACTERS])
+    return shown + "..." if len(method) > METHOD_SHOWN_CHARACTERS else shown
+
+
 def log_request(method: str, route: str | None, status: int, seconds: float, request_id: str):
     """Write the request's one log line. `route` is the matched route pattern or None."""
     latency_ms = round(seconds * 1000, 2)
+    if route is None:  # a matched route's method is one of its own; any other is client input
+        method = shown_method(method)
     handler = _sole_json_handler()
     if handler is None:
         fields = {
@@ -161,7 +173,7 @@ def log_request(method: str, route: str | None, status: int, seconds: float, req
         return
     # The same line JsonLogFormatter would write. Route patterns are ours, request ids
     # match _SANE_REQUEST_ID and a matched route's method is one of its own, so only
-    # the method of an unmatched request (client input) needs escaping.
+    # the method of an unmatched request (client input, already shortened) is escaped.
     if route is None:
         method, route = json.dumps(method), "null"
     else:

@@ -151,7 +151,11 @@ def prepare_run_directory(environ=os.environ) -> tuple[Path, bool]:
     return Path(tempfile.mkdtemp(prefix="modelship-run-")), True
 
 
-def main() -> None:
+WORKER_APP = "app.serve:worker_app"
+
+
+def main(worker_app_target: str = WORKER_APP) -> None:
+    """Serve until stopped; `worker_app_target` is the factory each worker calls."""
     settings = server_settings()
     logging.basicConfig(level=logging.INFO, format="[%(levelname)s] %(message)s")
     run_directory, made_here = prepare_run_directory()
@@ -160,7 +164,7 @@ def main() -> None:
     os.environ["SHUTDOWN_MARKER"] = str(run_directory / SHUTDOWN_MARKER_NAME)
     multiprocessing.set_start_method("spawn", force=True)
     server = DrainingGranian(
-        "app.serve:worker_app",
+        worker_app_target,
         factory=True,
         interface=Interfaces.RSGI,
         address=settings["host"],

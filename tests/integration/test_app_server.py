@@ -44,7 +44,9 @@ def free_port() -> int:
         return probe.getsockname()[1]
 
 
-def start_server(scratch: Path, model_dir: Path, **extra_env) -> tuple[subprocess.Popen, int, Path]:
+def start_server(scratch: Path, model_dir: Path, module: str = "app.serve",
+                 **extra_env) -> tuple[subprocess.Popen, int, Path]:
+    """`python -m <module>` (app.serve, or a test app served by it) on a free port."""
     port = free_port()
     env = {
         **{k: v for k, v in os.environ.items() if k not in ("API_KEY_FILE", "METRICS_DIR")},
@@ -62,7 +64,7 @@ def start_server(scratch: Path, model_dir: Path, **extra_env) -> tuple[subproces
     log_path = scratch / f"server-{port}.log"
     with open(log_path, "wb") as log:
         process = subprocess.Popen(
-            [sys.executable, "-m", "app.serve"],
+            [sys.executable, "-m", module],
             cwd=REPO, env=env, stdout=log, stderr=subprocess.STDOUT,
         )
     return process, port, log_path
@@ -129,6 +131,23 @@ def read_until_closed(connection: socket.socket) -> bytes:
     except (socket.timeout, ConnectionResetError):
         pass
     return answer
+
+
+def read_response(connection: socket.socket) -> bytes:
+    """One response, read as an HTTP client does: the head, then Content-Length bytes."""
+    answer = b""
+    while b"\r\n\r\n" not in answer:
+        chunk = connection.recv(65536)
+        assert chunk, f"closed before the head was complete: {answer!r}"
+        answer += chunk
+    head, body = answer.split(b"\r\n\r\n", 1)
+    length = int(next(line.split(b":", 1)[1] for line in head.split(b"\r\n")[1:]
+                      if line.lower().startswith(b"content-length:")))
+    while len(body) < length:
+        chunk = connection.recv(65536)
+        assert chunk, f"closed before the body was complete: {answer!r}"
+        body += chunk
+    return head + b"\r\n\r\n" + body
 
 
 def status_of(answer: bytes) -> int:
@@ -381,6 +400,159 @@ def test_oversized_request_heads_are_a_client_error(served, request_bytes):
     assert "Traceback" not in log_path.read_text()
 
 
+# A request's log lines stay short whatever the client sends: a 60 KB method or a
+# traceback per request would let any client fill the log.
+LONGEST_LOG_LINE = 512
+
+
+def log_lines_of(log_path: Path, request_id: str) -> list[str]:
+    time.sleep(0.2)  # the worker writes its line after the answer went out
+    return [line for line in log_path.read_text().splitlines() if request_id in line]
+
+
+def request_with_id(request_id: str, request_line: bytes, headers: bytes = b"",
+                    body: bytes = b"") -> bytes:
+    return (request_line + b"\r\nHost: test\r\nConnection: close\r\nX-Request-ID: "
+            + request_id.encode() + b"\r\n" + headers + b"\r\n" + body)
+
+
+def assert_answered_briefly(answer: bytes, log_path: Path, request_id: str, status: int,
+                            code: str) -> None:
+    """A JSON error with the request's id, one short log line, no traceback."""
+    assert status_of(answer) == status, answer[:300]
+    head = answer.split(b"\r\n\r\n", 1)[0].lower()
+    assert b"x-request-id: " + request_id.encode().lower() in head, head
+    assert json_body_of(answer)["error"]["code"] == code
+    lines = log_lines_of(log_path, request_id)
+    assert lines and all(len(line) <= LONGEST_LOG_LINE for line in lines), lines
+    assert sum('"message": "request"' in line for line in lines) == 1, lines
+    assert "Traceback" not in log_path.read_text()
+
+
+@pytest.mark.parametrize("path", [b"/%FF", b"/%E2%82%AC", b"/%C3%A9", b"/score%FF"],
+                         ids=["invalid utf-8", "euro sign", "e acute", "after a route"])
+def test_a_path_beyond_latin_1_is_a_json_404(served, path):
+    base_url, _, _, log_path = served
+    errors_before = series_value(requests.get(f"{base_url}/metrics").text,
+                                 'http_requests_total{method="GET",route="unmatched",'
+                                 'status="500"}') or 0
+    request_id = "odd-path-" + path.hex()
+    answer = raw_exchange(base_url, request_with_id(request_id, b"GET " + path + b" HTTP/1.1"))
+    assert_answered_briefly(answer, log_path, request_id, 404, "not_found")
+    errors_after = series_value(requests.get(f"{base_url}/metrics").text,
+                                'http_requests_total{method="GET",route="unmatched",'
+                                'status="500"}') or 0
+    assert errors_after == errors_before
+
+
+@pytest.mark.parametrize("path,status", [(b"/score", 405), (b"/nowhere", 404)])
+def test_a_huge_method_is_cut_short_in_the_answer_and_the_log(served, path, status):
+    base_url, _, _, log_path = served
+    method = b"X" * 60_000
+    request_id = f"huge-method-{status}"
+    answer = raw_exchange(base_url, request_with_id(request_id, method + b" " + path
+                                                    + b" HTTP/1.1"))
+    code = "method_not_allowed" if status == 405 else "not_found"
+    assert_answered_briefly(answer, log_path, request_id, status, code)
+    assert len(answer) < 1024
+    (line,) = log_lines_of(log_path, request_id)
+    assert json.loads(line)["method"] == "X" * 24 + "..."
+    if status == 405:
+        assert json_body_of(answer)["error"]["message"].startswith("X" * 24 + "... is not")
+
+
+def test_a_key_sent_under_an_underscore_name_does_not_authenticate(served):
+    base_url, _, _, log_path = served
+    spellings = [
+        b"X_API_Key: " + API_KEY.encode() + b"\r\n",
+        b"X-API-Key: wrong\r\nX_API_KEY: " + API_KEY.encode() + b"\r\n",
+        b"Authorization_: Bearer " + API_KEY.encode() + b"\r\n",
+    ]
+    for number, headers in enumerate(spellings):
+        request_id = f"underscore-key-{number}"
+        answer = raw_exchange(base_url, request_with_id(
+            request_id, b"POST /score HTTP/1.1",
+            headers + b"Content-Type: application/json\r\nContent-Length: %d\r\n" % len(ONE_ROW),
+            ONE_ROW))
+        assert status_of(answer) == 401, (headers, answer[:300])
+        assert "predictions" not in json_body_of(answer)
+        assert_answered_briefly(answer, log_path, request_id, 401,
+                                "invalid_api_key" if b"wrong" in headers else "missing_api_key")
+    # The dashed spelling still works.
+    answer = raw_exchange(base_url, score_request(b"Content-Length: %d\r\n" % len(ONE_ROW),
+                                                  ONE_ROW))
+    assert status_of(answer) == 200
+
+
+def test_a_request_id_sent_under_an_underscore_name_is_ignored(served):
+    base_url, _, _, log_path = served
+    answer = raw_exchange(base_url, b"GET /healthz HTTP/1.1\r\nHost: test\r\n"
+                                    b"Connection: close\r\nX_Request_ID: chosen-by-alias\r\n\r\n")
+    assert status_of(answer) == 200
+    assert b"chosen-by-alias" not in answer
+    assert log_lines_of(log_path, "chosen-by-alias") == []
+
+
+TRANSFER_CODINGS = {
+    "gzip, chunked": (b"Transfer-Encoding: gzip, chunked\r\n", 501,
+                      "unsupported_transfer_encoding"),
+    "identity, chunked": (b"Transfer-Encoding: identity, chunked\r\n", 501,
+                          "unsupported_transfer_encoding"),
+    "chunked, chunked": (b"Transfer-Encoding: chunked, chunked\r\n", 400, "bad_request"),
+    "chunked in two headers": (b"Transfer-Encoding: chunked\r\nTransfer-Encoding: chunked\r\n",
+                               400, "bad_request"),
+}
+
+
+@pytest.mark.parametrize("headers,status,code", TRANSFER_CODINGS.values(),
+                         ids=TRANSFER_CODINGS.keys())
+def test_a_transfer_coding_other_than_chunked_alone_is_refused(served, headers, status, code):
+    base_url, _, _, log_path = served
+    predictions = 'model_predictions_total'
+    before = series_value(requests.get(f"{base_url}/metrics").text, predictions) or 0
+    body = b"%x\r\n%s\r\n0\r\n\r\n" % (len(ONE_ROW), ONE_ROW)
+    request_id = "coding-" + code + "-" + str(len(headers))
+    answer = raw_exchange(base_url, request_with_id(
+        request_id, b"POST /score HTTP/1.1",
+        headers + b"Content-Type: application/json\r\nX-API-Key: " + API_KEY.encode() + b"\r\n",
+        body))
+    assert_answered_briefly(answer, log_path, request_id, status, code)
+    assert b"connection: close" in answer.split(b"\r\n\r\n", 1)[0].lower()
+    assert series_value(requests.get(f"{base_url}/metrics").text, predictions) == before
+
+
+def test_chunked_is_accepted_in_any_letter_case(served):
+    base_url, _, _, _ = served
+    body = b"%x\r\n%s\r\n0\r\n\r\n" % (len(ONE_ROW), ONE_ROW)
+    answer = raw_exchange(base_url, score_request(b"Transfer-Encoding: Chunked\r\n", body))
+    assert status_of(answer) == 200 and len(json_body_of(answer)["predictions"]) == 1
+
+
+@pytest.mark.parametrize("hosts", [b"", b"Host: test\r\nHost: other\r\n"], ids=["none", "two"])
+def test_an_http_1_1_request_needs_exactly_one_host(served, hosts):
+    base_url, _, _, log_path = served
+    request_id = f"hosts-{hosts.count(b'Host')}"
+    answer = raw_exchange(base_url, b"POST /score HTTP/1.1\r\n" + hosts
+                          + b"Connection: close\r\nX-Request-ID: " + request_id.encode()
+                          + b"\r\nX-API-Key: " + API_KEY.encode()
+                          + b"\r\nContent-Type: application/json\r\nContent-Length: %d\r\n\r\n"
+                          % len(ONE_ROW) + ONE_ROW)
+    assert_answered_briefly(answer, log_path, request_id, 400, "bad_request")
+    assert "Host" in json_body_of(answer)["error"]["message"]
+
+
+def test_an_http_1_0_request_may_leave_out_host(served):
+    base_url, _, _, _ = served
+    answer = raw_exchange(base_url, b"GET /healthz HTTP/1.0\r\n\r\n")
+    assert status_of(answer) == 200
+
+
+def test_no_log_line_is_long_whatever_the_clients_sent(served):
+    _, _, _, log_path = served
+    longest = max(log_path.read_text().splitlines(), key=len)
+    assert len(longest) <= LONGEST_LOG_LINE, longest[:300]
+
+
 def test_zz_sigterm_drains_then_stops_every_worker_cleanly(served):
     """Runs last in this module: it stops the shared server."""
     base_url, _, process, log_path = served
@@ -409,6 +581,30 @@ def test_sigterm_while_workers_are_still_starting_stops_the_server(tmp_path, mod
         log = log_path.read_text()
         assert "Killing worker" not in log, log  # they stopped; none had to be killed
         assert "model loaded" not in log  # the signal did arrive during the start
+    finally:
+        stop(process)
+
+
+def test_sigterm_in_the_last_moment_of_a_workers_start_still_stops_it(tmp_path, model_dir):
+    """The worker has its stop handlers but its event loop does not run yet."""
+    held = tmp_path / "held"
+    held.mkdir()
+    process, _, log_path = start_server(tmp_path, model_dir, module="tests.support.held_start_app",
+                                        SHUTDOWN_DRAIN_SECONDS="0",
+                                        WORKERS_KILL_TIMEOUT_SECONDS="10",
+                                        HELD_WORKERS_DIR=str(held))
+    try:
+        deadline = time.monotonic() + 60
+        while len(list(held.iterdir())) < WORKERS:
+            assert time.monotonic() < deadline and process.poll() is None, log_path.read_text()
+            time.sleep(0.02)
+        process.send_signal(signal.SIGTERM)  # the server passes it on to every held worker
+        time.sleep(1)
+        (held / "release").touch()
+
+        assert process.wait(timeout=30) == 0
+        log = log_path.read_text()
+        assert "Killing worker" not in log, log  # each stopped by itself, none was killed
     finally:
         stop(process)
 
@@ -446,12 +642,56 @@ def test_the_prestop_hook_drains_then_sigterm_finishes_the_request_in_flight(tmp
         process.send_signal(signal.SIGTERM)
         time.sleep(0.5)
         in_flight.sendall(ONE_ROW[10:])
-        answer = read_until_closed(in_flight)
-        in_flight.close()
+        answer = read_response(in_flight)
         assert status_of(answer) == 200, answer[:200]
+        # Told to go: a kept-alive client closes and does not wait on a stopping worker.
+        # (Waiting for the server to close instead is not what a client does, and hyper
+        # does not always close its end at once after such an answer: under load the
+        # worker then waited on the socket until it was killed, a flaky test in CI.)
+        assert b"\r\nconnection: close\r\n" in answer.split(b"\r\n\r\n", 1)[0].lower()
+        in_flight.close()
         assert process.wait(timeout=30) == 0
         log = log_path.read_text()
         assert "drained by the preStop hook" in log
         assert "Killing worker" not in log
     finally:
         stop(process)
+
+
+# --- failures the app's own error handling does not catch ---------------------------
+
+
+@pytest.fixture(scope="module")
+def failing_served(tmp_path_factory, model_dir):
+    """tests.support.failing_app under the real server; yields (base_url, log_path)."""
+    scratch = tmp_path_factory.mktemp("failing")
+    process, port, log_path = start_server(scratch, model_dir, module="tests.support.failing_app",
+                                           METRICS_DIR=str(scratch / "metrics"))
+    base_url = f"http://127.0.0.1:{port}"
+    try:
+        wait_until_ready(base_url, process, log_path)
+        yield base_url, log_path
+    finally:
+        stop(process)
+
+
+@pytest.mark.parametrize("path", ["/test-only/fail-in-app", "/test-only/fail-in-body",
+                                  "/test-only/bad-status", "/test-only/bad-header"])
+def test_a_failure_outside_the_apps_error_handling_is_a_json_500_with_the_request_id(
+        failing_served, path):
+    base_url, log_path = failing_served
+    series = 'http_requests_total{method="GET",route="unmatched",status="500"}'
+    before = series_value(requests.get(f"{base_url}/metrics").text, series) or 0
+    request_id = "failing-" + path.rsplit("/", 1)[1]
+    answer = raw_exchange(base_url, request_with_id(request_id, f"GET {path} HTTP/1.1".encode()))
+
+    assert_answered_briefly(answer, log_path, request_id, 500, "internal")
+    assert b"secret-detail" not in answer
+    errors = [json.loads(line) for line in log_lines_of(log_path, request_id)
+              if '"level": "ERROR"' in line]
+    assert len(errors) == 1, errors
+    assert errors[0]["logger"] == "app.rsgi_bridge" and errors[0]["where"]
+    assert "secret-detail" not in log_path.read_text()
+    assert series_value(requests.get(f"{base_url}/metrics").text, series) == before + 1
+    # The worker goes on serving.
+    assert requests.get(f"{base_url}/healthz", timeout=5).status_code == 200
