@@ -182,14 +182,21 @@ def test_every_worker_reports_the_whole_pods_counts(served):
         # A new connection each time, in parallel, so several workers take a share.
         return requests.get(f"{base_url}/healthz", headers={"Connection": "close"}).ok
 
+    # Which worker accepts a connection is the kernel's choice: on a loaded machine one can
+    # take every connection of a batch, so send batches until two workers have counted.
+    sent = 0
     with ThreadPoolExecutor(max_workers=16) as pool:
-        assert all(pool.map(probe, range(300)))
+        while sent < 3000:
+            assert all(pool.map(probe, range(300)))
+            sent += 300
+            if len(list(metrics_dir.glob("worker-*.metrics"))) >= 2:
+                break
 
-    assert len(list(metrics_dir.glob("worker-*.metrics"))) >= 2
+    assert len(list(metrics_dir.glob("worker-*.metrics"))) >= 2, f"one worker took all {sent}"
     # Whichever worker answers the scrape, it must count the requests of all of them.
     for _ in range(10):
         text = requests.get(f"{base_url}/metrics", headers={"Connection": "close"}).text
-        assert series_value(text, healthz) == before + 300
+        assert series_value(text, healthz) == before + sent
 
 
 def test_scoring_needs_the_key_and_counts_predictions(served):
