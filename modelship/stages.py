@@ -504,8 +504,7 @@ def publish_model(settings: Settings, *, version: str | None = None,
     store = open_model_store(settings)
     if dry:
         try:
-            latest = _latest_after(model_store.latest_or_none(store), version, promote,
-                                   would=True)
+            latest = _latest_after(_current_latest(store), version, promote, would=True)
         except PipelineError as problem:
             latest = f"the real run would stop here: {problem.problem}"
         return f"[dry] would verify and publish {name} {version} to {store.uri}; {latest}"
@@ -527,12 +526,26 @@ def publish_model(settings: Settings, *, version: str | None = None,
         signature = Path(model_dir) / "model.sig"
         signing.sign(Path(model_dir) / model_store.MODEL_FILE, described, Path(signing_key),
                      signature)
-    current = model_store.latest_or_none(store)
+    current = _current_latest(store)
     metadata = model_store.publish(store, Path(model_dir), version, force=force,
                                    signature=signature, promote=promote)
     return (f"published {metadata['name']} {version} (sha256 {metadata['sha256'][:12]}…, "
             f"{verified} golden samples verified) to {store.uri}; "
             f"{_latest_after(current, version, promote)}")
+
+
+def _current_latest(store) -> str | None:
+    """The version `latest` names before a publish; None for a store that holds nothing
+    yet, or whose container does not exist yet (publish creates an Azure container)."""
+    from .model_store import latest_or_none
+    from .stores import StoreObjectMissing
+
+    try:
+        return latest_or_none(store)
+    except StoreObjectMissing as missing:
+        if missing.whole_store:
+            return None
+        raise
 
 
 def _latest_after(current: str | None, version: str, promote: bool, would: bool = False) -> str:

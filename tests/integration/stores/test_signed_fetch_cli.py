@@ -65,13 +65,14 @@ def test_fetch_model_checks_signatures_when_the_settings_file_sets_public_key(tm
             (BUILD_ROOT / "model" / "model.onnx").read_bytes()).hexdigest() == fetched
 
 
-def settings_for(tmp_path, store_spec, public_key):
+def settings_for(tmp_path, store_spec, public_key=""):
+    """A `-f` settings file pointing the local environment at the store."""
     uri, account_url, endpoint_url = store_spec
     config = tmp_path / "settings.yaml"
     config.write_text(
         "modelship:\n  environments:\n    local:\n      model_store:\n"
         f"        uri: {uri}\n        account_url: '{account_url}'\n"
-        f"        endpoint_url: '{endpoint_url}'\n        public_key: {public_key}\n")
+        f"        endpoint_url: '{endpoint_url}'\n        public_key: '{public_key}'\n")
     return config
 
 
