@@ -166,7 +166,16 @@ def version_order(version: str) -> tuple:
 
 
 def latest_or_none(store: ModelStore) -> str | None:
-    return resolve_version(store) if store.exists(LATEST_POINTER) else None
+    """The version `latest` names before a publish; None when there is no pointer, or one
+    that names no valid version (the publish writes a good one)."""
+    if not store.exists(LATEST_POINTER):
+        return None
+    try:
+        return resolve_version(store)
+    except StoreObjectMissing:
+        raise
+    except PipelineError:
+        return None
 
 
 def moves_latest(current: str | None, version: str, promote: bool) -> bool:
