@@ -30,7 +30,10 @@ PAYLOAD_FIELDS = "metadata"
 # Set by publish after signing (where the files lie in the store), and checked there by
 # the sha256: not part of what a publisher vouches for.
 UNSIGNED_FIELDS = frozenset({"model_file", "signature_file"})
-# model-signing's own words for a signature that is genuine but covers other content.
+# model-signing checks the signature itself first and only then compares the files, saying
+# "Signature mismatch: [...]" with the differing paths: the words below pick the fields out
+# of it (tests/integration/stores/test_signed_fetch_cli.py pins them). Should the library
+# reword it, the refusal stays and only loses the field names.
 _FIELD_FILE = re.compile(rf"{PAYLOAD_FIELDS}/([A-Za-z0-9_]+)\.json")
 _MODEL_FILE = re.compile(rf"(?<![/\w]){re.escape(PAYLOAD_MODEL)}")
 # A signature of one file (the model alone) lists its only resource as ".".
