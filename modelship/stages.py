@@ -517,7 +517,8 @@ def publish_model(settings: Settings, *, version: str | None = None,
 
         model_dir = train_digits_model(on_disk(PUBLISH_DIR) / version, name=name,
                                        version=version)
-    described = model_store.read_model_dir(Path(model_dir))  # the schema first: it names the bad field
+    # The schema first: it names the bad field.
+    described = model_store.read_model_dir(Path(model_dir))
     verified = publishing.verify_serves(Path(model_dir))
     signature = None
     if signing_key is not None:

@@ -56,7 +56,8 @@ def test_versions_named_like_the_pointer_are_refused_and_nothing_is_written(tmp_
     assert pointer(store) == "1"
 
 
-def test_an_older_version_keeps_latest_unless_promoted_and_says_which(tmp_path, store_spec):  # noqa: F811
+def test_an_older_version_keeps_latest_unless_promoted_and_says_which(
+        tmp_path, store_spec):  # noqa: F811
     config = settings_for(tmp_path, store_spec)
     store = model_store.open_store(*store_spec)
     steps = [
@@ -79,7 +80,7 @@ def test_an_older_version_keeps_latest_unless_promoted_and_says_which(tmp_path, 
         code, out, err = publish(config, "--version", version, *flags)
         assert code == 0, err
         lines = out.strip().splitlines()
-        assert len(lines) == 1 and lines[0].startswith(f"published ") and says in lines[0], out
+        assert len(lines) == 1 and lines[0].startswith("published ") and says in lines[0], out
         assert pointer(store) == latest
     # The versions are all there; only the pointer was held back.
     code, out, err = invoke(config, "model.list", "--env", "local")
