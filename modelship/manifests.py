@@ -206,15 +206,51 @@ def _template_values(settings: Settings, release: Release) -> dict:
     }
 
 
+# Wide enough that PyYAML never folds a value onto a second line, which would lose
+# the indentation the template gives it.
+ONE_LINE = 2**31
+
+
+class YamlText(str):
+    """Text that is YAML already: the renderer writes it as it is."""
+
+
+def yaml_value(value) -> YamlText:
+    """One value as YAML that reads back as the same value: every string quoted.
+
+    Settings go into the manifests through here, so `ingress.hosts: ["null"]` or a
+    class name `on` stays the string it was instead of becoming null or true, and a
+    newline or `: ` in a value cannot start a key of its own.
+    """
+    if isinstance(value, YamlText):
+        return value
+    if isinstance(value, jinja2.Undefined):
+        str(value)  # StrictUndefined raises here, naming the value the config lacks
+    if isinstance(value, dict):
+        items = sorted(value.items(), key=lambda item: str(item[0]))
+        return YamlText("{%s}" % ", ".join(f"{yaml_value(key)}: {yaml_value(inner)}"
+                                            for key, inner in items))
+    if isinstance(value, (list, tuple)):
+        return YamlText("[%s]" % ", ".join(yaml_value(inner) for inner in value))
+    if isinstance(value, str):
+        return YamlText(yaml.safe_dump(value, default_style='"', allow_unicode=True,
+                                       width=ONE_LINE).strip())
+    if value is None or isinstance(value, (bool, int, float)):
+        return YamlText(json.dumps(value))
+    raise PipelineError(
+        f"a template inserted a {type(value).__name__} ({value!r}), which has no YAML form.",
+        "Insert strings, numbers, booleans, lists or mappings.",
+    )
+
+
 def _jinja_environment(template_dir: Path) -> jinja2.Environment:
     environment = jinja2.Environment(
         loader=jinja2.FileSystemLoader(str(template_dir)),
         undefined=jinja2.StrictUndefined, keep_trailing_newline=True,
         trim_blocks=True, lstrip_blocks=True,
+        finalize=yaml_value,  # every {{ … }} writes a YAML value, strings quoted
     )
-    environment.filters["to_yaml"] = lambda value: yaml.safe_dump(
-        value, default_flow_style=True, sort_keys=True, width=10_000
-    ).strip()
+    environment.filters["to_yaml"] = yaml_value  # kept for templates written before finalize
     return environment
 
 
@@ -247,9 +283,12 @@ def render_objects(settings: Settings, release: Release,
         try:
             documents = [doc for doc in yaml.safe_load_all(text) if doc]
         except yaml.YAMLError as error:
+            quoted_placeholder = re.search(r"""["']\{\{""", template_path.read_text())
             raise PipelineError(
                 f"{template_path.name} rendered invalid YAML for '{settings.env}': {error}.",
-                "Check the template and the values it got (quotes, indentation).",
+                "Remove the quotes around {{ … }}: every value is written as quoted YAML"
+                " already." if quoted_placeholder else
+                "Check the template and the values it got (indentation).",
             ) from None
         for document in documents:
             name = _file_name(document, objects)

@@ -17,31 +17,11 @@ import pytest
 import requests
 
 from modelship.registry_login import read_registry_login
+from tests.support.checkouts import fresh_clone
 from modelship.stage_files import files_for
 from modelship.settings import PROJECT_ROOT
 
 pytestmark = pytest.mark.integration
-
-
-def git(*args: str, cwd: Path) -> str:
-    return subprocess.run(["git", *args], cwd=cwd, check=True, capture_output=True,
-                          text=True).stdout
-
-
-def fresh_clone(destination: Path) -> Path:
-    """A clone of this repository carrying the working tree's changes (the code under test)."""
-    git("clone", "--quiet", "--no-hardlinks", str(PROJECT_ROOT), str(destination),
-        cwd=PROJECT_ROOT)
-    changed = git("diff", "--name-only", "HEAD", cwd=PROJECT_ROOT).split()
-    untracked = git("ls-files", "--others", "--exclude-standard", cwd=PROJECT_ROOT).split()
-    for name in changed + untracked:
-        source, target = PROJECT_ROOT / name, destination / name
-        if source.exists():
-            target.parent.mkdir(parents=True, exist_ok=True)
-            shutil.copy2(source, target)
-        else:
-            target.unlink(missing_ok=True)
-    return destination
 
 
 def local_registry_port() -> int:

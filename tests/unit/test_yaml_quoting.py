@@ -9,6 +9,7 @@ from pathlib import Path
 import invoke
 import pytest
 import yaml
+from hypothesis import given, strategies as st
 
 from modelship import manifests
 from modelship.errors import PipelineError
@@ -18,9 +19,14 @@ from modelship.settings import PROJECT_ROOT, load_settings
 INVOKE = str(Path(sys.executable).with_name("invoke"))
 
 
-def dev_with_hosts(hosts):
+def project_config() -> invoke.Config:
     config = invoke.Config(project_location=str(PROJECT_ROOT))
     config.load_project()
+    return config
+
+
+def dev_with_hosts(hosts):
+    config = project_config()
     deployment = config.modelship["environments"]["dev"]["deployment"]
     deployment["ingress"] = {"hosts": hosts}
     deployment["service"] = {"dns_label": ""}  # an Ingress takes the place of the DNS label
@@ -54,3 +60,86 @@ def test_every_accepted_host_renders_as_the_same_string(host, tmp_path, monkeypa
     manifests.render(settings, Release.for_review("digits-api@sha256:" + "ab" * 32, "0" * 40, False))
     ingress = yaml.safe_load((settings.render_dir / "ingress.yaml").read_text())
     assert [rule["host"] for rule in ingress["spec"]["rules"]] == [host]
+
+
+# Strings YAML 1.1 would read as something else, one in each string setting a template
+# inserts; the settings file is the one a user writes, read through the real CLI.
+YAML_LOOKALIKES = {
+    ("kubernetes", "namespace"): "null",
+    ("deployment", "ingress", "class_name"): "on",
+    ("deployment", "ingress", "tls_secret"): "yes",
+    ("deployment", "ingress", "controller_namespace"): "true",
+    ("deployment", "api_key", "secret_name"): "off",
+    ("deployment", "api_key", "key"): "no",
+    ("deployment", "cpu_request"): "1",
+    ("deployment", "memory_limit"): "1000",
+}
+
+
+def rendered_value(objects: dict, setting: tuple) -> list:
+    """Where each setting lands in the rendered objects (every place it is used)."""
+    deployment = objects["deployment.yaml"]["spec"]["template"]["spec"]
+    container = deployment["containers"][0]
+    api_key_volume = next(v for v in deployment["volumes"] if "secret" in v)["secret"]
+    ingress = objects["ingress.yaml"]["spec"]
+    places = {
+        "namespace": [o["metadata"]["namespace"] for o in objects.values()],
+        "class_name": [ingress["ingressClassName"]],
+        "tls_secret": [ingress["tls"][0]["secretName"]],
+        "controller_namespace": [
+            peer["namespaceSelector"]["matchLabels"]["kubernetes.io/metadata.name"]
+            for rule in objects["networkpolicy.yaml"]["spec"]["ingress"]
+            for peer in rule.get("from", []) if "namespaceSelector" in peer],
+        "secret_name": [api_key_volume["secretName"]],
+        "key": [api_key_volume["items"][0]["key"], api_key_volume["items"][0]["path"]],
+        "cpu_request": [container["resources"]["requests"]["cpu"]],
+        "memory_limit": [container["resources"]["limits"]["memory"]],
+    }
+    return places[setting[-1]]
+
+
+def test_every_string_setting_stays_a_string_through_render(tmp_path):
+    environment: dict = {"deployment": {"ingress": {"hosts": ["digits.example.com"]},
+                                        "service": {"dns_label": ""}}}
+    for path, value in YAML_LOOKALIKES.items():
+        section = environment
+        for key in path[:-1]:
+            section = section.setdefault(key, {})
+        section[path[-1]] = value
+    settings_file = tmp_path / "lookalikes.yaml"
+    settings_file.write_text(yaml.safe_dump({"modelship": {"environments": {"dev": environment}}}))
+    image = "crmodelshipdev.azurecr.io/digits-api@sha256:" + "ab" * 32
+    result = subprocess.run([INVOKE, "-f", str(settings_file), "render", "--env", "dev",
+                             "--image", image], cwd=PROJECT_ROOT, capture_output=True,
+                            text=True, timeout=300)
+    assert result.returncode == 0, result.stdout + result.stderr
+    render_dir = load_settings(project_config(), "dev").render_dir
+    objects = {path.name: yaml.safe_load(path.read_text()) for path in render_dir.glob("*.yaml")}
+    for setting, value in YAML_LOOKALIKES.items():
+        landed = rendered_value(objects, setting)
+        assert landed and all(v == value for v in landed), (setting, landed)
+
+
+@given(st.text())
+def test_any_text_a_template_inserts_reads_back_as_that_text(text):
+    assert yaml.safe_load(f"value: {manifests.yaml_value(text)}\n") == {"value": text}
+
+
+@given(st.recursive(st.none() | st.booleans() | st.integers() | st.text(),
+                    lambda children: st.lists(children, max_size=3)
+                    | st.dictionaries(st.text(), children, max_size=3), max_leaves=8))
+def test_any_mapping_or_list_a_template_inserts_reads_back_the_same(value):
+    assert yaml.safe_load(f"value: {manifests.yaml_value(value)}\n") == {"value": value}
+
+
+def test_a_custom_template_that_still_quotes_a_placeholder_is_told_to_drop_the_quotes(
+        tmp_path, monkeypatch):
+    monkeypatch.setattr("modelship.stage_files.BUILD_ROOT", tmp_path / "build")
+    templates = tmp_path / "templates"
+    templates.mkdir()
+    (templates / "service.yaml.j2").write_text(
+        'apiVersion: v1\nkind: Service\nmetadata:\n  name: "{{ app_name }}"\n')
+    settings = load_settings(project_config(), "dev")
+    with pytest.raises(PipelineError, match="Remove the quotes around"):
+        manifests.render_objects(settings, Release.for_review(
+            "digits-api@sha256:" + "ab" * 32, "0" * 40, False), template_dir=templates)
