@@ -186,18 +186,20 @@ def local_status(c, env=None):
 @pipeline_task("model.publish", help=publishing.FLAG_HELP, name="publish")
 def model_publish(c, env=None, model=None, samples=None, name=None, version=None, task=None,
                   tolerance=None, model_dir=None, force=False, signing_key=None,
-                  verbose=False):
+                  promote=False, verbose=False):
     """Verify a model against its golden samples, publish it and move latest (default: digits)."""
     echo(stages.publish_model(_settings(c, env), model=model, samples=samples, name=name,
                               version=version, task=task, tolerance=tolerance,
                               model_dir=model_dir, force=force, signing_key=signing_key,
-                              dry=is_dry(c)))
+                              promote=promote, dry=is_dry(c)))
 
 
-@pipeline_task("model.list", name="list")
-def model_list(c, env=None):
+@pipeline_task("model.list", name="list", help={
+    "orphans": "Show the files no published version names (left by interrupted or losing "
+               "publishes), and how to remove them."})
+def model_list(c, env=None, orphans=False):
     """List the published model versions: created, size, sha256, and which one is latest."""
-    for line in stages.list_models(_settings(c, env)):
+    for line in stages.list_models(_settings(c, env), orphans=orphans):
         echo(line)
 
 

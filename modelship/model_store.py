@@ -17,8 +17,12 @@ import functools
 import hashlib
 import json
 import os
+import re
 import shutil
+import signal
 import tempfile
+import threading
+from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
@@ -136,15 +140,103 @@ def read_model_dir(model_dir: Path) -> dict:
     return metadata
 
 
+# Names a version may not take: `latest` is what fetch-model and promote read as "the
+# pointer", and `latest.json` is the pointer's own key (a folder of that name would sit
+# beside or, on a folder store, in place of it). Compared case-blind: a store on a
+# case-insensitive share holds only one of `latest.json` and `Latest.json`.
+RESERVED_VERSIONS = frozenset({"latest", LATEST_POINTER})
+
+
+def require_publishable_version(version: str) -> str:
+    """`version` if a publish may use it; else a PipelineError saying why not."""
+    model_metadata.require_label_safe(version, "The version")
+    if version.casefold() in RESERVED_VERSIONS:
+        raise PipelineError(
+            f"'{version}' cannot be a model version: the store uses that name for its "
+            "pointer to the newest version.",
+            "Publish under another --version (the default is a UTC timestamp).")
+    return version
+
+
+def version_order(version: str) -> tuple:
+    """How versions sort: digit runs as numbers, the rest as text, so 20240611.093000 <
+    20240612.080000, 2024.06.2 < 2024.06.10 and 9 < 10."""
+    parts = re.split(r"(\d+)", version)
+    return tuple((0, int(part), "") if part.isdigit() else (1, 0, part) for part in parts if part)
+
+
+def latest_or_none(store: ModelStore) -> str | None:
+    """The version `latest` names before a publish; None when there is no pointer, or one
+    that names no valid version (the publish writes a good one)."""
+    if not store.exists(LATEST_POINTER):
+        return None
+    try:
+        return resolve_version(store)
+    except StoreObjectMissing:
+        raise
+    except PipelineError:
+        return None
+
+
+def moves_latest(current: str | None, version: str, promote: bool) -> bool:
+    """Whether publishing `version` moves `latest`: the first version, the same one again
+    (its sha256 in the pointer may change), a newer one, or whatever `--promote` says."""
+    return (promote or current is None or current == version
+            or version_order(version) > version_order(current))
+
+
+class PublishInterrupted(PipelineError):
+    pass
+
+
+@contextmanager
+def _interruptible():
+    """A SIGTERM (a cancelled pipeline, `kill`) ends the publish through its cleanup, like
+    Ctrl-C does, instead of leaving half-written objects behind. Only the main thread can
+    take signals; elsewhere the default stays."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def stop(_signal, _frame):
+        raise PublishInterrupted("The publish was stopped (SIGTERM) before it finished.",
+                                 "Nothing was published; run it again.")
+
+    previous = signal.signal(signal.SIGTERM, stop)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
+def _named_by_metadata(store: ModelStore, version: str) -> set[str]:
+    """The keys the version's metadata.json names, or none if it has no readable one."""
+    try:
+        metadata = store.read_json(f"{version}/{METADATA_FILE}")
+    except PipelineError:
+        return set()
+    names = {metadata.get("model_file", MODEL_FILE), metadata.get("signature_file")}
+    return {f"{version}/{name}" for name in names if isinstance(name, str)}
+
+
+def _remove_unnamed(store: ModelStore, version: str, written: list[str]) -> None:
+    """After a failed or lost publish: remove what it wrote that no metadata names (a
+    concurrent winner with the same bytes named the same model file: that one stays)."""
+    keep = _named_by_metadata(store, version)
+    for key in written:
+        if key not in keep:
+            try:
+                store.delete(key)
+            except PipelineError:
+                pass  # `invoke model.list --orphans` shows what could not be removed
+
+
 @_secrets_masked
 def publish(store: ModelStore, model_dir: Path, version: str, force: bool = False,
-            signature: Path | None = None) -> dict:
-    """Upload model + metadata under `<version>/`, then move the latest pointer to it."""
-    if not VERSION_PATTERN.match(version):
-        raise PipelineError(
-            f"'{version}' is not a valid model version.",
-            f"Use {model_metadata.LABEL_SAFE_RULE}.",
-        )
+            signature: Path | None = None, promote: bool = False) -> dict:
+    """Upload model + metadata under `<version>/`, then move the latest pointer to it when
+    `moves_latest` says so. A publish that fails or loses a race removes what it uploaded."""
+    require_publishable_version(version)
     metadata = read_model_dir(model_dir)
     if str(metadata["version"]) != version:
         raise PipelineError(
@@ -156,33 +248,46 @@ def publish(store: ModelStore, model_dir: Path, version: str, force: bool = Fals
     metadata_key = f"{version}/{METADATA_FILE}"
     if store.exists(metadata_key) and not force:
         raise _already_published(version, store)
+    current = latest_or_none(store)
     # The model goes under a name of its own content: a replacement never overwrites the
     # bytes the current metadata names, and two publishers of one version never write
     # into the same object. metadata.json, naming the file, is what makes a version exist.
     model_file = f"model-{metadata['sha256']}.onnx"
     stored = {**metadata, "model_file": model_file}
-    if not store.exists(f"{version}/{model_file}"):
-        model_path = Path(model_dir) / MODEL_FILE
-        with console_progress(f"uploading {model_file[:18]}…", model_path.stat().st_size) as bar:
-            store.upload_file(f"{version}/{model_file}", model_path, progress=bar)
-    if signature is not None:
-        stored["signature_file"] = _signature_name(model_file)
-        store.upload_file(f"{version}/{stored['signature_file']}", Path(signature))
-    body = json.dumps(stored, indent=2).encode()
-    if force:
-        store.write_bytes(metadata_key, body)  # one atomic PUT/rename: the switch
-    else:
+    written: list[str] = []
+    with _interruptible():
         try:
-            store.create_bytes(metadata_key, body)
-        except StoreObjectExists:
-            raise _already_published(version, store) from None
+            if not store.exists(f"{version}/{model_file}"):
+                model_path = Path(model_dir) / MODEL_FILE
+                written.append(f"{version}/{model_file}")
+                with console_progress(f"uploading {model_file[:18]}…",
+                                      model_path.stat().st_size) as bar:
+                    store.upload_file(f"{version}/{model_file}", model_path, progress=bar)
+            if signature is not None:
+                # Named by its own content too: two publishers of the same bytes (whose
+                # signatures differ, as they cover the metadata) never overwrite each other's.
+                stored["signature_file"] = _signature_name(Path(signature))
+                written.append(f"{version}/{stored['signature_file']}")
+                store.upload_file(f"{version}/{stored['signature_file']}", Path(signature))
+            body = json.dumps(stored, indent=2).encode()
+            if force:
+                store.write_bytes(metadata_key, body)  # one atomic PUT/rename: the switch
+            else:
+                try:
+                    store.create_bytes(metadata_key, body)
+                except StoreObjectExists:
+                    raise _already_published(version, store) from None
+        except BaseException:
+            _remove_unnamed(store, version, written)
+            raise
     # The pointer goes last: until it moves, readers keep getting the previous version.
-    write_pointer(store, version, metadata["sha256"])
+    if moves_latest(current, version, promote):
+        write_pointer(store, version, metadata["sha256"])
     return stored
 
 
-def _signature_name(model_file: str) -> str:
-    return model_file.removesuffix(".onnx") + ".sig"
+def _signature_name(signature: Path) -> str:
+    return f"signature-{sha256_of(signature)}.sig"
 
 
 def _already_published(version: str, store: ModelStore) -> PipelineError:
@@ -221,6 +326,23 @@ def list_versions(store: ModelStore) -> list[PublishedVersion]:
         found.append(PublishedVersion(version, metadata["created"], metadata["sha256"],
                                       metadata["size"], version == latest))
     return sorted(found, key=lambda entry: (entry.created, entry.version))
+
+
+@_secrets_masked
+def list_orphans(store: ModelStore) -> list[str]:
+    """Keys no published version names: what an interrupted or losing publish, or a
+    `--force` replacement, left behind (a publish still running shows its files too)."""
+    orphans = list(store.leftover_partials())
+    by_version: dict[str, list[str]] = {}
+    for key in store.list_keys():
+        if "/" in key:
+            by_version.setdefault(key.split("/", 1)[0], []).append(key)
+    for version, keys in sorted(by_version.items()):
+        named = _named_by_metadata(store, version) if VERSION_PATTERN.match(version) else set()
+        if named:
+            named.add(f"{version}/{METADATA_FILE}")
+        orphans.extend(key for key in keys if key not in named)
+    return sorted(orphans)
 
 
 @_secrets_masked
@@ -357,7 +479,7 @@ def _verify_signature(store: ModelStore, version: str, metadata: dict, staging: 
     signature_path = staging / ".model.sig"
     signature_path.write_bytes(store.read_bytes(f"{version}/{signature_file}"))
     try:
-        signing.verify(staging / MODEL_FILE, signature_path, public_key, where)
+        signing.verify(staging / MODEL_FILE, metadata, signature_path, public_key, where)
     finally:
         signature_path.unlink(missing_ok=True)
 

@@ -30,6 +30,7 @@ FLAG_HELP = {
     "model_dir": "Publish this folder (model.onnx + metadata.json) instead.",
     "signing_key": "Sign the model with this EC private key (PEM); see docs/model-store.md.",
     "force": "Replace a version that is already published (switches only when complete).",
+    "promote": "Move latest to this version even when it is older than the one latest names.",
 }
 
 

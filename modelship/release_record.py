@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import tempfile
 from pathlib import Path
 from typing import Any
@@ -23,9 +24,12 @@ from app import golden as golden_rules
 
 from . import stage_files
 from .errors import PipelineError
-from .model_metadata import LABEL_SAFE, SHA256
+from .model_metadata import LABEL_SAFE, LABEL_SAFE_RULE, SHA256
 
 SCHEMA_VERSION = 2
+# What `git rev-parse HEAD` prints (SHA-1 or SHA-256 object names), or gitinfo's word for a
+# tree that is no git checkout. Anchored with \A...\Z like every pattern in model_metadata.
+GIT_REVISION = re.compile(r"\A(?:[0-9a-f]{40}|[0-9a-f]{64}|unknown)\Z")
 
 
 def record_path() -> Path:
@@ -49,6 +53,19 @@ class ImageRecord(_Frozen):
     size_bytes: int | None = None
     up_to_date: bool = False
 
+    @field_validator("tag")
+    @classmethod
+    def _tag_label_safe(cls, value: str) -> str:
+        return _label_safe(value)
+
+
+def _label_safe(value: str) -> str:
+    # Image tags and model names reach image labels and manifests: a newline there could
+    # inject YAML or a label of its own.
+    if not LABEL_SAFE.match(value):
+        raise ValueError(f"{value!r} is not Kubernetes-label-safe ({LABEL_SAFE_RULE})")
+    return value
+
 
 class Tolerance(_Frozen):
     rel: float = golden_rules.DEFAULT_RELATIVE
@@ -70,10 +87,7 @@ class ModelRecord(_Frozen):
     @field_validator("name", "version")
     @classmethod
     def _label_safe(cls, value: str) -> str:
-        # These reach image labels and manifests: a newline here could inject YAML.
-        if not LABEL_SAFE.match(value):
-            raise ValueError(f"{value!r} is not Kubernetes-label-safe")
-        return value
+        return _label_safe(value)
 
     @field_validator("sha256")
     @classmethod
@@ -91,6 +105,14 @@ class SourceRecord(_Frozen):
     revision: str
     dirty: bool = False
 
+    @field_validator("revision")
+    @classmethod
+    def _git_object_name(cls, value: str) -> str:
+        # It becomes an image label, a manifest annotation and a GIT_REVISION variable.
+        if not GIT_REVISION.match(value):
+            raise ValueError(f"{value!r} is not a git commit (40 or 64 lowercase hex digits)")
+        return value
+
 
 class PushRecord(_Frozen):
     repository: str
@@ -100,6 +122,11 @@ class PushRecord(_Frozen):
     # The image inputs this push carries: a later build with other inputs makes it stale.
     inputs: str = ""
     bytes_pushed: int = 0
+
+    @field_validator("tag")
+    @classmethod
+    def _tag_label_safe(cls, value: str) -> str:
+        return _label_safe(value) if value else value
 
 
 class ContractTestRecord(_Frozen):

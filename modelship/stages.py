@@ -479,7 +479,7 @@ def publish_model(settings: Settings, *, version: str | None = None,
                   model_dir: str | None = None, model: str | None = None,
                   samples: str | None = None, name: str | None = None, task: str | None = None,
                   tolerance: float | str | None = None, force: bool = False,
-                  signing_key: str | None = None, dry: bool) -> str:
+                  signing_key: str | None = None, promote: bool = False, dry: bool) -> str:
     """Publish an ONNX file with its samples, a model folder, or the sample digits model.
 
     Whatever the source, the folder is opened as the app would open it and its golden
@@ -499,11 +499,15 @@ def publish_model(settings: Settings, *, version: str | None = None,
                             "Pass a relative tolerance such as 1e-4.") from None
     if model_dir is not None and version is None:
         version = str(model_store.read_model_dir(Path(model_dir))["version"])
-    version = version or model_store.new_version()
+    version = model_store.require_publishable_version(version or model_store.new_version())
     name = name or settings.model_name
     store = open_model_store(settings)
     if dry:
-        return f"[dry] would verify and publish {name} {version} to {store.uri}"
+        try:
+            latest = _latest_after(_current_latest(store), version, promote, would=True)
+        except PipelineError as problem:
+            latest = f"the real run would stop here: {problem.problem}"
+        return f"[dry] would verify and publish {name} {version} to {store.uri}; {latest}"
     if model is not None:
         model_dir = publishing.export_own_model(
             Path(model), Path(samples), on_disk(PUBLISH_DIR) / version, name=name,
@@ -513,25 +517,63 @@ def publish_model(settings: Settings, *, version: str | None = None,
 
         model_dir = train_digits_model(on_disk(PUBLISH_DIR) / version, name=name,
                                        version=version)
-    model_store.read_model_dir(Path(model_dir))  # the schema first: it names the bad field
+    # The schema first: it names the bad field.
+    described = model_store.read_model_dir(Path(model_dir))
     verified = publishing.verify_serves(Path(model_dir))
     signature = None
     if signing_key is not None:
         from . import signing
 
         signature = Path(model_dir) / "model.sig"
-        signing.sign(Path(model_dir) / model_store.MODEL_FILE, Path(signing_key), signature)
+        signing.sign(Path(model_dir) / model_store.MODEL_FILE, described, Path(signing_key),
+                     signature)
+    current = _current_latest(store)
     metadata = model_store.publish(store, Path(model_dir), version, force=force,
-                                   signature=signature)
+                                   signature=signature, promote=promote)
     return (f"published {metadata['name']} {version} (sha256 {metadata['sha256'][:12]}…, "
-            f"{verified} golden samples verified) to {store.uri}")
+            f"{verified} golden samples verified) to {store.uri}; "
+            f"{_latest_after(current, version, promote)}")
 
 
-def list_models(settings: Settings) -> list[str]:
-    """One line per published version, oldest first, the one `latest` names marked."""
+def _current_latest(store) -> str | None:
+    """The version `latest` names before a publish; None for a store that holds nothing
+    yet, or whose container does not exist yet (publish creates an Azure container)."""
+    from .model_store import latest_or_none
+    from .stores import StoreObjectMissing
+
+    try:
+        return latest_or_none(store)
+    except StoreObjectMissing as missing:
+        if missing.whole_store:
+            return None
+        raise
+
+
+def _latest_after(current: str | None, version: str, promote: bool, would: bool = False) -> str:
+    """What publishing `version` does to `latest`, in the words of one line."""
+    from .model_store import moves_latest, version_order
+
+    verb = "would move" if would else "moved"
+    if not moves_latest(current, version, promote):
+        stays = "would stay" if would else "stays"
+        return (f"latest {stays} at {current} ({version} is older; pass --promote, or run "
+                f"`invoke model.promote --version {version}`, to move it)")
+    if current is None:
+        return f"latest {verb} to {version} (the first version)"
+    if current == version:
+        return f"latest {'would name' if would else 'names'} {version} as before"
+    newer = version_order(version) > version_order(current)
+    return f"latest {verb} from {current} to {version} ({'newer' if newer else '--promote'})"
+
+
+def list_models(settings: Settings, *, orphans: bool = False) -> list[str]:
+    """One line per published version, oldest first, the one `latest` names marked; with
+    `orphans`, the files no version names instead, and how to remove them."""
     from . import model_store
 
     store = open_model_store(settings)
+    if orphans:
+        return _orphan_lines(store, model_store.list_orphans(store))
     versions = model_store.list_versions(store)
     if not versions:
         return [f"no model is published in {store.uri} yet"]
@@ -541,6 +583,25 @@ def list_models(settings: Settings) -> list[str]:
         lines.append(f"{mark}{entry.version:<24}{entry.created:<34}{entry.size:>12}  "
                      f"{entry.sha256[:16]}…")
     return lines + [f"* = latest in {store.uri}"]
+
+
+def _orphan_lines(store, orphans: list[str]) -> list[str]:
+    import shlex
+
+    from .stores import FileStore
+
+    if not orphans:
+        return [f"no orphaned files in {store.uri}: every file belongs to a published version"]
+    lines = [f"{store.uri}/{key}" for key in orphans]
+    lines.append(f"{len(orphans)} file(s) in {store.uri} belong to no published version "
+                 "(an interrupted or losing publish, or a --force replacement, left them)")
+    where = " ".join(shlex.quote(str(store.root / key)) for key in orphans) \
+        if isinstance(store, FileStore) else ""
+    remove = (f"rm -- {where}" if where else
+              "delete each object above with your storage tool (`az storage blob delete`, "
+              "`aws s3 rm`)")
+    lines.append(f"to remove them once no publish is running: {remove}")
+    return lines
 
 
 def promote_model(settings: Settings, *, version: str, dry: bool) -> str:

@@ -74,6 +74,15 @@ class ModelStore:
     def exists(self, key: str) -> bool:
         raise NotImplementedError
 
+    def delete(self, key: str) -> None:
+        """Remove `key`; nothing happens when it is already gone."""
+        raise NotImplementedError
+
+    def leftover_partials(self) -> list[str]:
+        """Half-written files an interrupted writer left (keys, sorted). Only a folder store
+        has them: the cloud services never show an unfinished upload as an object."""
+        return []
+
     def list_keys(self, prefix: str = "") -> list[str]:
         """Every key below `prefix` (relative to the store's own prefix), sorted."""
         raise NotImplementedError
@@ -187,6 +196,17 @@ class FileStore(ModelStore):
     def exists(self, key):
         with self._file_errors(key):
             return self._path(key).is_file()
+
+    def delete(self, key):
+        with self._file_errors(key):
+            self._path(key).unlink(missing_ok=True)
+
+    def leftover_partials(self):
+        with self._file_errors(""):
+            if not self.root.is_dir():
+                return []
+            return sorted(str(path.relative_to(self.root)) for path in self.root.rglob(".*.partial")
+                          if path.is_file())
 
     def list_keys(self, prefix=""):
         with self._file_errors(prefix):

@@ -228,6 +228,15 @@ class AzureBlobStore(ModelStore):
         with self._translated_errors(key):
             return self._blob(key).exists()
 
+    def delete(self, key):
+        from azure.core.exceptions import ResourceNotFoundError
+
+        with self._translated_errors(key):
+            try:
+                self._blob(key).delete_blob()
+            except ResourceNotFoundError:
+                pass
+
     def list_keys(self, prefix=""):
         start = f"{self.prefix}/" if self.prefix else ""
         with self._translated_errors(""):

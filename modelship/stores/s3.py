@@ -188,6 +188,10 @@ class S3Store(ModelStore):
                 raise
             return False
 
+    def delete(self, key):
+        with self._translated_errors(key):
+            self._client.delete_object(Bucket=self.bucket, Key=self._key(key))
+
     def download(self, key, sink):
         with self._translated_errors(key):
             head = self._client.head_object(Bucket=self.bucket, Key=self._key(key))

@@ -2,8 +2,9 @@
 
 A snapshot of build/, the model store (Azurite), the registry and the Docker Engine is taken
 after a real local deploy; every task then runs under --dry (for the local environment, and
-for dev where a task talks to Kubernetes or Azure, whose commands --dry only prints), and the
-snapshot must be the same afterwards. No dry run may claim that something was done.
+for dev where a task talks to Kubernetes or Azure, whose commands --dry only prints, and once
+more per flag that changes what it does: `model.publish --promote`, `model.list --orphans`),
+and the snapshot must be the same afterwards. No dry run may claim that something was done.
 """
 
 from __future__ import annotations
@@ -31,6 +32,9 @@ ALSO_DEV = {"render", "apply", "rollback", "diff", "status", "aks.credentials", 
 EXPECTED_REFUSALS = {("aks.credentials", "--env=local"), ("diff", "--env=dev")}
 # Tasks with a required argument get one that names something real.
 REQUIRED_ARGUMENTS = {"model.promote": lambda published: ["--version", published]}
+# Flags that change what a task does run once more each, on top of the plain run.
+FLAG_RUNS = {"model.publish": [["--promote"], ["--version", "1", "--promote"]],
+             "model.list": [["--orphans"]]}
 CLAIMS_OF_WORK = re.compile(
     r"\bdone\b|\brolled out\b|\brolled back\b|^published |^pushed |^built |^rendered \d+|"
     r"^removed |^stopped: (?!nothing)|^locked \d+", re.M)
@@ -114,6 +118,7 @@ def dry_runs(tasks: list[str], published_version: str) -> list[list[str]]:
         runs.append([name, "--env=local", *extra])
         if name in ALSO_DEV:
             runs.append([name, "--env=dev", *extra])
+        runs.extend([name, "--env=local", *extra, *flags] for flags in FLAG_RUNS.get(name, []))
     return runs
 
 

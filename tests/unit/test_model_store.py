@@ -376,3 +376,32 @@ def test_a_fetch_interrupted_mid_switch_never_leaves_a_mix_and_the_next_one_reco
     model_store.fetch(store, tmp_path / "build")
     assert local_set(tmp_path / "build") == (b"two", "2", "2")
     assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]
+
+
+@pytest.mark.parametrize("older, newer", [
+    ("20240611.093000", "20240612.080000"), ("2024.06.2", "2024.06.10"), ("9", "10"),
+    ("v1", "v2"), ("1.0", "1.0.1"),
+])
+def test_versions_compare_with_digit_runs_as_numbers(older, newer):
+    assert model_store.version_order(older) < model_store.version_order(newer)
+    assert model_store.moves_latest(older, newer, promote=False)
+    assert not model_store.moves_latest(newer, older, promote=False)
+    assert model_store.moves_latest(newer, older, promote=True)
+
+
+def test_a_publish_rewrites_a_broken_pointer_instead_of_being_stuck_on_it(store, publish):
+    publish("1", b"one")
+    store.write_bytes(model_store.LATEST_POINTER, b'{"version": "x\\ny"}')
+    publish("0", b"zero")  # older than nothing readable: the pointer is made good again
+    assert model_store.resolve_version(store) == "0"
+
+
+def test_a_publish_whose_metadata_write_fails_removes_the_model_it_uploaded(store, tmp_path):
+    class FailingMetadata(FileStore):
+        def create_bytes(self, key, data):
+            raise PipelineError("the share went away", "try again")
+
+    failing = FailingMetadata(store.root)
+    with pytest.raises(PipelineError, match="the share went away"):
+        model_store.publish(failing, write_model(tmp_path / "m", "1", b"one"), "1")
+    assert store.list_keys() == [] and store.leftover_partials() == []

@@ -97,3 +97,26 @@ def test_the_record_has_one_writer_in_the_package():
         and any(call in path.read_text() for call in writing)
     ]
     assert writers == ["modelship/release_record.py"]
+
+
+@pytest.mark.parametrize("where, value", [
+    (("image", "tag"), "3f2a9c1-f1962600\nevil: label"), (("image", "tag"), "x" * 64),
+    (("image", "tag"), "-starts-with-a-dash"),
+    (("source", "revision"), "3f2a9c1e" * 5 + "\n"), (("source", "revision"), "main; rm -rf /"),
+    (("source", "revision"), "3F2A9C1E" * 5),
+])
+def test_a_tag_or_revision_that_could_reach_a_label_unchecked_is_refused(record_file, where,
+                                                                        value):
+    data = a_record().model_dump(mode="json")
+    data[where[0]][where[1]] = value
+    record_file.parent.mkdir(parents=True)
+    record_file.write_text(json.dumps(data))
+    with pytest.raises(PipelineError, match=rf"is malformed at {where[0]}\.{where[1]}: "):
+        release_record.load(record_file)
+
+
+def test_a_tree_outside_git_still_records_its_revision_as_unknown(record_file):
+    data = a_record().model_dump(mode="json")
+    data["source"]["revision"] = "unknown"
+    release_record.save(ReleaseRecord.model_validate(data), record_file)
+    assert release_record.load(record_file).source.revision == "unknown"

@@ -167,7 +167,7 @@ def record_with(image_id, name, contract):
                   "inputs": "i" * 64},
         "model": {"name": "digits", "version": "1", "sha256": "a" * 64,
                   "golden": [{"instance": [0.0], "label": 1}]},
-        "source": {"revision": "r", "dirty": False},
+        "source": {"revision": "0123abcd" * 5, "dirty": False},
     }
     if contract:
         data["contract_test"] = {"image": contract}

@@ -35,7 +35,8 @@ def keys(tmp_path):
 
 def publish_signed(store, folder, version, private_key, force=False):
     signature = folder / "model.sig"
-    signing.sign(folder / "model.onnx", private_key, signature)
+    signing.sign(folder / "model.onnx", model_store.read_model_dir(folder), private_key,
+                 signature)
     return model_store.publish(store, folder, version, force=force, signature=signature)
 
 
@@ -71,5 +72,22 @@ def test_model_and_metadata_replaced_together_are_caught_by_the_signature(
     store.write_bytes("1/metadata.json", json.dumps(
         {**metadata, "sha256": evil_sha, "size": len(evil), "model_file": evil_file}).encode())
     assert model_store.fetch(store, tmp_path / "plain", "1").sha256 == evil_sha  # integrity: ok
-    with pytest.raises(PipelineError, match="does not verify"):
+    with pytest.raises(PipelineError, match="model bytes, sha256, size differ from what was "
+                                            "signed; refusing the model"):
         model_store.fetch(store, tmp_path / "build", "1", public_key=keys["publisher"][1])
+
+
+def test_a_signature_of_the_model_bytes_alone_is_refused_as_made_before_metadata_signing(
+        store_spec, make_model, keys, tmp_path):  # noqa: F811
+    """Signatures from before the metadata was signed too must be re-published."""
+    import model_signing
+
+    store = model_store.open_store(*store_spec)
+    folder = make_model("1", seed=1)
+    bytes_only = tmp_path / "bytes-only.sig"
+    model_signing.signing.Config().use_elliptic_key_signer(
+        private_key=keys["publisher"][0]).sign(folder / "model.onnx", bytes_only)
+    model_store.publish(store, folder, "1", signature=bytes_only)
+    with pytest.raises(PipelineError, match="covers the model bytes only .*refusing the model"):
+        model_store.fetch(store, tmp_path / "build", public_key=keys["publisher"][1])
+    assert not (tmp_path / "build").exists()

@@ -81,13 +81,19 @@ def test_of_two_concurrent_publishers_of_one_version_exactly_one_wins(store_spec
         winner = next(f for f in folders if model_store.sha256_of(f / "model.onnx")
                       == winners[0]["sha256"])
         assert fetched == (winner / "model.onnx").read_bytes()
+        # The loser removed the model it had uploaded: nothing is left that no version names.
+        assert model_store.list_orphans(model_store.open_store(*store_spec)) == []
 
 
-def run_stalled_publisher(store_spec, folder, version, force, marker):
+def run_stalled_publisher(store_spec, folder, version, force, marker, *,
+                          where="after-upload", stop_signal=signal.SIGKILL):
+    """Run a publisher until it stalls at `where`, then stop it with `stop_signal`; return
+    its exit code and what it printed."""
     process = subprocess.Popen(
         [sys.executable, str(HERE / "stalled_publisher.py"), *store_spec, str(folder), version,
-         "force" if force else "", str(marker)],
+         "force" if force else "", str(marker), where],
         env={**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)},
+        stderr=subprocess.PIPE, text=True,
     )
     try:
         for _ in range(600):  # up to a minute for the upload to finish
@@ -96,8 +102,9 @@ def run_stalled_publisher(store_spec, folder, version, force, marker):
             time.sleep(0.1)
         assert marker.exists(), "the publisher never got past the upload"
     finally:
-        process.send_signal(signal.SIGKILL)
-        process.wait(timeout=30)
+        process.send_signal(stop_signal)
+        _, stderr = process.communicate(timeout=60)
+    return process.returncode, stderr
 
 
 def test_a_forced_publish_killed_midway_leaves_the_version_intact(store_spec, make_model,
