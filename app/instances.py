@@ -55,8 +55,8 @@ def read_json_body(environ: dict, body_limit: int | None) -> bytes:
     return _read_body(environ, body_limit)
 
 
-def decode_json(body: bytes):
-    """The decoded body; 400 if it does not parse."""
+def decode_json(body: bytes, example: str = _EXAMPLE_BODY):
+    """The decoded body; 400 if it does not parse, naming `example` as what was expected."""
     try:
         return orjson.loads(body)  # a fifth of the standard library's time on a 1-row body
     except orjson.JSONDecodeError:
@@ -70,13 +70,13 @@ def decode_json(body: bytes):
         return json.loads(body)
     except RecursionError:
         raise ApiError(
-            400, "malformed_json", f"request body is nested too deeply; expected {_EXAMPLE_BODY}"
+            400, "malformed_json", f"request body is nested too deeply; expected {example}"
         ) from None
     except ValueError as error:  # JSONDecodeError and undecodable bytes alike
         raise ApiError(
             400,
             "malformed_json",
-            f"request body is not valid JSON ({error}); expected {_EXAMPLE_BODY}",
+            f"request body is not valid JSON ({error}); expected {example}",
         ) from None
 
 
