@@ -74,9 +74,9 @@ PROTOCOL_DATATYPES = (*DATATYPE_DTYPES, "BF16")
 _DTYPE_DATATYPES = {dtype: datatype for datatype, dtype in DATATYPE_DTYPES.items()}
 
 _EXAMPLE_BODY = '{"inputs": [{"name": ..., "shape": [rows, features], "datatype": ..., "data": [...]}]}'
-_REQUEST_KEYS = frozenset({"id", "inputs", "outputs", "parameters"})
-_TENSOR_KEYS = frozenset({"name", "shape", "datatype", "data", "parameters"})
-# What a plain request holds, key for key: anything more goes the general way.
+# What a plain request holds, key for key: anything more goes the general way. (Fields the
+# protocol does not name are ignored there, as its servers do: kserve's client sends the
+# model's name in the body.)
 _PLAIN_REQUEST_KEYS = frozenset({"id", "inputs"})
 _PLAIN_TENSOR_KEYS = frozenset({"name", "shape", "datatype", "data"})
 _JSON_CONTENT_TYPE = "application/json"
@@ -292,12 +292,12 @@ def _invalid(message: str) -> ApiError:
 
 def parse_request(payload, spec: InputSpec, datatype: str, max_batch: int,
                   output_names: tuple[str, ...]) -> InferRequest:
-    """The checked request in `payload` (a decoded body), or a 400 saying what is wrong."""
+    """The checked request in `payload` (a decoded body), or a 400 saying what is wrong.
+
+    Fields the protocol does not name are ignored; those it names must be as it says.
+    """
     if not isinstance(payload, dict) or "inputs" not in payload:
         raise _invalid(f'expected a JSON object with an "inputs" list: {_EXAMPLE_BODY}')
-    unknown = sorted(set(payload) - _REQUEST_KEYS)
-    if unknown:
-        raise _invalid(f"unknown request fields; expected only {', '.join(sorted(_REQUEST_KEYS))}")
     request_id = payload.get("id")
     if request_id is not None and not isinstance(request_id, str):
         raise _invalid('"id" must be a string')
@@ -338,9 +338,6 @@ def _parse_tensor(tensor, spec: InputSpec, datatype: str, max_batch: int) -> np.
     missing = [key for key in ("name", "shape", "datatype", "data") if key not in tensor]
     if missing:
         raise _invalid(f"inputs[0] lacks {', '.join(missing)}: {_EXAMPLE_BODY}")
-    if set(tensor) - _TENSOR_KEYS:
-        raise _invalid(f"inputs[0] has unknown fields; expected only "
-                       f"{', '.join(sorted(_TENSOR_KEYS))}")
     if "parameters" in tensor and not isinstance(tensor["parameters"], dict):
         raise _invalid("inputs[0].parameters must be an object")
     if tensor["name"] != spec.name:
