@@ -15,6 +15,7 @@ from __future__ import annotations
 import math
 import os
 import threading
+import weakref
 from dataclasses import dataclass
 from itertools import chain
 
@@ -73,12 +74,8 @@ DATATYPE_DTYPES = {
 PROTOCOL_DATATYPES = (*DATATYPE_DTYPES, "BF16")
 _DTYPE_DATATYPES = {dtype: datatype for datatype, dtype in DATATYPE_DTYPES.items()}
 
-_EXAMPLE_BODY = '{"inputs": [{"name": ..., "shape": [rows, features], "datatype": ..., "data": [...]}]}'
-# What a plain request holds, key for key: anything more goes the general way. (Fields the
-# protocol does not name are ignored there, as its servers do: kserve's client sends the
-# model's name in the body.)
-_PLAIN_REQUEST_KEYS = frozenset({"id", "inputs"})
-_PLAIN_TENSOR_KEYS = frozenset({"name", "shape", "datatype", "data"})
+_EXAMPLE_BODY = ('{"inputs": [{"name": ..., "shape": [rows, features], "datatype": ..., '
+                 '"data": [...]}]}')
 _JSON_CONTENT_TYPE = "application/json"
 _parsers = threading.local()
 
@@ -157,22 +154,20 @@ def infer(app: Flask, environ: dict, name: str, version: str | None) -> bytes:
     check_served(model, name, version)
     config = app.config
     body = _read_body(environ, config["MAX_CONTENT_LENGTH"])
-    datatype = datatype_of(model.input.dtype)
-    parsed = plain_request(body, model.input, datatype, config["MAX_BATCH"])
+    tensors = _tensors_of(model)
+    parsed = plain_request(body, model.input, tensors.input_datatype, config["MAX_BATCH"])
     if parsed is None:  # anything but one plain tensor: the checks that explain it
-        output_names = tuple(output.name for output in model.output_signatures)
-        parsed = parse_request(decode_json(body, _EXAMPLE_BODY), model.input, datatype, config["MAX_BATCH"],
-                               output_names)
-    names = list(parsed.output_names or (output.name for output in model.output_signatures))
+        parsed = parse_request(decode_json(body, _EXAMPLE_BODY), model.input,
+                               tensors.input_datatype, config["MAX_BATCH"], tensors.output_names)
+    names = list(parsed.output_names or tensors.output_names)
     results = model.run(parsed.instances, names)
     metrics.store_of(app).add(metrics.PREDICTIONS, (), len(parsed.instances))
-    signatures = {output.name: output for output in model.output_signatures}
     answer = {
         "model_name": model.name,
         "model_version": model.version,
         "id": parsed.id if parsed.id is not None else request_id_of(environ),
         "outputs": [
-            _output_tensor(name, signatures[name].onnx_type, result)
+            _output_tensor(name, tensors.output_datatypes[name], result)
             for name, result in zip(names, results)
         ],
     }
@@ -181,11 +176,38 @@ def infer(app: Flask, environ: dict, name: str, version: str | None) -> bytes:
     return orjson.dumps(answer, option=orjson.OPT_SERIALIZE_NUMPY)
 
 
-def _output_tensor(name: str, onnx_type: str, result: np.ndarray) -> dict:
+@dataclass(frozen=True)
+class _ModelTensors:
+    """What every infer request asks of the model's signature, worked out once per model."""
+
+    input_datatype: str
+    output_names: tuple[str, ...]
+    output_datatypes: dict
+
+
+_tensors_by_model: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+
+
+def _tensors_of(model: OnnxModel) -> _ModelTensors:
+    known = _tensors_by_model.get(model)
+    if known is not None:
+        return known
+    outputs = model.output_signatures
+    tensors = _ModelTensors(
+        datatype_of(model.input.dtype),
+        tuple(output.name for output in outputs),
+        {output.name: ONNX_DATATYPES.get(output.onnx_type, output.onnx_type)
+         for output in outputs},
+    )
+    _tensors_by_model[model] = tensors
+    return tensors
+
+
+def _output_tensor(name: str, datatype: str, result: np.ndarray) -> dict:
     flat = np.ascontiguousarray(result).reshape(-1)
     return {
         "name": name,
-        "datatype": ONNX_DATATYPES.get(onnx_type, datatype_of(result.dtype)),
+        "datatype": datatype,
         "shape": list(result.shape),
         "data": flat.tolist() if flat.dtype.kind in "OUS" else flat,
     }
@@ -227,32 +249,40 @@ def plain_request(body: bytes, spec: InputSpec, datatype: str, max_batch: int):
 
 
 def _plain_request(document, body: bytes, spec: InputSpec, datatype: str, max_batch: int):
-    if not isinstance(document, simdjson.Object) or not _plain_keys(document, _PLAIN_REQUEST_KEYS):
+    # Keys are checked by count and lookup, not listed: simdjson's keys() and get() cost
+    # more than the rest of this function. Two keys found among two are those two, once
+    # each (simdjson keeps a repeated key and reads its first copy, the standard decoder
+    # its last: a repeated key must go the general way).
+    if not isinstance(document, simdjson.Object):
         return None
-    request_id = document.get("id")
-    if request_id is not None and not isinstance(request_id, str):
+    key_count = len(document)
+    if key_count == 1:
+        request_id = None
+    elif key_count == 2:
+        request_id = document["id"]
+        if not isinstance(request_id, str):
+            return None
+    else:
         return None
     inputs = document["inputs"]
     if not isinstance(inputs, simdjson.Array) or len(inputs) != 1:
         return None
     tensor = inputs[0]
-    if not isinstance(tensor, simdjson.Object) or not _plain_keys(tensor, _PLAIN_TENSOR_KEYS):
-        return None
-    if len(tensor) != len(_PLAIN_TENSOR_KEYS):
+    if not isinstance(tensor, simdjson.Object) or len(tensor) != 4:
         return None
     if tensor["name"] != spec.name or tensor["datatype"] != datatype:
         return None
     shape = tensor["shape"]
-    if not isinstance(shape, simdjson.Array):
+    data = tensor["data"]
+    if not isinstance(shape, simdjson.Array) or not isinstance(data, simdjson.Array):
         return None
     shape = shape.as_list()
-    if len(shape) != 2 or not all(type(dim) is int for dim in shape):
+    if len(shape) != 2 or type(shape[0]) is not int or type(shape[1]) is not int:
         return None
     row_count, feature_count = shape
     if not 0 < row_count <= max_batch or feature_count != spec.feature_count:
         return None
-    data = tensor["data"]
-    if not isinstance(data, simdjson.Array) or len(data) == 0:
+    if len(data) == 0:
         return None
     if isinstance(data[0], simdjson.Array):  # nested: one list per row
         if len(data) != row_count:
@@ -277,13 +307,6 @@ def _plain_request(document, body: bytes, spec: InputSpec, datatype: str, max_ba
     if not np.isfinite(instances).all():
         return None
     return InferRequest(instances, request_id)
-
-
-def _plain_keys(obj, allowed: frozenset) -> bool:
-    keys = list(obj.keys())
-    # simdjson keeps every copy of a repeated key and reads the first; the standard decoder
-    # keeps the last. Bodies with a repeated key go the general way.
-    return len(set(keys)) == len(keys) and set(keys) <= allowed
 
 
 def _invalid(message: str) -> ApiError:

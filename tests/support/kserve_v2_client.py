@@ -4,9 +4,10 @@
 
 kserve pins packages the host's virtualenv cannot take, so it lives in a virtualenv of its
 own (scripts/setup.sh) and the tests (tests/integration/test_open_inference_clients.py)
-run this script there. It reads {"base_url", "model", "input", "rows", "api_key"} on stdin and prints, as one JSON object, what the client reported: liveness,
-readiness, model readiness, an unknown model's readiness, the status of infer without
-the key, and the outputs of one infer call.
+run this script there. It reads {"base_url", "model", "input", "rows", "api_key"} on
+stdin and prints, as one JSON object, what the client reported: liveness, readiness,
+model readiness, an unknown model's readiness, the status of infer without the key, and
+the outputs of one infer call.
 """
 
 from __future__ import annotations
