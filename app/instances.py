@@ -181,6 +181,8 @@ def parse_instances(payload, spec: InputSpec, max_batch: int) -> np.ndarray:
             "batch_too_large",
             f'"instances" has {len(rows)} rows; send at most {max_batch} per request',
         )
+    if spec.dtype.kind == "O":
+        return _text_rows(rows, spec)
     array = _bulk_array(rows, spec)
     if array is None:
         # Something is wrong; walk the rows to name the first bad row and column.
@@ -193,6 +195,22 @@ def parse_instances(payload, spec: InputSpec, max_batch: int) -> np.ndarray:
         instances = array.astype(spec.dtype)
     _check_representable(array, instances, spec)
     return instances
+
+
+def _text_rows(rows: list, spec: InputSpec) -> np.ndarray:
+    """The rows of a model that takes strings, as an object array; 422 for anything else."""
+    for row_index, row in enumerate(rows):
+        if not isinstance(row, list) or len(row) != spec.feature_count:
+            _check_row(row_index, row, spec.feature_count)  # names what is wrong with it
+        for column, value in enumerate(row):
+            if type(value) is not str:
+                raise ApiError(
+                    422,
+                    "non_text_value",
+                    f"row {row_index}, column {column} is {_json_type(value)}; this model "
+                    "takes strings",
+                )
+    return np.array(rows, dtype=object).reshape(len(rows), spec.feature_count)
 
 
 def _bulk_array(rows: list, spec: InputSpec) -> np.ndarray | None:

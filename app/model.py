@@ -44,6 +44,8 @@ _NUMPY_DTYPES = {
     "tensor(uint16)": np.uint16,
     "tensor(uint8)": np.uint8,
     "tensor(bool)": np.bool_,
+    # Text features, as NumPy object arrays of str (the v2 API's BYTES, /score's strings).
+    "tensor(string)": np.object_,
 }
 
 
@@ -176,7 +178,11 @@ class OnnxModel:
         the slow one; the golden replay proves this runtime computes what the data
         scientists saw when they exported the model.
         """
-        self.predict(np.zeros((1, self.input.feature_count), dtype=self.input.dtype))
+        if self.input.dtype.kind == "O":  # zeros of object are the integer 0, not text
+            blank = np.full((1, self.input.feature_count), "", dtype=object)
+        else:
+            blank = np.zeros((1, self.input.feature_count), dtype=self.input.dtype)
+        self.predict(blank)
         golden = self.metadata.get("golden") or []
         if not golden:
             return

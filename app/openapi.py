@@ -34,6 +34,8 @@ def _score_schemas(model: OnnxModel | None, max_batch: int) -> tuple[dict, dict]
         dtype = model.input.dtype
         if dtype.kind == "b":  # /score takes a boolean feature as 0 or 1
             value = {"type": "integer", "minimum": 0, "maximum": 1}
+        elif dtype.kind == "O":  # a model that takes text
+            value = {"type": "string"}
         else:
             limits = np.iinfo(dtype) if np.issubdtype(dtype, np.integer) else np.finfo(dtype)
             # The range is part of the contract: 1e39 is valid JSON but no float32.

@@ -266,9 +266,9 @@ def test_infer_is_counted_and_logged_by_its_route_not_its_url(v2, golden, caplog
 ONNX_TYPES = {
     "BOOL": "BOOL", "UINT8": "UINT8", "UINT16": "UINT16", "UINT32": "UINT32",
     "UINT64": "UINT64", "INT8": "INT8", "INT16": "INT16", "INT32": "INT32", "INT64": "INT64",
-    "FP16": "FLOAT16", "FP32": "FLOAT", "FP64": "DOUBLE",
+    "FP16": "FLOAT16", "FP32": "FLOAT", "FP64": "DOUBLE", "BYTES": "STRING",
 }
-SAMPLE_VALUES = {"BOOL": [True, False, True]}
+SAMPLE_VALUES = {"BOOL": [True, False, True], "BYTES": ["a", "", "ünï"]}
 
 
 def identity_model_dir(tmp_path, datatype: str):
@@ -293,7 +293,7 @@ def identity_model_dir(tmp_path, datatype: str):
 
 
 @pytest.mark.parametrize("datatype", sorted(ONNX_TYPES))
-def test_every_numeric_datatype_is_taken_and_answered_in_kind(make_app, tmp_path, datatype):
+def test_every_datatype_is_taken_and_answered_in_kind(make_app, tmp_path, datatype):
     client = make_app(MODEL_DIR=str(identity_model_dir(tmp_path, datatype))).test_client()
     metadata = client.get("/v2/models/echo").get_json()
     assert metadata["inputs"] == [{"name": "x", "datatype": datatype, "shape": [-1, 3]}]
@@ -334,7 +334,23 @@ def test_values_outside_a_datatype_are_400s(make_app, tmp_path, datatype, value,
     assert says in response.get_json()["error"]
 
 
-def test_bytes_is_taken_where_a_model_takes_strings():
+def test_a_model_that_takes_strings_refuses_numbers_on_both_apis(make_app, tmp_path):
+    client = make_app(MODEL_DIR=str(identity_model_dir(tmp_path, "BYTES"))).test_client()
+    score = client.post("/score", json={"instances": [["a", "b", "c"]]})
+    assert score.get_json()["predictions"] == [["a", "b", "c"]]
+    numbers = client.post("/score", json={"instances": [["a", 1, "c"]]})
+    assert numbers.status_code == 422
+    assert numbers.get_json()["error"]["code"] == "non_text_value"
+    body = {"inputs": [{"name": "x", "shape": [1, 3], "datatype": "BYTES", "data": ["a", 1, "c"]}]}
+    v2 = client.post("/v2/models/echo/infer", json=body)
+    assert v2.status_code == 400
+    assert "data[1] is a number; expected a string" in v2.get_json()["error"]
+    schema = client.get("/openapi.json").get_json()["paths"]["/score"]["post"]["requestBody"]
+    rows = schema["content"]["application/json"]["schema"]["properties"]["instances"]
+    assert rows["items"]["items"] == {"type": "string"}
+
+
+def test_bytes_is_parsed_where_a_model_takes_strings():
     spec = InputSpec("text", 2, np.dtype(object))
     body = {"inputs": [{"name": "text", "shape": [1, 2], "datatype": "BYTES",
                         "data": ["a", "b"]}]}
