@@ -223,6 +223,18 @@ def test_kserve_rest_client_reads_readiness_and_infers_as_score(served):
         assert np.array_equal(got, wanted), name
 
 
+def test_limits_hold_on_the_running_server_in_the_protocols_shape(served):
+    _, server = served
+    url = f"{server.url}/v2/models/{server.metadata['name']}/infer"
+    too_large = requests.post(url, data=b"[" * (1024 * 1024 + 1), headers=KEY_HEADERS,
+                              timeout=30)
+    assert too_large.status_code == 413
+    assert "limit of 1048576 bytes" in too_large.json()["error"]
+    not_json = requests.post(url, data=b"{", headers=KEY_HEADERS, timeout=10)
+    assert not_json.status_code == 400 and isinstance(not_json.json()["error"], str)
+    assert requests.get(url, timeout=10).status_code == 405
+
+
 def test_the_running_server_conforms_to_the_protocols_description(served):
     _, server = served
     # ASCII strings only here: a URL with other characters is a 500 from app.rsgi_bridge

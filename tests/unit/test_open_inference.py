@@ -392,3 +392,34 @@ def test_the_fast_path_takes_plain_tensors_as_the_checks_do(body):
 ])
 def test_the_fast_path_leaves_everything_else_to_the_checks(body):
     assert plain_request(body, SPEC, "FP32", 10) is None
+
+
+# --- a body the server bridge refused ------------------------------------------------
+
+
+def test_a_body_refused_by_the_server_bridge_is_answered_in_the_protocols_shape(make_app):
+    """app.rsgi_bridge hands the front its 413/408/400 for the body; on a v2 URL the answer
+    is {"error": ...}, counted under the infer route, and on /score it keeps its shape."""
+    import io
+
+    from app.errors import body_too_large
+    from app.front import BODY_PROBLEM_KEY
+
+    app = make_app(API_KEY=KEY)
+
+    def refused(path: str):
+        environ = {"REQUEST_METHOD": "POST", "PATH_INFO": path, "wsgi.input": io.BytesIO(),
+                   BODY_PROBLEM_KEY: body_too_large(10)}
+        answered = {}
+        body = b"".join(app.wsgi_app(environ, lambda status, headers: answered.update(
+            status=status, headers=dict(headers))))
+        return answered["status"], json.loads(body)
+
+    status, body = refused("/v2/models/digits/versions/1.2.3/infer")
+    assert status.startswith("413") and body == {
+        "error": "request body is larger than the limit of 10 bytes"}
+    status, body = refused("/score")
+    assert status.startswith("413") and body["error"]["code"] == "payload_too_large"
+    text = app.test_client().get("/metrics").get_data(as_text=True)
+    assert ('route="/v2/models/<model_name>/versions/<model_version>/infer",status="413"} 1.0'
+            in text)
