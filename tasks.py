@@ -122,7 +122,8 @@ def render(c, env=None, image=None, check=False, against=None, require_checkov=F
 
 @pipeline_task("apply", help={
     "yes": "Do not ask for confirmation where the environment asks for it (prod).",
-    "smoke": "After the rollout, check /readyz and one golden /score through the Service.",
+    "smoke": "After the rollout, check /readyz and one golden sample through /score and v2 "
+             "infer through the Service.",
 })
 def apply(c, env=None, yes=False, smoke=True, verbose=False):
     """Roll out the pushed image: kubectl apply + rollout status, or run it on the local engine."""

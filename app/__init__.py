@@ -14,7 +14,7 @@ import os
 
 from flask import Flask
 
-from app import auth, errors, metrics, model, request_log
+from app import auth, errors, metrics, model, open_inference, request_log
 from app.front import ServiceFront
 from app.routes import api
 
@@ -74,5 +74,7 @@ def create_app(test_config=None) -> Flask:
     metrics.init_app(app)
     model.init_app(app)
     app.register_blueprint(api)
-    app.wsgi_app = ServiceFront(app)  # ids, logs and metrics for all; answers POST /score
+    app.register_blueprint(open_inference.api)  # the Open Inference Protocol (v2)
+    # ids, logs and metrics for all; answers POST /score and v2 infer itself
+    app.wsgi_app = ServiceFront(app)
     return app

@@ -2,8 +2,9 @@
 
 The key comes from `API_KEY`, or from the file `API_KEY_FILE` names (a mounted
 Kubernetes secret). Without either, scoring is open and the app says so once at
-start. Only /score is guarded (by `check_api_key` in app.scoring): probes, metrics
-and the API description must stay reachable by the platform. This module must never
+start. Only scoring is guarded, /score and v2 infer (by `check_api_key` in app.scoring and
+app.open_inference): probes, metrics and the API descriptions must stay reachable by the
+platform. This module must never
 log or echo a key, offered or configured, and never compare keys in a way whose
 timing depends on how much of the key a caller guessed right.
 """
@@ -94,6 +95,6 @@ def init_app(app: Flask) -> None:
     app.extensions[_EXTENSION_KEY] = _digest(key) if key else None
     if key is None:
         logger.warning(
-            "no API key configured: POST /score answers anyone who can reach it; "
+            "no API key configured: POST /score and v2 infer answer anyone who can reach them; "
             "set API_KEY or API_KEY_FILE to require one"
         )

@@ -41,16 +41,29 @@ class ApiError(Exception):
         self.headers = headers
 
 
+OPEN_INFERENCE_PREFIX = "/v2"
+
+
+def speaks_open_inference(path: str) -> bool:
+    """True for the Open Inference Protocol's URLs, whose errors are {"error": "<message>"}."""
+    return path == OPEN_INFERENCE_PREFIX or path.startswith(OPEN_INFERENCE_PREFIX + "/")
+
+
 def error_response(status: int, code: str, message: str, headers=None):
-    response = jsonify({"error": {"code": code, "message": message}})
+    if speaks_open_inference(request.path):
+        response = jsonify({"error": message})
+    else:
+        response = jsonify({"error": {"code": code, "message": message}})
     response.status_code = status
     if headers:
         response.headers.extend(headers)
     return response
 
 
-def error_body(code: str, message: str) -> bytes:
+def error_body(code: str, message: str, open_inference: bool = False) -> bytes:
     """The JSON body of an error, for responses built without Flask (app.front)."""
+    if open_inference:  # the protocol's shape: the message alone
+        return orjson.dumps({"error": message})
     return orjson.dumps({"error": {"code": code, "message": message}})
 
 
@@ -62,10 +75,17 @@ def _handle_api_error(error: ApiError):
     return error_response(error.status, error.code, error.message, error.headers)
 
 
-def http_error_as_api_error(error: HTTPException, method: str, body_limit) -> ApiError:
+def http_error_as_api_error(error: HTTPException, method: str, body_limit,
+                            path: str = "") -> ApiError:
     """What a Werkzeug HTTP error (routing, body size) says to the client, in our terms."""
     code = _HTTP_ERROR_CODES.get(error.code) or _snake_case(error.name)
-    if error.code == 404:
+    if error.code == 404 and speaks_open_inference(path):
+        message = (
+            "no such endpoint of the Open Inference Protocol; see GET /v2, /v2/health/live, "
+            "/v2/health/ready, /v2/models/<name>[/versions/<version>][/ready] and "
+            "POST /v2/models/<name>[/versions/<version>]/infer"
+        )
+    elif error.code == 404:
         message = (
             "no such endpoint; see POST /score, /healthz, /readyz, /version, /metrics "
             "and /openapi.json"
@@ -94,7 +114,7 @@ def body_too_large(body_limit, headers=None) -> ApiError:
 
 def _handle_http_exception(error: HTTPException):
     return _handle_api_error(
-        http_error_as_api_error(error, request.method, request.max_content_length)
+        http_error_as_api_error(error, request.method, request.max_content_length, request.path)
     )
 
 

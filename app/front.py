@@ -1,8 +1,9 @@
-"""The WSGI layer in front of Flask: each request's id, log line and metrics, and /score.
+"""The WSGI layer in front of Flask: each request's id, log line and metrics, and scoring.
 
 Every request passes through `ServiceFront`, which gives it a request id, times it,
 and once it is answered writes its one log line and counts it in the metrics. POST
-/score is answered right here by `app.scoring`; everything else (probes, version,
+/score is answered right here by `app.scoring`, and the Open Inference Protocol's POST
+/v2/models/.../infer by `app.open_inference`; everything else (probes, version,
 metrics, the API description, routing errors such as a GET on /score) goes on to
 Flask. Scoring skips Flask because, on a 1-row request, Flask's request context,
 hooks and response object cost more than parsing, validating and predicting
@@ -18,13 +19,14 @@ from http import HTTPStatus
 from flask import Flask, request
 from werkzeug.exceptions import HTTPException
 
-from app import metrics, scoring
+from app import metrics, open_inference, scoring
 from app.errors import (
     INTERNAL_ERROR_MESSAGE,
     ApiError,
     error_body,
     http_error_as_api_error,
     log_unexpected_error,
+    speaks_open_inference,
 )
 from app.request_log import REQUEST_ID_HEADER, log_request, request_id_for
 
@@ -53,38 +55,59 @@ class ServiceFront:
         started = time.perf_counter()
         request_id = request_id_for(environ)
         method = environ.get("REQUEST_METHOD", "")
-        is_scoring = method == scoring.METHOD and environ.get("PATH_INFO") == scoring.ROUTE
+        path = environ.get("PATH_INFO", "")
+        is_scoring = method == scoring.METHOD and path == scoring.ROUTE
+        infer_target = None
+        if not is_scoring and open_inference.is_infer_request(method, path):
+            infer_target = open_inference.infer_target(path)
         problem = environ.get(REQUEST_PROBLEM_KEY)
         if problem is not None:
-            status, headers, body = self._error(problem, request_id)
+            status, headers, body = self._error(problem, request_id,
+                                                speaks_open_inference(path))
+            route = scoring.ROUTE if is_scoring else infer_target and infer_target[2]
             start_response(_STATUS_LINES[status], headers)
-            finish_request(self._metric_store, environ, method,
-                           scoring.ROUTE if is_scoring else None, status, started, request_id)
+            finish_request(self._metric_store, environ, method, route, status, started,
+                           request_id)
             return [body]
         if is_scoring:
-            status, headers, body = self._score(environ, method, request_id)
+            status, headers, body = self._answer(scoring.score, (self._app, environ), method,
+                                                 request_id, False)
             start_response(_STATUS_LINES[status], headers)
             finish_request(self._metric_store, environ, method, scoring.ROUTE, status, started,
                            request_id)
             return [body]
+        if infer_target is not None:
+            name, version, route = infer_target
+            status, headers, body = self._answer(
+                open_inference.infer, (self._app, environ, name, version), method, request_id,
+                True)
+            start_response(_STATUS_LINES[status], headers)
+            finish_request(self._metric_store, environ, method, route, status, started,
+                           request_id)
+            return [body]
         return self._through_flask(environ, start_response, method, started, request_id)
 
-    def _score(self, environ: dict, method: str, request_id: str) -> tuple[int, list, bytes]:
+    def _answer(self, handler, arguments: tuple, method: str, request_id: str,
+                open_inference_errors: bool) -> tuple[int, list, bytes]:
+        """Status, headers and body of `handler(*arguments)`, errors rendered in its API's shape."""
         try:
-            body = scoring.score(self._app, environ)
+            body = handler(*arguments)
         except ApiError as error:
-            return self._error(error, request_id)
+            return self._error(error, request_id, open_inference_errors)
         except HTTPException as error:  # a body over the limit, a client gone mid-body
             limit = self._app.config["MAX_CONTENT_LENGTH"]
-            return self._error(http_error_as_api_error(error, method, limit), request_id)
+            return self._error(http_error_as_api_error(error, method, limit), request_id,
+                               open_inference_errors)
         except Exception:
             log_unexpected_error(request_id)
-            return self._error(ApiError(500, "internal", INTERNAL_ERROR_MESSAGE), request_id)
+            return self._error(ApiError(500, "internal", INTERNAL_ERROR_MESSAGE), request_id,
+                               open_inference_errors)
         return 200, _headers(body, request_id), body
 
     @staticmethod
-    def _error(error: ApiError, request_id: str) -> tuple[int, list, bytes]:
-        body = error_body(error.code, error.message)
+    def _error(error: ApiError, request_id: str,
+               open_inference_errors: bool = False) -> tuple[int, list, bytes]:
+        body = error_body(error.code, error.message, open_inference_errors)
         headers = _headers(body, request_id)
         extra = error.headers or ()
         headers.extend(extra.items() if isinstance(extra, dict) else extra)

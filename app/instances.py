@@ -55,8 +55,8 @@ def read_json_body(environ: dict, body_limit: int | None) -> bytes:
     return _read_body(environ, body_limit)
 
 
-def decode_json(body: bytes):
-    """The decoded body; 400 if it does not parse."""
+def decode_json(body: bytes, example: str = _EXAMPLE_BODY):
+    """The decoded body; 400 if it does not parse, naming `example` as what was expected."""
     try:
         return orjson.loads(body)  # a fifth of the standard library's time on a 1-row body
     except orjson.JSONDecodeError:
@@ -70,13 +70,13 @@ def decode_json(body: bytes):
         return json.loads(body)
     except RecursionError:
         raise ApiError(
-            400, "malformed_json", f"request body is nested too deeply; expected {_EXAMPLE_BODY}"
+            400, "malformed_json", f"request body is nested too deeply; expected {example}"
         ) from None
     except ValueError as error:  # JSONDecodeError and undecodable bytes alike
         raise ApiError(
             400,
             "malformed_json",
-            f"request body is not valid JSON ({error}); expected {_EXAMPLE_BODY}",
+            f"request body is not valid JSON ({error}); expected {example}",
         ) from None
 
 
@@ -181,6 +181,8 @@ def parse_instances(payload, spec: InputSpec, max_batch: int) -> np.ndarray:
             "batch_too_large",
             f'"instances" has {len(rows)} rows; send at most {max_batch} per request',
         )
+    if spec.dtype.kind == "O":
+        return _text_rows(rows, spec)
     array = _bulk_array(rows, spec)
     if array is None:
         # Something is wrong; walk the rows to name the first bad row and column.
@@ -193,6 +195,22 @@ def parse_instances(payload, spec: InputSpec, max_batch: int) -> np.ndarray:
         instances = array.astype(spec.dtype)
     _check_representable(array, instances, spec)
     return instances
+
+
+def _text_rows(rows: list, spec: InputSpec) -> np.ndarray:
+    """The rows of a model that takes strings, as an object array; 422 for anything else."""
+    for row_index, row in enumerate(rows):
+        if not isinstance(row, list) or len(row) != spec.feature_count:
+            _check_row(row_index, row, spec.feature_count)  # names what is wrong with it
+        for column, value in enumerate(row):
+            if type(value) is not str:
+                raise ApiError(
+                    422,
+                    "non_text_value",
+                    f"row {row_index}, column {column} is {_json_type(value)}; this model "
+                    "takes strings",
+                )
+    return np.array(rows, dtype=object).reshape(len(rows), spec.feature_count)
 
 
 def _bulk_array(rows: list, spec: InputSpec) -> np.ndarray | None:

@@ -37,6 +37,15 @@ _NUMPY_DTYPES = {
     "tensor(float16)": np.float16,
     "tensor(int64)": np.int64,
     "tensor(int32)": np.int32,
+    "tensor(int16)": np.int16,
+    "tensor(int8)": np.int8,
+    "tensor(uint64)": np.uint64,
+    "tensor(uint32)": np.uint32,
+    "tensor(uint16)": np.uint16,
+    "tensor(uint8)": np.uint8,
+    "tensor(bool)": np.bool_,
+    # Text features, as NumPy object arrays of str (the v2 API's BYTES, /score's strings).
+    "tensor(string)": np.object_,
 }
 
 
@@ -50,6 +59,16 @@ _JSON_TYPES = {
 
 class ModelLoadError(Exception):
     """The model directory cannot be served as it is; the message says why."""
+
+
+@dataclass(frozen=True)
+class TensorSignature:
+    """One input or output as the ONNX graph declares it; a dimension is a number, or a
+    name or None where it varies (the batch)."""
+
+    name: str
+    onnx_type: str
+    shape: tuple
 
 
 @dataclass(frozen=True)
@@ -118,6 +137,11 @@ class OnnxModel:
         self._output_names = [self._prediction_output]
         if self._probability_output:
             self._output_names.append(self._probability_output)
+        # The tensors the v2 API describes and answers; a ZipMap's sequence of maps is none.
+        self.input_signature = _signature(self._session.get_inputs()[0])
+        self.output_signatures = tuple(
+            _signature(output) for output in outputs if output.type.startswith("tensor(")
+        )
         self.warm_up()
 
     @property
@@ -143,6 +167,10 @@ class OnnxModel:
             return {"predictions": _json_ready(predictions)}
         return {"predictions": _json_ready(predictions), "probabilities": _json_ready(outputs[1])}
 
+    def run(self, instances: np.ndarray, output_names: list[str]) -> list[np.ndarray]:
+        """The named outputs for `instances`, as onnxruntime returns them (v2 API)."""
+        return self._session.run(output_names, {self._input_name: instances})
+
     def warm_up(self) -> None:
         """Run once before taking traffic, then replay the golden samples if there are any.
 
@@ -150,7 +178,11 @@ class OnnxModel:
         the slow one; the golden replay proves this runtime computes what the data
         scientists saw when they exported the model.
         """
-        self.predict(np.zeros((1, self.input.feature_count), dtype=self.input.dtype))
+        if self.input.dtype.kind == "O":  # zeros of object are the integer 0, not text
+            blank = np.full((1, self.input.feature_count), "", dtype=object)
+        else:
+            blank = np.zeros((1, self.input.feature_count), dtype=self.input.dtype)
+        self.predict(blank)
         golden = self.metadata.get("golden") or []
         if not golden:
             return
@@ -190,6 +222,10 @@ class OnnxModel:
                 f"nor {METADATA_FILENAME} 'input.shape' gives it"
             )
         return InputSpec(model_input.name, feature_count, np.dtype(dtype))
+
+
+def _signature(node) -> TensorSignature:
+    return TensorSignature(node.name, node.type, tuple(node.shape or ()))
 
 
 @dataclass(frozen=True)

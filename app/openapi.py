@@ -32,13 +32,18 @@ def _score_schemas(model: OnnxModel | None, max_batch: int) -> tuple[dict, dict]
         value, feature_bounds, prediction = {"type": "number"}, {}, {}
     else:
         dtype = model.input.dtype
-        limits = np.iinfo(dtype) if np.issubdtype(dtype, np.integer) else np.finfo(dtype)
-        # The range is part of the contract: 1e39 is valid JSON but no float32.
-        value = {
-            "type": "integer" if np.issubdtype(dtype, np.integer) else "number",
-            "minimum": limits.min.item(),
-            "maximum": limits.max.item(),
-        }
+        if dtype.kind == "b":  # /score takes a boolean feature as 0 or 1
+            value = {"type": "integer", "minimum": 0, "maximum": 1}
+        elif dtype.kind == "O":  # a model that takes text
+            value = {"type": "string"}
+        else:
+            limits = np.iinfo(dtype) if np.issubdtype(dtype, np.integer) else np.finfo(dtype)
+            # The range is part of the contract: 1e39 is valid JSON but no float32.
+            value = {
+                "type": "integer" if np.issubdtype(dtype, np.integer) else "number",
+                "minimum": limits.min.item(),
+                "maximum": limits.max.item(),
+            }
         count = model.input.feature_count
         feature_bounds = {"minItems": count, "maxItems": count}
         # null: the model's output overflowed (inputs far outside its training range).

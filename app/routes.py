@@ -3,8 +3,8 @@
 Handlers stay thin: scoring itself lives in `app.scoring` (served by `app.front`),
 the model is reached through `app.model`, and every failure is an `ApiError` or an
 HTTP error rendered as JSON by `app.errors`. No handler may load a model or touch
-the file system, and only `/score` may require an API key: the platform's probes
-and scrapers carry none.
+the file system, and only scoring (`/score`, and v2 infer in `app.open_inference`) may
+require an API key: the platform's probes and scrapers carry none.
 """
 
 from __future__ import annotations

@@ -4,7 +4,9 @@
 
 Trains the sample digits model into a temporary directory, then on 127.0.0.1 only:
 measures launch-to-ready of the app (`python -m app.serve`), drives it with `wrk`
-(1-row and 100-row POST /score, API key on, request log and metrics on), drives the
+(1-row and 100-row POST /score, and the same rows through the Open Inference Protocol's
+POST /v2/models/<name>/infer, the two alternating in short runs on the same server, API
+key on, request log and metrics on), drives the
 HTTP floor (Flask answering a constant JSON under the project's previous gunicorn
 configuration, benchmarks/gunicorn_floor_conf.py) the same way, alternating floor
 and app for several rounds, then holds 16 slow clients open against the app (8 send
@@ -48,6 +50,7 @@ TARGET_HUNDRED_ROW_SHARE = 0.80
 TARGET_P99_MS = 10.0
 TARGET_READY_SECONDS = 1.0
 TARGET_SLOW_CLIENT_P99_MS = 50.0
+TARGET_V2_SHARE = 0.90  # v2 infer against /score, same rows, same server
 SLOW_CLIENTS = 16
 
 
@@ -183,17 +186,53 @@ def raw_onnxruntime_rate(model_path: Path, rows: np.ndarray, seconds: float = 2.
     return calls * len(rows) / elapsed
 
 
-def measure(command: list, environment: dict, scripts: dict, log_path: Path, args) -> dict:
-    """One server's wrk figures for every batch size, from a fresh launch."""
+def measure(command: list, environment: dict, targets: dict, log_path: Path, args) -> dict:
+    """One server's wrk figures for every {key: (path, script)} target, from a fresh launch."""
     figures = {}
     with Server(command, environment, log_path) as server:
         server.wait_ready()
-        for size, script in scripts.items():
+        for key, (path, script) in targets.items():
             # A short warm-up run so both servers start from warm workers.
-            run_wrk(f"{server.url}/score", script, 2, args.connections, args.wrk_threads)
-            figures[size] = run_wrk(
-                f"{server.url}/score", script, args.duration, args.connections, args.wrk_threads
+            run_wrk(f"{server.url}{path}", script, 2, args.connections, args.wrk_threads)
+            figures[key] = run_wrk(
+                f"{server.url}{path}", script, args.duration, args.connections, args.wrk_threads
             )
+    return figures
+
+
+def measure_side_by_side(command: list, environment: dict, pairs: dict, log_path: Path,
+                         args) -> dict:
+    """Per {(key, key): ((path, script), (path, script))} pair, both targets' figures from
+    short wrk runs that alternate between them (A B B A ...) on one fresh server.
+
+    What the pair compares (v2 infer against /score) is then measured under the same
+    load from the rest of a shared machine, whose drift over a run would otherwise fall
+    on whichever came second. Rates are the mean of the slices, latencies their median.
+    """
+    seconds = max(1, round(args.duration / args.slices))
+    figures = {}
+    with Server(command, environment, log_path) as server:
+        server.wait_ready()
+        for keys, targets in pairs.items():
+            for path, script in targets:
+                run_wrk(f"{server.url}{path}", script, 2, args.connections, args.wrk_threads)
+            slices = {key: [] for key in keys}
+            for number in range(args.slices):
+                order = list(zip(keys, targets))
+                for key, (path, script) in order if number % 2 == 0 else reversed(order):
+                    slices[key].append(run_wrk(f"{server.url}{path}", script, seconds,
+                                               args.connections, args.wrk_threads))
+            for key, runs in slices.items():
+                figures[key] = {
+                    "requests_per_second": statistics.mean(
+                        run["requests_per_second"] for run in runs),
+                    **{name: statistics.median(run[name] for run in runs)
+                       for name in ("p50_ms", "p90_ms", "p99_ms")},
+                    "non_2xx": sum(run["non_2xx"] for run in runs),
+                    "socket_errors": "; ".join(run["socket_errors"] for run in runs
+                                               if run["socket_errors"]),
+                    "slices": [run["requests_per_second"] for run in runs],
+                }
     return figures
 
 
@@ -257,6 +296,9 @@ def main() -> int:
     # wrk shares the machine's CPUs with the server; one thread drives 16 connections
     # at these rates and leaves the server more of them.
     parser.add_argument("--wrk-threads", type=int, default=1)
+    # The app's /score and v2 infer runs alternate in this many slices of each run.
+    parser.add_argument("--slices", type=int, default=4,
+                        help="alternating /score and v2 runs making up each app run")
     parser.add_argument("--json", type=Path, help="also write every figure to this file")
     args = parser.parse_args()
     if not shutil.which("wrk"):
@@ -264,6 +306,8 @@ def main() -> int:
         return 2
     if args.rounds < 1:
         parser.error("--rounds must be at least 1")
+    if args.slices < 1:
+        parser.error("--slices must be at least 1")
 
     from modelship.sample_model import train_digits_model
 
@@ -279,6 +323,17 @@ def main() -> int:
             size: wrk_script(scratch, f"rows{size}", json.dumps({"instances": batch}), headers)
             for size, batch in rows.items()
         }
+        # The same rows through the Open Inference Protocol, data flat as its clients send it.
+        v2_scripts = {
+            size: wrk_script(scratch, f"v2-rows{size}", json.dumps({"inputs": [{
+                "name": "input", "shape": [len(batch), len(batch[0])], "datatype": "FP32",
+                "data": [value for row in batch for value in row]}]}), headers)
+            for size, batch in rows.items()
+        }
+        v2_path = f"/v2/models/{metadata['name']}/infer"
+        floor_targets = {size: ("/score", script) for size, script in scripts.items()}
+        app_pairs = {(size, f"v2_{size}"): (("/score", scripts[size]), (v2_path, v2_scripts[size]))
+                     for size in rows}
 
         figures = {
             "cpus": os.cpu_count(),
@@ -296,15 +351,17 @@ def main() -> int:
         rounds = []
         app_log = scratch / "app.log"
         for number in range(1, args.rounds + 1):
-            floor = measure(FLOOR_COMMAND, {}, scripts, scratch / "floor.log", args)
-            app = measure(APP_COMMAND, app_environment, scripts, app_log, args)
+            floor = measure(FLOOR_COMMAND, {}, floor_targets, scratch / "floor.log", args)
+            app = measure_side_by_side(APP_COMMAND, app_environment, app_pairs, app_log, args)
             served = subprocess.run(
                 ["grep", "-c", '"route": "/score"', str(app_log)], capture_output=True, text=True
             ).stdout.strip()
             rounds.append({"floor": floor, "app": app, "app_request_log_lines": int(served or 0)})
             print(f"round {number}/{args.rounds}: " + "; ".join(
                 f"{size}-row app/floor {app[size]['requests_per_second']:.0f}/"
-                f"{floor[size]['requests_per_second']:.0f} req/s" for size in scripts
+                f"{floor[size]['requests_per_second']:.0f} req/s, v2/score "
+                f"{app[f'v2_{size}']['requests_per_second']:.0f}/"
+                f"{app[size]['requests_per_second']:.0f} req/s" for size in scripts
             ), file=sys.stderr, flush=True)
         figures["rounds"] = rounds
         figures["slow_clients"] = slow_client_run(
@@ -351,6 +408,25 @@ def report(figures: dict) -> bool:
             f"  median: app/floor {medians[size][0]:.0%}, app p99 {medians[size][1]:.2f} ms"
             f" | raw onnxruntime {raw:,.0f} rows/s on one thread"
         )
+    v2_shares = {}
+    for size in (1, 100):
+        print(f"{size}-row POST /v2/models/<name>/infer against /score, alternating on one "
+              "server:")
+        shares = []
+        for number, round_figures in enumerate(rounds, 1):
+            v2, score = round_figures["app"][f"v2_{size}"], round_figures["app"][size]
+            # Each v2 slice against the /score slice run next to it, then the median: the
+            # machine's load changes from one slice to the next far more than within a pair.
+            share = statistics.median(
+                v2_rate / score_rate for v2_rate, score_rate in zip(v2["slices"], score["slices"]))
+            shares.append(share)
+            errors = f", non-2xx {v2['non_2xx']}" if v2["non_2xx"] else ""
+            print(f"  round {number}: v2 {v2['requests_per_second']:6.0f} req/s "
+                  f"(p50 {v2['p50_ms']:5.2f} ms, p99 {v2['p99_ms']:5.2f} ms{errors}) | "
+                  f"/score {score['requests_per_second']:6.0f} req/s | v2//score {share:.0%} "
+                  f"(median of {len(v2['slices'])} side-by-side slices)")
+        v2_shares[size] = statistics.median(shares)
+        print(f"  median: v2//score {v2_shares[size]:.0%}")
     logged = sum(round_figures["app_request_log_lines"] for round_figures in rounds)
     print(f"request log: {logged} /score lines written by the app")
     slow = figures["slow_clients"]
@@ -380,6 +456,12 @@ def report(figures: dict) -> bool:
          and all(run["non_2xx"] == 0 for run in slow.values()),
          f"{worst_slow_p99:.2f} ms (worse of /healthz and /score)"),
     ]
+    for size in (1, 100):
+        v2_errors = sum(round_figures["app"][f"v2_{size}"]["non_2xx"] for round_figures in rounds)
+        checks.append((
+            f"{size}-row v2 infer rate >= {TARGET_V2_SHARE:.0%} of /score",
+            v2_shares[size] >= TARGET_V2_SHARE and v2_errors == 0,
+            f"{v2_shares[size]:.1%} (median of {len(rounds)}), non-2xx {v2_errors}"))
     for name, passed, value in checks:
         print(f"{'PASS' if passed else 'MISS'}  {name}: {value}")
     return all(passed for _, passed, _ in checks)

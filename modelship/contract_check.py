@@ -1,7 +1,7 @@
 """The container contract test: start the built image, prove it serves its model, remove it.
 
 Runs before any push: readiness within a deadline, the model's golden samples through
-`/score`, `/version` against the image's own labels, a non-root process, the production
+`/score` and through the Open Inference Protocol's v2 infer, `/version` against the image's own labels, a non-root process, the production
 HTTP server (Granian, started by `python -m app.serve`), and no secret-looking value in the
 image's history or environment. The container uses host networking on a free
 loopback port and is removed afterwards, pass or fail. It must never leave a container behind.
@@ -17,7 +17,7 @@ import requests
 from .engine import container_logs, container_running
 from .errors import PipelineError
 from .names import MODEL_SHA256_LABEL, MODEL_VERSION_LABEL, REVISION_LABEL, ROLE_LABEL
-from .service_checks import check_golden, check_version, wait_ready
+from .service_checks import check_golden, check_golden_v2, check_version, wait_ready
 
 # Shapes of credentials that must never be baked into an image.
 SECRET_PATTERNS = {
@@ -123,5 +123,7 @@ def run_contract(client, image_ref: str, metadata: dict, echo) -> None:
         check_labels_match(check_version(base_url, metadata), image.labels)
         count = check_golden(base_url, metadata)
         echo(f"  /score matched {count} golden samples (app.golden, within tolerance)")
+        count = check_golden_v2(base_url, metadata)
+        echo(f"  v2 infer matched {count} golden samples (app.golden, within tolerance)")
     finally:
         container.remove(force=True)

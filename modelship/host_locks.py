@@ -1,11 +1,13 @@
 """The host side's pinned installs, locked the way the image's dependencies are.
 
-Three locks, each made by `invoke lock` and installed from by scripts/setup.sh and local.up:
+Four locks, each made by `invoke lock` and installed from by scripts/setup.sh and local.up:
 - requirements/host.lock: the toolkit's virtualenv (.venv), every package of setup.cfg's
   `install_requires` and its `publish`, `serve` and `test` extras, plus pip and the build
   backend that installs the project itself (`--no-deps --no-build-isolation -e .`);
 - requirements/checkov.lock: checkov, in a virtualenv of its own (it pins older packages than
   the toolkit uses);
+- requirements/kserve.lock: the kserve package, whose REST client the v2 API tests use, in a
+  virtualenv of its own too (it pins protobuf below the version onnx needs);
 - requirements/azurite/package-lock.json: the Azure Blob Storage emulator, installed with
   `npm ci`.
 The Python locks come from wheelhouse.lock_requirements (wheels only, sha256 hashes) for
@@ -32,6 +34,8 @@ HOST_EXTRAS = ("publish", "serve", "test")
 HOST_INSTALLERS = ("pip", "setuptools>=68", "wheel")
 CHECKOV_IN = REQUIREMENTS_DIR / "checkov.in"
 CHECKOV_LOCK = REQUIREMENTS_DIR / "checkov.lock"
+KSERVE_IN = REQUIREMENTS_DIR / "kserve.in"
+KSERVE_LOCK = REQUIREMENTS_DIR / "kserve.lock"
 AZURITE_DIR = REQUIREMENTS_DIR / "azurite"
 HOST_PYTHON = "3.11"
 HOST_PLATFORM = "linux/amd64"
@@ -75,6 +79,12 @@ def lock_checkov() -> int:
     from .wheelhouse import lock_requirements
 
     return lock_requirements(CHECKOV_IN, CHECKOV_LOCK, HOST_PYTHON, HOST_PLATFORM)
+
+
+def lock_kserve() -> int:
+    from .wheelhouse import lock_requirements
+
+    return lock_requirements(KSERVE_IN, KSERVE_LOCK, HOST_PYTHON, HOST_PLATFORM)
 
 
 def lock_azurite() -> str:

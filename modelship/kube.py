@@ -380,16 +380,19 @@ def smoke_api_key(c, settings: Settings, environ: Mapping[str, str] = os.environ
 
 def smoke_test(settings: Settings, metadata: dict, api_key: str | None = None,
                echo: Echo = print, ready_seconds: float = 60) -> None:
-    """Readiness and one golden /score through the Service, via a local port-forward."""
+    """Readiness and one golden sample through /score and through v2 infer, through the
+    Service, via a local port-forward."""
     local_port = int(settings.deployment.smoke_local_port)
+    key_fix = (f"Set {SMOKE_KEY_ENV} to the key, or allow the deployer to read the API key "
+               "Secret (kubectl get secret).")
     with port_forward(settings, local_port) as (base_url, alive, log):
         service_checks.wait_ready(base_url, ready_seconds, alive, log)
-        service_checks.check_golden(
-            base_url, metadata, limit=1, api_key=api_key,
-            key_fix=f"Set {SMOKE_KEY_ENV} to the key, or allow the deployer to read the API key "
-                    "Secret (kubectl get secret).",
-        )
-    echo(f"smoke test passed through service/{settings.app_name}: /readyz and one golden /score")
+        service_checks.check_golden(base_url, metadata, limit=1, api_key=api_key,
+                                    key_fix=key_fix)
+        service_checks.check_golden_v2(base_url, metadata, limit=1, api_key=api_key,
+                                       key_fix=key_fix)
+    echo(f"smoke test passed through service/{settings.app_name}: /readyz and one golden "
+         "sample through /score and v2 infer")
 
 
 def smoke_step(c, settings: Settings, metadata: dict | None,
@@ -397,7 +400,8 @@ def smoke_step(c, settings: Settings, metadata: dict | None,
     """The smoke test as `apply` runs it; without metadata (a dry run) it only says what."""
     if metadata is None:
         return lambda: echo(f"[dry] would port-forward service/{settings.app_name} to "
-                            "127.0.0.1 and check /readyz and one golden /score")
+                            "127.0.0.1 and check /readyz and one golden sample through /score "
+                            "and v2 infer")
     return lambda: smoke_test(settings, metadata, smoke_api_key(c, settings), echo)
 
 

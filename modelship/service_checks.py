@@ -1,7 +1,8 @@
 """Checks against a running instance of the serving app, over HTTP.
 
 Shared by the container contract test, the local deployment and the post-rollout smoke
-test: readiness with a deadline, and the model's golden samples through `/score`. It must
+test: readiness with a deadline, and the model's golden samples through `/score` and (the
+contract and smoke tests) through the Open Inference Protocol's `/v2/.../infer`. It must
 never send anything to an address the caller did not give it.
 """
 
@@ -72,6 +73,72 @@ def check_golden(base_url: str, metadata: dict, limit: int | None = None,
         raise PipelineError(
             f"/score disagrees with the published model: {mismatch}.",
             "The served model is not the published one, or the app mangles input.",
+        )
+    return len(samples)
+
+
+def _v2_call(method: str, url: str, what: str, headers: dict, key_fix: str, **kwargs) -> dict:
+    try:
+        response = requests.request(method, url, headers=headers, timeout=10, **kwargs)
+    except requests.RequestException as error:
+        raise PipelineError(f"{what} at {url} did not answer: {error}.",
+                            "Check the service's logs.") from None
+    if response.status_code == 401:
+        raise PipelineError(f"{what} refused the golden samples (401): no valid API key was "
+                            "sent.", key_fix)
+    if response.status_code != 200:
+        raise PipelineError(
+            f"{what} answered {response.status_code}: {response.text[:200]}",
+            "The service does not serve its model over the v2 API; check its logs.",
+        )
+    return response.json()
+
+
+def v2_answer_as_score(model_metadata: dict, answer: dict) -> dict:
+    """A v2 infer answer in /score's terms: the first output's values are the predictions, a
+    second [rows, classes] output the probabilities (the order app.model reads them in)."""
+    outputs = {output.get("name"): output for output in answer.get("outputs") or []}
+    declared = model_metadata.get("outputs") or []
+    if not declared or declared[0].get("name") not in outputs:
+        return {"predictions": []}
+    result = {"predictions": list(outputs[declared[0]["name"]].get("data") or [])}
+    if len(declared) > 1 and len(declared[1].get("shape") or []) == 2 \
+            and declared[1].get("name") in outputs:
+        probabilities = outputs[declared[1]["name"]]
+        shape = probabilities.get("shape") or [0, 0]
+        data, width = list(probabilities.get("data") or []), shape[-1] if shape else 0
+        result["probabilities"] = [data[row * width:(row + 1) * width]
+                                   for row in range(shape[0])] if width else []
+    return result
+
+
+def check_golden_v2(base_url: str, metadata: dict, limit: int | None = None,
+                    api_key: str | None = None,
+                    key_fix: str = "Send the service's API key.") -> int:
+    """The golden samples through `POST /v2/models/<name>/versions/<version>/infer`, its
+    input named and typed as `GET /v2/models/<name>` says; raise unless each matches."""
+    golden = metadata.get("golden") or []
+    if not golden:
+        raise PipelineError(
+            f"Model {metadata.get('name')} {metadata.get('version')} has no golden samples.",
+            "Publish it with golden samples (`invoke model.publish` adds them).",
+        )
+    samples = golden[:limit] if limit else golden
+    model_url = f"{base_url}/v2/models/{metadata['name']}/versions/{metadata['version']}"
+    model_metadata = _v2_call("GET", model_url, "v2 model metadata", {}, key_fix)
+    inputs = model_metadata.get("inputs") or [{}]
+    rows = [sample["instance"] for sample in samples]
+    body = {"id": "golden-samples", "inputs": [{
+        "name": inputs[0].get("name"), "datatype": inputs[0].get("datatype"),
+        "shape": [len(rows), len(rows[0])], "data": rows}]}
+    headers = {"X-API-Key": api_key} if api_key else {}
+    answer = _v2_call("POST", f"{model_url}/infer", "v2 infer", headers, key_fix, json=body)
+    mismatch = first_mismatch(samples, v2_answer_as_score(model_metadata, answer),
+                              Tolerance.of(metadata))
+    if mismatch:
+        raise PipelineError(
+            f"v2 infer disagrees with the published model: {mismatch}.",
+            "The served model is not the published one, or the v2 API mangles input.",
         )
     return len(samples)
 

@@ -96,23 +96,24 @@ def base_image(settings: Settings, *, dry: bool, echo: Echo) -> str:
 
 
 def lock(settings: Settings, *, dry: bool) -> str:
-    """The image's lock, then the host's: the virtualenv's, checkov's and Azurite's."""
+    """The image's lock, then the host's: the virtualenv's, checkov's, kserve's and Azurite's."""
     from . import host_locks
     from .image import IMAGE_LOCK, IMAGE_REQUIREMENTS_IN
     from .wheelhouse import lock_requirements
 
     if dry:
         return (f"[dry] would lock {IMAGE_REQUIREMENTS_IN.name} for {settings.image.platform}, "
-                f"and the host's {host_locks.HOST_LOCK.name}, {host_locks.CHECKOV_LOCK.name} "
-                "and Azurite's package-lock.json")
+                f"and the host's {host_locks.HOST_LOCK.name}, {host_locks.CHECKOV_LOCK.name}, "
+                f"{host_locks.KSERVE_LOCK.name} and Azurite's package-lock.json")
     count = lock_requirements(IMAGE_REQUIREMENTS_IN, IMAGE_LOCK, settings.image.python_version,
                               settings.image.platform)
     host = host_locks.lock_host()
     checkov = host_locks.lock_checkov()
+    kserve = host_locks.lock_kserve()
     azurite = host_locks.lock_azurite()
     return (f"locked {count} packages into requirements/{IMAGE_LOCK.name}, {host} into "
-            f"{host_locks.HOST_LOCK.name}, {checkov} into {host_locks.CHECKOV_LOCK.name}; "
-            f"{azurite} re-resolved")
+            f"{host_locks.HOST_LOCK.name}, {checkov} into {host_locks.CHECKOV_LOCK.name}, "
+            f"{kserve} into {host_locks.KSERVE_LOCK.name}; {azurite} re-resolved")
 
 
 def build(settings: Settings, *, force: bool = False, no_cache: bool = False, dry: bool,

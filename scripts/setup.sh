@@ -46,4 +46,12 @@ if [ ! -x "$checkov/bin/checkov" ] || ! cmp -s requirements/checkov.lock "$check
   "$checkov/bin/python" "${pip_install[@]}" -r requirements/checkov.lock
   cp requirements/checkov.lock "$checkov/installed.lock"
 fi
+# kserve (whose REST client the v2 API tests drive the server with) pins protobuf below what
+# onnx needs, so it too gets a virtualenv of its own, installed again whenever its lock changes.
+kserve=.local/tools/kserve
+if [ ! -x "$kserve/bin/python" ] || ! cmp -s requirements/kserve.lock "$kserve/installed.lock"; then
+  [ -x "$kserve/bin/python" ] || "$python" -m venv "$kserve"
+  "$kserve/bin/python" "${pip_install[@]}" -r requirements/kserve.lock
+  cp requirements/kserve.lock "$kserve/installed.lock"
+fi
 echo "setup: done (.venv ready)"

@@ -60,7 +60,8 @@ def test_contract_test_runs_against_an_up_to_date_image(fresh_build, run_invoke)
     assert run_invoke("build").returncode == 0
     tested = run_invoke("test", "--no-unit")
     assert tested.returncode == 0, tested.stderr
-    assert "golden samples" in tested.stdout
+    assert "/score matched" in tested.stdout and "golden samples" in tested.stdout
+    assert "v2 infer matched" in tested.stdout  # the Open Inference Protocol's infer too
 
 
 def test_a_build_without_a_registry_login_builds_and_tests_on_its_own(fresh_build, run_invoke):

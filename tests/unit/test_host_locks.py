@@ -42,6 +42,14 @@ def test_checkov_is_pinned_with_its_dependencies():
     assert len(locked) > 20
 
 
+def test_kserve_is_pinned_with_its_dependencies():
+    locked = pins(host_locks.KSERVE_LOCK)
+    assert Requirement("kserve>=0.14,<1").specifier.contains(locked["kserve"])
+    # Its own virtualenv because of this pin: onnx in the host's needs protobuf 7.
+    assert int(locked["protobuf"].split(".")[0]) < 7 <= int(
+        pins(host_locks.HOST_LOCK)["protobuf"].split(".")[0])
+
+
 def test_azurite_is_pinned_by_its_npm_lock_with_integrity_and_no_registry_address():
     package = json.loads((host_locks.AZURITE_DIR / "package.json").read_text())
     lock = json.loads((host_locks.AZURITE_DIR / "package-lock.json").read_text())
@@ -59,6 +67,7 @@ def test_setup_installs_only_from_the_locks():
     assert "--require-hashes" in script and "--upgrade" not in script
     assert '"${pip_install[@]}" -r requirements/host.lock' in script
     assert '"${pip_install[@]}" -r requirements/checkov.lock' in script
+    assert '"${pip_install[@]}" -r requirements/kserve.lock' in script
     # The project itself: no dependency resolved, no build backend fetched.
     assert re.search(r"pip install [^\n]*--no-deps\s+--no-build-isolation -e \.", script)
     npm = [line for line in script.splitlines() if line.strip().startswith("npm ")]

@@ -492,6 +492,7 @@ STAND_IN_KUBECTL = textwrap.dedent('''\
     elif words[0] == "port-forward":
         local_port = int(words[-1].split(":")[0])
         label = 3 if scenario == "wrong-model" else 7
+        v2_label = 3 if scenario in ("wrong-model", "wrong-v2") else 7
 
         class Service(BaseHTTPRequestHandler):
             def log_message(self, *args):
@@ -506,16 +507,28 @@ STAND_IN_KUBECTL = textwrap.dedent('''\
                 self.wfile.write(data)
 
             def do_GET(self):
-                self.answer({{"status": "ready"}})
+                if self.path.startswith("/v2/models/"):
+                    self.answer({{
+                        "name": "digits",
+                        "inputs": [{{"name": "input", "datatype": "FP32", "shape": [-1, 64]}}],
+                        "outputs": [{{"name": "label", "datatype": "INT64", "shape": [-1]}}]}})
+                else:
+                    self.answer({{"status": "ready"}})
 
             def do_POST(self):
-                self.rfile.read(int(self.headers["Content-Length"]))
+                body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
                 if self.headers.get("X-API-Key") != "smoke-key":
                     self.send_response(401)
                     self.send_header("Content-Length", "0")
                     self.end_headers()
                     return
-                self.answer({{"predictions": [label]}})
+                if self.path.endswith("/infer"):
+                    assert body["inputs"][0]["shape"] == [1, 64], body
+                    self.answer({{"model_name": "digits", "outputs": [
+                        {{"name": "label", "datatype": "INT64", "shape": [1],
+                          "data": [v2_label]}}]}})
+                else:
+                    self.answer({{"predictions": [label]}})
 
         HTTPServer(("127.0.0.1", local_port), Service).serve_forever()
     else:
@@ -592,6 +605,15 @@ def test_apply_task_rolls_back_when_the_service_scores_wrong(stand_in_kubectl, m
     c, calls = stand_in_kubectl
     monkeypatch.setenv("FAKE_KUBECTL_SCENARIO", "wrong-model")
     with pytest.raises(invoke.Exit, match=r"smoke test .*predicted 3 .*rolled back"):
+        tasks.apply(c, env="dev")
+    assert verbs(calls())[-2:] == [
+        "rollout undo deployment/digits-api", "rollout status deployment/digits-api"]
+
+
+def test_apply_task_rolls_back_when_v2_infer_scores_wrong(stand_in_kubectl, monkeypatch):
+    c, calls = stand_in_kubectl
+    monkeypatch.setenv("FAKE_KUBECTL_SCENARIO", "wrong-v2")
+    with pytest.raises(invoke.Exit, match=r"v2 infer disagrees.*predicted 3 .*rolled back"):
         tasks.apply(c, env="dev")
     assert verbs(calls())[-2:] == [
         "rollout undo deployment/digits-api", "rollout status deployment/digits-api"]
