@@ -123,6 +123,7 @@ def build(settings: Settings, *, force: bool = False, no_cache: bool = False, dr
     from .engine import docker_client
     from .gitinfo import source_state
     from .registry import login
+    from .sbom import write_sbom
     from .wheelhouse import prepare_wheelhouse
 
     if dry:
@@ -155,6 +156,8 @@ def build(settings: Settings, *, force: bool = False, no_cache: bool = False, dr
             elif digest:
                 record = image.record_up_to_date(plan, settings, digest)
                 release_record.save(_keep_contract_test(record, settings.env))
+                echo(write_sbom(client, record.local_image, record.image.name,
+                                record.image.labels))
                 return up_to_date(f"up to date: {record.image.name} has the same inputs; "
                                   "nothing built")
             if not image.built_here_before(client, settings.image.repository):
@@ -162,6 +165,7 @@ def build(settings: Settings, *, force: bool = False, no_cache: bool = False, dr
                 cache_from = [cache] if cache else []
     record = image.build_image(client, settings, plan, cache_from, echo, no_cache)
     release_record.save(record)
+    echo(write_sbom(client, record.local_image, record.image.name, record.image.labels))
     return ran(f"built {record.image.name} ({human_size(record.image.size_bytes)})")
 
 
@@ -287,6 +291,7 @@ def push(settings: Settings, *, force: bool = False, dry: bool, echo: Echo) -> O
         return dry_run(f"[dry] would push the image ({NO_RECORD_YET}) to "
                        f"{settings.image_repository}")
     from .provenance import ensure_signed, would_sign
+    from .sbom import push_sbom
 
     record = release_record.load()
     pushed = None if force else record.push_for(settings.env)
@@ -303,6 +308,9 @@ def push(settings: Settings, *, force: bool = False, dry: bool, echo: Echo) -> O
     pushed = push_image(docker_client(), settings, record)
     release_record.save(record.with_push(settings.env, pushed))
     echo(ensure_signed(settings, record, pushed, dry=False, echo=echo))
+    stored = push_sbom(settings, record, pushed)
+    if stored:
+        echo(stored)
     return ran(f"pushed {pushed.reference} ({human_size(pushed.bytes_pushed)} uploaded)")
 
 

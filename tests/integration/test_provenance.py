@@ -242,3 +242,24 @@ def test_the_good_release_verifies_and_serves(run_invoke, pushed_release, docker
     assert f"verified: signature and provenance of {pushed.digest[:19]}" in result.stdout
     [container] = deployment_containers(docker_client, local_stack)
     assert container.attrs["Config"]["Image"] == pushed.reference
+
+
+def test_the_sbom_lists_every_locked_package_and_is_stored_beside_the_image(
+        pushed_release, registry):
+    import re
+
+    from modelship import sbom
+
+    record, pushed = pushed_release
+    document = json.loads(sbom.sbom_path().read_text())
+    assert document["bomFormat"] == "CycloneDX" and document["specVersion"] == "1.5"
+    listed = {(c["name"].lower().replace("_", "-"), c["version"])
+              for c in document["components"] if c["purl"].startswith("pkg:pypi/")}
+    locked = set(re.findall(r"^([a-z0-9._-]+)==(\S+) \\", (
+        PROJECT_ROOT / "requirements" / "image.lock").read_text(), re.MULTILINE))
+    assert locked and locked <= listed, sorted(locked - listed)
+    debian = [c for c in document["components"] if c["purl"].startswith("pkg:deb/debian/")]
+    assert any(c["name"].startswith("python3") for c in debian)
+    stored = registry.layers(sbom.sbom_tag(pushed.digest))
+    assert stored and stored[0].media_type == sbom.MEDIA_TYPE
+    assert json.loads(stored[0].content)["components"] == document["components"]
