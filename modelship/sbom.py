@@ -53,14 +53,16 @@ def sbom_path() -> Path:
 def inventory(client, image: str) -> dict:
     import docker
 
+    output = b""
     try:
         output = client.containers.run(image, ["python3", "-c", INVENTORY_SCRIPT],
                                        network_mode="none", remove=True,
                                        stdout=True, stderr=False)
         return json.loads(output)
     except (docker.errors.APIError, docker.errors.ContainerError, ValueError) as error:
+        shown = output[:120].decode(errors="replace") if output else "no output"
         raise PipelineError(f"Could not list the packages in {image} for its SBOM "
-                            f"({type(error).__name__}).",
+                            f"({type(error).__name__}: {shown!r}).",
                             "Check that the image runs python3 (`invoke test`).") from None
 
 
