@@ -54,16 +54,30 @@ def inventory(client, image: str) -> dict:
     import docker
 
     output = b""
+    container = None
     try:
-        output = client.containers.run(image, ["python3", "-c", INVENTORY_SCRIPT],
-                                       network_mode="none", remove=True,
-                                       stdout=True, stderr=False)
+        container = client.containers.create(image, ["python3", "-c", INVENTORY_SCRIPT],
+                                             network_mode="none")
+        # Attached before it starts: a container this short-lived can exit before its log
+        # holds what it printed, so reading its logs afterwards may find nothing.
+        stream = container.attach(stdout=True, stderr=False, stream=True, logs=True)
+        container.start()
+        output = b"".join(stream)
+        status = container.wait().get("StatusCode")
+        if status != 0:
+            raise ValueError(f"exit status {status}")
         return json.loads(output)
-    except (docker.errors.APIError, docker.errors.ContainerError, ValueError) as error:
+    except (docker.errors.APIError, ValueError) as error:
         shown = output[:120].decode(errors="replace") if output else "no output"
         raise PipelineError(f"Could not list the packages in {image} for its SBOM "
                             f"({type(error).__name__}: {shown!r}).",
                             "Check that the image runs python3 (`invoke test`).") from None
+    finally:
+        if container is not None:
+            try:
+                container.remove(force=True)
+            except docker.errors.APIError:
+                pass  # already gone
 
 
 def _component(kind: str, name: str, version: str, arch: str = "") -> dict:
