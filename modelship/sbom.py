@@ -33,7 +33,8 @@ INVENTORY_SCRIPT = r"""
 import importlib.metadata, json, sys
 python = sorted({(d.metadata["Name"], d.version) for d in importlib.metadata.distributions()})
 debian, entry = [], {}
-for line in open("/var/lib/dpkg/status", encoding="utf-8", errors="replace").read().split("\n") + [""]:
+status = open("/var/lib/dpkg/status", encoding="utf-8", errors="replace").read()
+for line in status.split("\n") + [""]:
     if not line.strip():
         if entry.get("Status", "").endswith(" installed"):
             debian.append([entry["Package"], entry["Version"], entry.get("Architecture", "")])

@@ -263,3 +263,19 @@ def test_the_sbom_lists_every_locked_package_and_is_stored_beside_the_image(
     stored = registry.layers(sbom.sbom_tag(pushed.digest))
     assert stored and stored[0].media_type == sbom.MEDIA_TYPE
     assert json.loads(stored[0].content)["components"] == document["components"]
+
+
+def test_a_cached_image_without_valid_provenance_is_not_reused(run_invoke, pushed_release,
+                                                               registry):
+    """Last: it rebuilds, then pushes again so the checkout ends with a signed release."""
+    _, pushed = pushed_release
+    reused = run_invoke("build", "--env=local")
+    assert reused.returncode == 0 and "up to date" in reused.stdout, reused.stderr
+    with replaced(registry, oci_artifacts.attestation_tag(pushed.digest), []):
+        rebuilt = run_invoke("build", "--env=local")
+    assert rebuilt.returncode == 0, rebuilt.stderr + rebuilt.stdout
+    assert (f"not reusing {pushed.reference}" in rebuilt.stdout
+            and f"no provenance attestation of {pushed.digest}" in rebuilt.stdout), rebuilt.stdout
+    assert "up to date" not in rebuilt.stdout.splitlines()[-1]
+    again = run_invoke("push", "--env=local")
+    assert again.returncode == 0, again.stderr
