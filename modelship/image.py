@@ -137,21 +137,22 @@ def label_mismatches(labels: dict, expected: dict) -> list[str]:
             for name in PROOF_LABELS if labels.get(name) != expected[name]]
 
 
-def provenance_problem(reference: str) -> str | None:
-    """Signed build provenance of `reference`, once issue 22 adds it: None means accepted.
+def provenance_problem(settings: Settings, digest: str, model_sha256: str,
+                       auth: dict | None) -> str | None:
+    """Why the signed build provenance of `digest` does not allow reusing it (None: it
+    does, or the environment has no provenance.public_key). Labels only show what the image
+    claims; anyone who can push can forge them, not the signature."""
+    from .provenance import cached_image_problem as unverified
 
-    Labels only show what the image claims; anyone who can push can forge them. Until this
-    checks a signature, a cached image is trusted as far as its labels go.
-    """
-    return None
+    return unverified(settings, digest, model_sha256, auth)
 
 
 def cached_image_problem(client, reference: str, plan: "BuildPlan",
-                         auth: dict | None) -> str | None:
+                         auth: dict | None, settings: Settings) -> str | None:
     """Why the registry's image for these inputs must not be reused, or None when it may.
 
-    It is pulled (the test stage would pull it anyway) and its labels compared with what
-    this build would write."""
+    It is pulled (the test stage would pull it anyway), its labels compared with what
+    this build would write and its signed provenance checked."""
     from .local_runtime import pull
 
     try:
@@ -162,7 +163,8 @@ def cached_image_problem(client, reference: str, plan: "BuildPlan",
     mismatches = label_mismatches(labels, plan.labels)
     if mismatches:
         return "its labels do not match these inputs (" + "; ".join(mismatches) + ")"
-    return provenance_problem(reference)
+    return provenance_problem(settings, reference.rpartition("@")[2], plan.model["sha256"],
+                              auth)
 
 
 def base_image_id(client, name: str) -> str:

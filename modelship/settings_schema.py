@@ -132,6 +132,8 @@ RegistryHost = _text(r"[A-Za-z0-9.-]+(:\d+)?(/[a-z0-9._-]+)*",
                      "127.0.0.1:15000", allow_empty=True)
 EnvVarName = _text(r"[A-Za-z_][A-Za-z0-9_]*", "an environment variable name such as "
                                               "REGISTRY_USERNAME")
+OptionalEnvVarName = _text(r"[A-Za-z_][A-Za-z0-9_]*", "empty or an environment variable name "
+                           "such as PROVENANCE_SIGNING_KEY", allow_empty=True)
 HttpUrl = _text(r"https?://[^\s/]+(/\S*)?", "empty or an http(s):// URL", allow_empty=True)
 ModelStoreUri = Annotated[str, AfterValidator(_model_store_uri)]
 # A path to a PEM file, relative to the project or absolute: printable, no control characters.
@@ -197,6 +199,21 @@ class RegistrySection(Section):
     host: RegistryHost
     username_env: EnvVarName = "REGISTRY_USERNAME"
     password_env: EnvVarName = "REGISTRY_PASSWORD"
+
+
+class ProvenanceSection(Section):
+    """Signed build provenance (docs/provenance.md): `push` signs with the private key,
+    `apply` and a cached build verify with the public one. Paths are relative to the
+    project, absolute, or start at ~."""
+
+    # The private key (PEM file), or the variable holding its PEM (the pipeline's, from
+    # Key Vault); the variable wins when it is set.
+    signing_key: PemPath = ""
+    signing_key_env: OptionalEnvVarName = ""
+    # The key `apply` verifies with: empty means images are applied unverified.
+    public_key: PemPath = ""
+    # Make the pair on first use when signing_key does not exist (the local environment).
+    generate_key: bool = False
 
 
 class AksSection(Section):
@@ -296,6 +313,7 @@ class EnvironmentSection(Section):
     kubernetes: KubernetesSection
     deployment: DeploymentSection = Field(default_factory=DeploymentSection)
     local_services: LocalServicesSection = Field(default_factory=LocalServicesSection)
+    provenance: ProvenanceSection = Field(default_factory=ProvenanceSection)
 
 
 EnvironmentName = _text(_LABEL_1123, "an RFC 1123 label (lower-case letters, digits and '-')",

@@ -29,6 +29,8 @@ ENV_PLACEHOLDER = "<env>"
 BUILD_DIR = "build/"
 MODEL_DIR = "build/model/"
 RECORD_FILE = "build/record.json"
+# The image's CycloneDX SBOM, beside the record.
+SBOM_FILE = "build/sbom.cdx.json"
 RENDER_DIR = f"build/k8s/{ENV_PLACEHOLDER}/"
 # Working folders of one task, never handed to another.
 WHEELHOUSE_DIR = "build/wheelhouse/"
@@ -59,15 +61,17 @@ NOTHING = TaskFiles()
 
 TASK_FILES: dict[str, TaskFiles] = {
     "fetch-model": TaskFiles(writes=(MODEL_DIR,)),
-    "build": TaskFiles(reads=(MODEL_DIR,), writes=(RECORD_FILE,)),
+    "build": TaskFiles(reads=(MODEL_DIR,), writes=(RECORD_FILE, SBOM_FILE)),
     # The record carries the model's golden samples, so test needs no build/model/.
     "test": TaskFiles(reads=(RECORD_FILE,), writes=(RECORD_FILE,)),
+    # push also stores build/sbom.cdx.json next to the image when the same job's build left
+    # one for this image; without it the push goes on, so it is not a declared input.
     "push": TaskFiles(reads=(RECORD_FILE,), writes=(RECORD_FILE,)),
     "render": TaskFiles(reads=(RECORD_FILE,), writes=(RENDER_DIR,)),
     "apply": TaskFiles(reads=(RECORD_FILE, RENDER_DIR)),
     "diff": TaskFiles(reads=(RENDER_DIR,)),
     # deploy runs fetch-model through render itself, so it needs nothing handed over.
-    "deploy": TaskFiles(writes=(MODEL_DIR, RECORD_FILE, RENDER_DIR)),
+    "deploy": TaskFiles(writes=(MODEL_DIR, RECORD_FILE, SBOM_FILE, RENDER_DIR)),
     # rollback goes back through the cluster's or the engine's own history, not build/.
     "rollback": NOTHING,
     "base-image": NOTHING,

@@ -124,6 +124,7 @@ def build(settings: Settings, *, force: bool = False, no_cache: bool = False, dr
     from .engine import docker_client
     from .gitinfo import source_state
     from .registry import login
+    from .sbom import write_sbom
     from .wheelhouse import prepare_wheelhouse
 
     if dry:
@@ -149,12 +150,15 @@ def build(settings: Settings, *, force: bool = False, no_cache: bool = False, dr
             reference = f"{settings.image_repository}:{image.inputs_tag(plan.inputs)}"
             digest = None if force or no_cache else image.registry_digest(client, reference, auth)
             cached = f"{settings.image_repository}@{digest}" if digest else None
-            problem = cached and image.cached_image_problem(client, cached, plan, auth)
+            problem = cached and image.cached_image_problem(client, cached, plan, auth,
+                                                            settings)
             if problem:
                 echo(f"not reusing {cached} ({reference}): {problem}; rebuilding")
             elif digest:
                 record = image.record_up_to_date(plan, settings, digest)
                 release_record.save(_keep_contract_test(record, settings.env))
+                echo(write_sbom(client, record.local_image, record.image.name,
+                                record.image.labels))
                 return up_to_date(f"up to date: {record.image.name} has the same inputs; "
                                   "nothing built")
             if not image.built_here_before(client, settings.image.repository):
@@ -162,6 +166,7 @@ def build(settings: Settings, *, force: bool = False, no_cache: bool = False, dr
                 cache_from = [cache] if cache else []
     record = image.build_image(client, settings, plan, cache_from, echo, no_cache)
     release_record.save(record)
+    echo(write_sbom(client, record.local_image, record.image.name, record.image.labels))
     return ran(f"built {record.image.name} ({human_size(record.image.size_bytes)})")
 
 
@@ -286,14 +291,27 @@ def push(settings: Settings, *, force: bool = False, dry: bool, echo: Echo) -> O
     if dry and not release_record.exists():
         return dry_run(f"[dry] would push the image ({NO_RECORD_YET}) to "
                        f"{settings.image_repository}")
+    from .provenance import ensure_signed, would_sign
+    from .sbom import push_sbom
+
     record = release_record.load()
     pushed = None if force else record.push_for(settings.env)
     if pushed:
+        # The image may be there from a build of the same inputs at another commit: this
+        # commit's provenance is attested all the same.
+        signed = ensure_signed(settings, record, pushed, dry=dry, echo=echo)
+        if signed and not signed.startswith("signature and provenance"):
+            echo(signed)
         return up_to_date(f"up to date: {pushed.reference} is already in the registry")
     if dry:
+        echo(would_sign(settings, record))
         return dry_run(f"[dry] would push {record.image.name} to {settings.image_repository}")
     pushed = push_image(docker_client(), settings, record)
     release_record.save(record.with_push(settings.env, pushed))
+    echo(ensure_signed(settings, record, pushed, dry=False, echo=echo))
+    stored = push_sbom(settings, record, pushed)
+    if stored:
+        echo(stored)
     return ran(f"pushed {pushed.reference} ({human_size(pushed.bytes_pushed)} uploaded)")
 
 
@@ -361,6 +379,8 @@ def render(settings: Settings, *, image: str | None = None, check: bool = False,
 
 def apply(c, settings: Settings, *, yes: bool = False, smoke: bool = True, dry: bool,
           echo: Echo) -> Outcome:
+    from .provenance import verify_release
+
     target = release_target(c, settings)
     if dry and not release_record.exists():
         return dry_run(f"[dry] would roll the pushed image out to {target.where} "
@@ -369,8 +389,10 @@ def apply(c, settings: Settings, *, yes: bool = False, smoke: bool = True, dry: 
     if dry and record.push_for(settings.env) is None:
         return dry_run(f"[dry] would roll {record.image.name} out to {target.where} once "
                        f"`invoke push --env={settings.env}` has pushed it")
-    return target.apply(record, record.require_push(settings.env), smoke=smoke, yes=yes,
-                        dry=dry, echo=echo)
+    pushed = record.require_push(settings.env)
+    # Before the target changes anything: what is applied is what this key's owner built.
+    verify_release(settings, record, pushed, dry=dry, echo=echo)
+    return target.apply(record, pushed, smoke=smoke, yes=yes, dry=dry, echo=echo)
 
 
 def rollback(c, settings: Settings, *, dry: bool, echo: Echo) -> str:

@@ -1,0 +1,363 @@
+"""Who built the image, from what: signed SLSA provenance, checked before a release.
+
+`push` signs the pushed digest (a cosign simple-signing payload) and an in-toto Statement v1
+whose predicate is SLSA provenance v1: the image digest as subject; the git commit,
+repository and dirty state; the model's name, version and sha256; the image lock's sha256;
+the builder (this laptop, or the Azure Pipelines run). The statement travels as a DSSE
+envelope signed with securesystemslib (the signing library of in-toto and TUF). Both are
+stored in the registry next to the image (`oci_artifacts`, cosign's `.sig` / `.att` tags).
+
+`apply` refuses a release unless, with the environment's public key, a signature of the
+digest verifies and an attestation verifies whose subject is that digest and whose commit
+and model sha256 are the record's; `build` reuses a cached image only on the same terms
+(its model, not its commit: the same inputs at another commit make the same image).
+
+Keys: `provenance.signing_key` (a PEM file) or `provenance.signing_key_env` (a variable
+holding the PEM, e.g. from Key Vault in the pipeline) signs; `provenance.public_key`
+verifies. `generate_key` makes a pair on first use (the local environment's, per machine).
+This module must never print or store a private key anywhere but its own file.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import json
+import os
+import platform
+from dataclasses import dataclass
+from pathlib import Path
+
+from . import oci_artifacts
+from .errors import PipelineError
+from .names import Echo
+from .oci_artifacts import Layer
+from .release_record import PushRecord, ReleaseRecord
+from .stage_files import PROJECT_ROOT
+
+STATEMENT_TYPE = "https://in-toto.io/Statement/v1"
+SLSA_PROVENANCE = "https://slsa.dev/provenance/v1"
+IN_TOTO_PAYLOAD = "application/vnd.in-toto+json"
+BUILD_TYPE = "https://modelship.dev/build/image/v1"
+SIGNATURE_TYPE = "cosign container image signature"
+IMAGE_LOCK = PROJECT_ROOT / "requirements" / "image.lock"
+
+
+class ProvenanceRefused(PipelineError):
+    """A release whose signature or provenance does not hold: nothing may be applied."""
+
+
+def _path(setting: str) -> Path:
+    path = Path(setting).expanduser()
+    return path if path.is_absolute() else PROJECT_ROOT / path
+
+
+# --- keys ------------------------------------------------------------------------------------
+
+
+def ensure_generated_key(settings) -> None:
+    """The environment's key pair, made on first use where `generate_key` asks for it."""
+    from cryptography.hazmat.primitives import serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+
+    section = settings.provenance
+    if not (section.generate_key and section.signing_key and section.public_key):
+        return
+    private_path, public_path = _path(section.signing_key), _path(section.public_key)
+    if private_path.exists():
+        return
+    key = ec.generate_private_key(ec.SECP256R1())
+    private_path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+    descriptor = os.open(private_path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    with os.fdopen(descriptor, "wb") as stream:
+        stream.write(key.private_bytes(serialization.Encoding.PEM,
+                                       serialization.PrivateFormat.PKCS8,
+                                       serialization.NoEncryption()))
+    public_path.parent.mkdir(parents=True, exist_ok=True)
+    public_path.write_bytes(key.public_key().public_bytes(
+        serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo))
+
+
+def signer_for(settings, dry: bool = False):
+    """A securesystemslib signer with the environment's private key, or None if none is set
+    (or, under --dry, if it would first have to be generated)."""
+    from cryptography.hazmat.primitives.serialization import load_pem_private_key
+    from securesystemslib.signer import CryptoSigner
+
+    section = settings.provenance
+    if dry and section.generate_key and not _path(section.signing_key).exists():
+        return None
+    if not dry:
+        ensure_generated_key(settings)
+    if section.signing_key_env and os.environ.get(section.signing_key_env):
+        pem, where = os.environ[section.signing_key_env].encode(), section.signing_key_env
+    elif section.signing_key:
+        path = _path(section.signing_key)
+        if not path.is_file():
+            raise PipelineError(f"provenance.signing_key names {path}, which does not exist.",
+                                "Point it at the signing key (PEM) or set "
+                                f"{section.signing_key_env or 'provenance.signing_key_env'}.")
+        pem, where = path.read_bytes(), str(path)
+    else:
+        return None
+    try:
+        return CryptoSigner(load_pem_private_key(pem, password=None))
+    except (ValueError, TypeError) as error:
+        raise PipelineError(f"The provenance signing key in {where} is not an unencrypted "
+                            f"PEM private key ({type(error).__name__}).",
+                            "Use an EC P-256 key in PEM (docs/provenance.md).") from None
+
+
+def public_key_for(settings):
+    """The environment's verifying key (securesystemslib Key), or None: images unverified."""
+    from cryptography.hazmat.primitives.serialization import load_pem_public_key
+    from securesystemslib.signer import SSlibKey
+
+    if not settings.provenance.public_key:
+        return None
+    ensure_generated_key(settings)
+    path = _path(settings.provenance.public_key)
+    if not path.is_file():
+        raise ProvenanceRefused(f"provenance.public_key names {path}, which does not exist.",
+                                "Point it at the environment's public key (PEM).")
+    try:
+        return SSlibKey.from_crypto(load_pem_public_key(path.read_bytes()))
+    except (ValueError, TypeError, Exception) as error:
+        raise ProvenanceRefused(f"provenance.public_key {path} is not a PEM public key "
+                                f"({type(error).__name__}).",
+                                "Point it at the environment's public key (PEM).") from None
+
+
+# --- what is signed --------------------------------------------------------------------------
+
+
+def builder_id() -> str:
+    """The Azure Pipelines run, when this runs in one; else this machine."""
+    if os.environ.get("TF_BUILD", "").lower() == "true":
+        collection = os.environ.get("SYSTEM_COLLECTIONURI", "").rstrip("/")
+        project = os.environ.get("SYSTEM_TEAMPROJECT", "")
+        run = os.environ.get("BUILD_BUILDID", "")
+        return f"{collection}/{project}/_build/results?buildId={run}"
+    return f"laptop:{platform.node()}"
+
+
+def statement(record: ReleaseRecord, pushed: PushRecord) -> dict:
+    """The in-toto Statement v1 (SLSA provenance v1) for the image `pushed` names."""
+    from google.protobuf import json_format
+    from in_toto_attestation.v1.resource_descriptor import ResourceDescriptor
+    from in_toto_attestation.v1.statement import Statement
+
+    lock_sha256 = hashlib.sha256(IMAGE_LOCK.read_bytes()).hexdigest()
+    repository = record.image.labels.get("org.opencontainers.image.source", "")
+    model = record.model
+    predicate = {
+        "buildDefinition": {
+            "buildType": BUILD_TYPE,
+            "externalParameters": {
+                "source": {"repository": repository, "commit": record.source.revision,
+                           "dirty": record.source.dirty},
+                "model": {"name": model.name, "version": model.version,
+                          "sha256": model.sha256},
+            },
+            "resolvedDependencies": [
+                {"uri": f"git+{repository}" if repository else "git",
+                 "digest": {"gitCommit": record.source.revision}},
+                {"uri": f"model:{model.name}/{model.version}", "digest": {"sha256": model.sha256}},
+                {"uri": "requirements/image.lock", "digest": {"sha256": lock_sha256}},
+            ],
+        },
+        "runDetails": {
+            "builder": {"id": builder_id()},
+            "metadata": {"invocationId": record.image.inputs},
+        },
+    }
+    subject = ResourceDescriptor(name=pushed.repository,
+                                 digest={"sha256": pushed.digest.removeprefix("sha256:")})
+    built = Statement([subject.pb], SLSA_PROVENANCE, predicate)
+    built.validate()
+    return json_format.MessageToDict(built.pb)
+
+
+def signature_payload(pushed: PushRecord) -> bytes:
+    return json.dumps({
+        "critical": {"identity": {"docker-reference": pushed.repository},
+                     "image": {"docker-manifest-digest": pushed.digest},
+                     "type": SIGNATURE_TYPE},
+        "optional": None,
+    }, sort_keys=True).encode()
+
+
+def would_sign(settings, record: ReleaseRecord, reference: str = "the pushed image") -> str:
+    """What `push --dry` says about signing."""
+    section = settings.provenance
+    if not (section.signing_key or section.signing_key_env and
+            os.environ.get(section.signing_key_env)):
+        return (f"[dry] would not sign: no provenance.signing_key for '{settings.env}'")
+    return (f"[dry] would sign {reference} and attest its provenance (commit "
+            f"{record.source.revision[:12]}, model sha256 {record.model.sha256[:12]}…) in the "
+            "registry")
+
+
+# --- push: sign and store --------------------------------------------------------------------
+
+
+def ensure_signed(settings, record: ReleaseRecord, pushed: PushRecord, *, dry: bool,
+                  echo: Echo, auth: dict | None = None) -> str | None:
+    """Sign `pushed` and attest this record's provenance in the registry, unless a valid
+    signature and a matching attestation with this key are already there. A line to show,
+    or None when the environment signs nothing."""
+    from securesystemslib.dsse import Envelope
+
+    if dry and signer_for(settings, dry=True) is None:
+        return would_sign(settings, record, pushed.reference)
+    signer = signer_for(settings)
+    if signer is None:
+        return (f"not signed: no provenance.signing_key for '{settings.env}', so "
+                "`apply` cannot verify this image")
+    key = signer.public_key
+    # Read even under --dry: reading the registry changes nothing.
+    registry = oci_artifacts.client_for(settings, auth)
+    signatures = registry.layers(oci_artifacts.signature_tag(pushed.digest)) or []
+    attestations = registry.layers(oci_artifacts.attestation_tag(pushed.digest)) or []
+    needs_signature = not any(_signature_holds(layer, key, pushed.digest)
+                              for layer in signatures)
+    needs_attestation = not any(
+        _attestation_problem(layer, key, pushed.digest, record.source.revision,
+                             record.model.sha256) is None for layer in attestations)
+    if dry:
+        if not (needs_signature or needs_attestation):
+            return None
+        return would_sign(settings, record, pushed.reference)
+    changed = []
+    if needs_signature:
+        payload = signature_payload(pushed)
+        signature = base64.b64encode(bytes.fromhex(signer.sign(payload).signature)).decode()
+        registry.put_layers(oci_artifacts.signature_tag(pushed.digest), signatures + [Layer(
+            oci_artifacts.SIMPLE_SIGNING, payload,
+            {oci_artifacts.SIGNATURE_ANNOTATION: signature})])
+        changed.append("signed")
+    if needs_attestation:
+        envelope = Envelope(json.dumps(statement(record, pushed), sort_keys=True).encode(),
+                            IN_TOTO_PAYLOAD, {})
+        envelope.sign(signer)
+        registry.put_layers(oci_artifacts.attestation_tag(pushed.digest), attestations + [Layer(
+            oci_artifacts.DSSE_ENVELOPE, json.dumps(envelope.to_dict()).encode(),
+            {oci_artifacts.PREDICATE_ANNOTATION: SLSA_PROVENANCE})])
+        changed.append("attested its provenance")
+    if not changed:
+        return f"signature and provenance of {pushed.digest[:19]}… already in the registry"
+    return f"{' and '.join(changed)} {pushed.digest[:19]}… in the registry"
+
+
+# --- apply and build: verify -----------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Verified:
+    digest: str
+    commit: str
+    model_sha256: str
+
+
+def _signature_holds(layer: Layer, key, digest: str) -> bool:
+    from securesystemslib.exceptions import UnverifiedSignatureError
+    from securesystemslib.signer import Signature
+
+    encoded = layer.annotations.get(oci_artifacts.SIGNATURE_ANNOTATION, "")
+    try:
+        claimed = json.loads(layer.content)["critical"]["image"]["docker-manifest-digest"]
+        key.verify_signature(Signature(key.keyid, base64.b64decode(encoded).hex()),
+                             layer.content)
+    except (UnverifiedSignatureError, ValueError, KeyError, TypeError):
+        return False
+    return claimed == digest
+
+
+def _attestation_problem(layer: Layer, key, digest: str, commit: str | None,
+                         model_sha256: str) -> str | None:
+    """Why this attestation does not vouch for `digest` built from `commit` (None: any)
+    with the model `model_sha256`, or None when it does."""
+    from securesystemslib.dsse import Envelope
+    from securesystemslib.exceptions import VerificationError
+
+    try:
+        envelope = Envelope.from_dict(json.loads(layer.content))
+        envelope.verify([key], 1)
+    except (VerificationError, ValueError, KeyError, TypeError):
+        return "its attestation is not signed with the environment's key"
+    if envelope.payload_type != IN_TOTO_PAYLOAD:
+        return f"its attestation carries {envelope.payload_type}, not an in-toto statement"
+    try:
+        signed = json.loads(envelope.payload)
+        subjects = ["sha256:" + subject["digest"]["sha256"] for subject in signed["subject"]]
+        parameters = signed["predicate"]["buildDefinition"]["externalParameters"]
+        signed_commit = parameters["source"]["commit"]
+        signed_model = parameters["model"]["sha256"]
+    except (ValueError, KeyError, TypeError):
+        return "its attestation is not SLSA provenance this toolkit wrote"
+    if signed.get("predicateType") != SLSA_PROVENANCE:
+        return f"its attestation is {signed.get('predicateType')}, not SLSA provenance v1"
+    if digest not in subjects:
+        return f"its provenance is for {', '.join(subjects)[:80]}, not {digest}"
+    if commit is not None and signed_commit != commit:
+        return f"its provenance names commit {signed_commit[:12]}, the record {commit[:12]}"
+    if signed_model != model_sha256:
+        return (f"its provenance names model sha256 {signed_model[:12]}…, the record "
+                f"{model_sha256[:12]}…")
+    return None
+
+
+def verification_problem(settings, key, digest: str, commit: str | None, model_sha256: str,
+                         auth: dict | None = None) -> str | None:
+    """What fails for `digest` in the registry, or None when signature and provenance hold."""
+    registry = oci_artifacts.client_for(settings, auth)
+    signatures = registry.layers(oci_artifacts.signature_tag(digest))
+    if not signatures:
+        return f"no signature of {digest} in the registry"
+    if not any(_signature_holds(layer, key, digest) for layer in signatures):
+        return f"the signature of {digest} does not verify with {settings.provenance.public_key}"
+    attestations = registry.layers(oci_artifacts.attestation_tag(digest))
+    if not attestations:
+        return f"no provenance attestation of {digest} in the registry"
+    problems = [_attestation_problem(layer, key, digest, commit, model_sha256)
+                for layer in attestations]
+    if None in problems:
+        return None
+    # The newest attestation's reason: what the last push said about this image.
+    return problems[-1]
+
+
+def verify_release(settings, record: ReleaseRecord, pushed: PushRecord, *, dry: bool,
+                   echo: Echo) -> None:
+    """Before anything is applied: refuse unless the registry vouches for this release."""
+    if not settings.provenance.public_key:
+        echo(f"warning: no provenance.public_key for '{settings.env}': {pushed.reference} is "
+             "applied unverified")
+        return
+    wants = (f"a signature of {pushed.digest[:19]}… by {settings.provenance.public_key} and "
+             f"provenance for it from commit {record.source.revision[:12]} with model sha256 "
+             f"{record.model.sha256[:12]}…")
+    if dry:
+        echo(f"[dry] would verify {wants} in the registry")
+        return
+    key = public_key_for(settings)
+    problem = verification_problem(settings, key, pushed.digest, record.source.revision,
+                                   record.model.sha256)
+    if problem:
+        raise ProvenanceRefused(f"Refusing {pushed.reference}: {problem}.",
+                                "Nothing was applied. Push this build again (`invoke push "
+                                f"--env={settings.env} --force`) if the record is right; "
+                                "otherwise find out who changed the image or the record.")
+    echo(f"verified: signature and provenance of {pushed.digest[:19]}… "
+         f"(commit {record.source.revision[:12]}, model {record.model.sha256[:12]}…)")
+
+
+def cached_image_problem(settings, digest: str, model_sha256: str,
+                         auth: dict | None) -> str | None:
+    """Why a cached image's provenance does not allow its reuse (None: it does, or the
+    environment verifies nothing). Its commit may differ: the same inputs at another
+    commit make the same image."""
+    key = public_key_for(settings)
+    if key is None:
+        return None
+    return verification_problem(settings, key, digest, None, model_sha256, auth)

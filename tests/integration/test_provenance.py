@@ -1,0 +1,281 @@
+"""Signed provenance for real: `push` signs into the local registry, `apply` verifies it.
+
+Each tamper case changes one thing an attacker (or an accident) could change, in the
+registry or in build/record.json, and runs `invoke apply --env=local` through the CLI: it
+must refuse in one line naming what failed, with no deployment container started. The
+registry's `.sig` / `.att` images and the record are put back after each case.
+"""
+
+from __future__ import annotations
+
+import base64
+import contextlib
+import json
+import os
+import shutil
+import subprocess
+import sys
+
+import pytest
+
+from modelship import local_runtime, oci_artifacts, provenance
+from modelship.oci_artifacts import Layer
+from modelship.registry import read_push_stream, registry_auth
+from modelship.release_record import load as read_record
+from modelship.release_record import record_path
+from modelship.settings import PROJECT_ROOT
+
+pytestmark = pytest.mark.integration
+
+
+@pytest.fixture(scope="module")
+def pushed_release(published_model, local_stack):
+    """A build pushed (signed, attested) for `local`; the record and its push."""
+    environ = {name: value for name, value in os.environ.items()
+               if name not in ("REGISTRY_USERNAME", "REGISTRY_PASSWORD")}
+    result = subprocess.run([sys.executable, "-m", "invoke", "fetch-model", "--env=local",
+                             "build", "--env=local", "push", "--env=local"],
+                            cwd=PROJECT_ROOT, env=environ, capture_output=True, text=True,
+                            timeout=1200)
+    assert result.returncode == 0, result.stderr + result.stdout
+    record = read_record()
+    return record, record.require_push("local")
+
+
+@pytest.fixture
+def registry(local_stack):
+    return oci_artifacts.client_for(local_stack)
+
+
+@pytest.fixture
+def nothing_deployed(docker_client, local_stack):
+    """No local deployment runs, so an apply that got through would start a container."""
+    local_runtime.remove(docker_client, local_stack)
+    yield
+    assert deployment_containers(docker_client, local_stack) == []
+
+
+def deployment_containers(client, settings):
+    return client.containers.list(
+        all=True, filters={"label": [f"{local_runtime.ROLE_LABEL}=deployment",
+                                     f"ai.modelship.env={settings.env}"]})
+
+
+@contextlib.contextmanager
+def replaced(registry, tag: str, layers: list[Layer]):
+    original = registry.layers(tag)
+    registry.put_layers(tag, layers)
+    try:
+        yield
+    finally:
+        registry.put_layers(tag, original or [])
+
+
+@contextlib.contextmanager
+def edited_record(change):
+    path = record_path()
+    saved = path.with_suffix(".json.saved")
+    shutil.copy2(path, saved)
+    data = json.loads(path.read_text())
+    change(data)
+    path.write_text(json.dumps(data))
+    try:
+        yield
+    finally:
+        shutil.move(saved, path)
+
+
+def refused(run_invoke, expected: str):
+    result = run_invoke("apply", "--env=local")
+    assert result.returncode != 0, result.stdout
+    lines = result.error_lines
+    assert len(lines) == 1 and expected in lines[0], result.stderr
+    assert "Refusing" in lines[0]
+    return lines[0]
+
+
+def signed_attestation(settings, record, pushed, **changes) -> Layer:
+    """An attestation signed with the environment's own key, with `changes` to its fields."""
+    from securesystemslib.dsse import Envelope
+
+    statement = provenance.statement(record, pushed)
+    parameters = statement["predicate"]["buildDefinition"]["externalParameters"]
+    if "commit" in changes:
+        parameters["source"]["commit"] = changes["commit"]
+    if "model_sha256" in changes:
+        parameters["model"]["sha256"] = changes["model_sha256"]
+    if "subject" in changes:
+        statement["subject"][0]["digest"]["sha256"] = changes["subject"]
+    envelope = Envelope(json.dumps(statement).encode(), provenance.IN_TOTO_PAYLOAD, {})
+    envelope.sign(provenance.signer_for(settings))
+    return Layer(oci_artifacts.DSSE_ENVELOPE, json.dumps(envelope.to_dict()).encode(),
+                 {oci_artifacts.PREDICATE_ANNOTATION: provenance.SLSA_PROVENANCE})
+
+
+def test_push_stores_a_cosign_style_signature_and_slsa_attestation(pushed_release, registry,
+                                                                   local_stack):
+    record, pushed = pushed_release
+    key = provenance.public_key_for(local_stack)
+    signatures = registry.layers(oci_artifacts.signature_tag(pushed.digest))
+    assert signatures and all(layer.media_type == oci_artifacts.SIMPLE_SIGNING
+                              for layer in signatures)
+    payload = json.loads(signatures[-1].content)
+    assert payload["critical"]["image"]["docker-manifest-digest"] == pushed.digest
+    attestations = registry.layers(oci_artifacts.attestation_tag(pushed.digest))
+    envelope = json.loads(attestations[-1].content)
+    assert envelope["payloadType"] == "application/vnd.in-toto+json"
+    statement = json.loads(base64.b64decode(envelope["payload"]))
+    assert statement["_type"] == "https://in-toto.io/Statement/v1"
+    assert statement["predicateType"] == "https://slsa.dev/provenance/v1"
+    assert statement["subject"][0]["digest"]["sha256"] == pushed.digest.removeprefix("sha256:")
+    parameters = statement["predicate"]["buildDefinition"]["externalParameters"]
+    assert parameters["source"]["commit"] == record.source.revision
+    assert parameters["source"]["dirty"] == record.source.dirty
+    assert parameters["model"] == {"name": record.model.name, "version": record.model.version,
+                                   "sha256": record.model.sha256}
+    lock = [dep for dep in statement["predicate"]["buildDefinition"]["resolvedDependencies"]
+            if dep["uri"] == "requirements/image.lock"]
+    assert len(lock[0]["digest"]["sha256"]) == 64
+    assert statement["predicate"]["runDetails"]["builder"]["id"].startswith("laptop:")
+    assert provenance.verification_problem(local_stack, key, pushed.digest,
+                                           record.source.revision, record.model.sha256) is None
+
+
+def test_a_missing_signature_is_refused(run_invoke, pushed_release, registry,
+                                        nothing_deployed):
+    _, pushed = pushed_release
+    with replaced(registry, oci_artifacts.signature_tag(pushed.digest), []):
+        refused(run_invoke, f"no signature of {pushed.digest}")
+
+
+def test_a_signature_made_with_another_key_is_refused(run_invoke, pushed_release, registry,
+                                                      nothing_deployed):
+    from securesystemslib.signer import CryptoSigner
+
+    _, pushed = pushed_release
+    payload = provenance.signature_payload(pushed)
+    forged = CryptoSigner.generate_ecdsa().sign(payload).signature
+    layer = Layer(oci_artifacts.SIMPLE_SIGNING, payload, {
+        oci_artifacts.SIGNATURE_ANNOTATION: base64.b64encode(bytes.fromhex(forged)).decode()})
+    with replaced(registry, oci_artifacts.signature_tag(pushed.digest), [layer]):
+        refused(run_invoke, "does not verify with")
+
+
+def test_a_missing_attestation_is_refused(run_invoke, pushed_release, registry,
+                                          nothing_deployed):
+    _, pushed = pushed_release
+    with replaced(registry, oci_artifacts.attestation_tag(pushed.digest), []):
+        refused(run_invoke, f"no provenance attestation of {pushed.digest}")
+
+
+@pytest.mark.parametrize("change, expected", [
+    ({"commit": "0" * 40}, "its provenance names commit 000000000000"),
+    ({"model_sha256": "f" * 64}, "its provenance names model sha256 ffffffffffff"),
+    ({"subject": "e" * 64}, "its provenance is for sha256:eeee"),
+])
+def test_an_attestation_of_another_commit_model_or_digest_is_refused(
+        run_invoke, pushed_release, registry, local_stack, nothing_deployed, change, expected):
+    record, pushed = pushed_release
+    layer = signed_attestation(local_stack, record, pushed, **change)
+    with replaced(registry, oci_artifacts.attestation_tag(pushed.digest), [layer]):
+        refused(run_invoke, expected)
+
+
+def test_a_record_edited_between_stages_is_refused(run_invoke, pushed_release,
+                                                   nothing_deployed):
+    record, _ = pushed_release
+
+    def other_commit(data):
+        data["source"]["revision"] = "1" * 40
+
+    def other_model(data):
+        data["model"]["sha256"] = "2" * 64
+
+    with edited_record(other_commit):
+        refused(run_invoke, f"the record {'1' * 12}")
+    with edited_record(other_model):
+        refused(run_invoke, f"the record {'2' * 12}")
+
+
+def test_a_record_naming_another_unsigned_digest_is_refused(
+        run_invoke, pushed_release, docker_client, local_stack, nothing_deployed):
+    """An image someone with the registry login pushed: the record is pointed at it."""
+    _, pushed = pushed_release
+    repository = local_stack.image_repository
+    docker_client.images.get(local_stack.image.base).tag(repository, "unsigned-test")
+    stream = docker_client.api.push(repository, tag="unsigned-test", stream=True, decode=True,
+                                    auth_config=registry_auth(local_stack))
+    other, _ = read_push_stream(stream)
+    assert other != pushed.digest
+
+    def other_digest(data):
+        data["pushed"]["local"]["digest"] = other
+        data["pushed"]["local"]["reference"] = f"{repository}@{other}"
+
+    with edited_record(other_digest):
+        refused(run_invoke, f"no signature of {other}")
+
+
+def test_dry_apply_says_what_it_would_verify(run_invoke, pushed_release):
+    record, pushed = pushed_release
+    result = run_invoke("--dry", "apply", "--env=local")
+    assert result.returncode == 0, result.stderr
+    assert f"would verify a signature of {pushed.digest[:19]}" in result.stdout
+    assert record.source.revision[:12] in result.stdout
+
+
+def test_an_environment_without_a_public_key_says_once_images_are_unverified(
+        run_invoke, pushed_release, tmp_path):
+    settings = tmp_path / "unverified.yaml"
+    settings.write_text("modelship:\n  environments:\n    local:\n      provenance:\n"
+                        "        public_key: ''\n")
+    result = run_invoke("--dry", "apply", "--env=local", config=settings)
+    assert result.returncode == 0, result.stderr
+    assert (result.stdout + result.stderr).count("applied unverified") == 1
+
+
+def test_the_good_release_verifies_and_serves(run_invoke, pushed_release, docker_client,
+                                              local_stack):
+    _, pushed = pushed_release
+    result = run_invoke("apply", "--env=local")
+    assert result.returncode == 0, result.stderr + result.stdout
+    assert f"verified: signature and provenance of {pushed.digest[:19]}" in result.stdout
+    [container] = deployment_containers(docker_client, local_stack)
+    assert container.attrs["Config"]["Image"] == pushed.reference
+
+
+def test_the_sbom_lists_every_locked_package_and_is_stored_beside_the_image(
+        pushed_release, registry):
+    import re
+
+    from modelship import sbom
+
+    record, pushed = pushed_release
+    document = json.loads(sbom.sbom_path().read_text())
+    assert document["bomFormat"] == "CycloneDX" and document["specVersion"] == "1.5"
+    listed = {(c["name"].lower().replace("_", "-"), c["version"])
+              for c in document["components"] if c["purl"].startswith("pkg:pypi/")}
+    locked = set(re.findall(r"^([a-z0-9._-]+)==(\S+) \\", (
+        PROJECT_ROOT / "requirements" / "image.lock").read_text(), re.MULTILINE))
+    assert locked and locked <= listed, sorted(locked - listed)
+    debian = [c for c in document["components"] if c["purl"].startswith("pkg:deb/debian/")]
+    assert any(c["name"].startswith("python3") for c in debian)
+    stored = registry.layers(sbom.sbom_tag(pushed.digest))
+    assert stored and stored[0].media_type == sbom.MEDIA_TYPE
+    assert json.loads(stored[0].content)["components"] == document["components"]
+
+
+def test_a_cached_image_without_valid_provenance_is_not_reused(run_invoke, pushed_release,
+                                                               registry):
+    """Last: it rebuilds, then pushes again so the checkout ends with a signed release."""
+    _, pushed = pushed_release
+    reused = run_invoke("build", "--env=local")
+    assert reused.returncode == 0 and "up to date" in reused.stdout, reused.stderr
+    with replaced(registry, oci_artifacts.attestation_tag(pushed.digest), []):
+        rebuilt = run_invoke("build", "--env=local")
+    assert rebuilt.returncode == 0, rebuilt.stderr + rebuilt.stdout
+    assert (f"not reusing {pushed.reference}" in rebuilt.stdout
+            and f"no provenance attestation of {pushed.digest}" in rebuilt.stdout), rebuilt.stdout
+    assert "up to date" not in rebuilt.stdout.splitlines()[-1]
+    again = run_invoke("push", "--env=local")
+    assert again.returncode == 0, again.stderr
