@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -15,6 +16,7 @@ from modelship import manifests
 from modelship.errors import PipelineError
 from modelship.manifests import Release
 from modelship.settings import PROJECT_ROOT, load_settings
+from tests.support.checkouts import fresh_clone
 
 INVOKE = str(Path(sys.executable).with_name("invoke"))
 
@@ -109,11 +111,15 @@ def test_every_string_setting_stays_a_string_through_render(tmp_path):
     settings_file = tmp_path / "lookalikes.yaml"
     settings_file.write_text(yaml.safe_dump({"modelship": {"environments": {"dev": environment}}}))
     image = "crmodelshipdev.azurecr.io/digits-api@sha256:" + "ab" * 32
+    # In a checkout of its own: render writes build/k8s/dev, which the project's own
+    # build/ must not get from a test (`invoke test` runs this inside deploy).
+    checkout = fresh_clone(tmp_path / "project")
     result = subprocess.run([INVOKE, "-f", str(settings_file), "render", "--env", "dev",
-                             "--image", image], cwd=PROJECT_ROOT, capture_output=True,
-                            text=True, timeout=300)
+                             "--image", image], cwd=checkout, capture_output=True,
+                            text=True, timeout=300,
+                            env={**os.environ, "PYTHONPATH": str(checkout)})
     assert result.returncode == 0, result.stdout + result.stderr
-    render_dir = load_settings(project_config(), "dev").render_dir
+    render_dir = checkout / "build" / "k8s" / "dev"
     objects = {path.name: yaml.safe_load(path.read_text()) for path in render_dir.glob("*.yaml")}
     for setting, value in YAML_LOOKALIKES.items():
         landed = rendered_value(objects, setting)
