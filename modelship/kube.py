@@ -35,13 +35,22 @@ from .errors import PipelineError
 from .names import (GIT_REVISION_ANNOTATION, MODEL_SHA256_ANNOTATION, MODEL_VERSION_ANNOTATION,
                     Echo, running_in_ci)
 from .settings import Settings
+from .stage_files import cluster_kubeconfig, cluster_kubectl
 
 # Where the smoke test looks for the API key before asking the cluster for the Secret.
 SMOKE_KEY_ENV = "MODELSHIP_API_KEY"
 
 
+def kubectl_program(settings: Settings) -> list[str]:
+    """kubectl from PATH, or for the local control plane the kubectl built with it (the one
+    on PATH may be too many minor versions away) and its kubeconfig."""
+    if settings.kubernetes.local_cluster:
+        return [str(cluster_kubectl()), f"--kubeconfig={cluster_kubeconfig()}"]
+    return ["kubectl"]
+
+
 def kubectl_argv(settings: Settings, *args: str) -> list[str]:
-    return ["kubectl", f"--context={settings.kubernetes.context}",
+    return [*kubectl_program(settings), f"--context={settings.kubernetes.context}",
             f"--namespace={settings.kubernetes.namespace}", *args]
 
 
@@ -333,12 +342,12 @@ def collect_old_configs(c, settings: Settings, commands: dict[str, str], echo: E
 def port_forward(settings: Settings, local_port: int) -> Iterator[tuple[str, Callable[[], bool],
                                                                      Callable[[], str]]]:
     """Forward 127.0.0.1:<local_port> to the Service; yields (base url, alive, log)."""
-    executable = shutil.which("kubectl")
-    if executable is None:
-        raise PipelineError("kubectl is not on PATH.", "Install kubectl and try again.")
     command = kubectl_argv(settings, "port-forward", "--address=127.0.0.1",
                            f"service/{settings.app_name}",
                            f"{local_port}:{settings.deployment.service.port}")
+    executable = shutil.which(command[0])
+    if executable is None:
+        raise PipelineError(f"{command[0]} is not on PATH.", "Install kubectl and try again.")
     command[0] = executable
     process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
                                text=True)
