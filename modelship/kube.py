@@ -22,6 +22,7 @@ import base64
 import contextlib
 import json
 import os
+import re
 import shlex
 import shutil
 import subprocess
@@ -128,6 +129,30 @@ def _stdout(result) -> str:
     return "" if result is None else (result.stdout or "")
 
 
+# How the API server's RBAC refuses a request, as kubectl prints it.
+_FORBIDDEN = re.compile(r'User "(?P<user>[^"]+)" cannot (?P<verb>[\w-]+) resource '
+                        r'"(?P<resource>[^"]+)"(?: in API group "(?P<group>[^"]*)")?')
+
+
+def refusal(result) -> str | None:
+    """'<user> may not <verb> <resource>' when RBAC refused one of kubectl's requests."""
+    found = _FORBIDDEN.search("" if result is None else (result.stderr or ""))
+    if not found:
+        return None
+    group = f".{found['group']}" if found["group"] else ""
+    return f"{found['user']} may not {found['verb']} {found['resource']}{group}"
+
+
+def _refused(settings: Settings, result, doing: str) -> None:
+    """Raise the one line naming the missing permission, if that is why kubectl failed."""
+    refused = refusal(result)
+    if refused:
+        raise PipelineError(
+            f"{doing} in '{settings.kubernetes.context}' was refused: {refused} in namespace "
+            f"'{settings.kubernetes.namespace}'.",
+            "Grant that verb in the deploy identity's Role (docs/deploy-role.yaml).")
+
+
 def _require_rendered(settings: Settings) -> None:
     if not (settings.render_dir / "deployment.yaml").is_file():
         raise PipelineError(
@@ -167,6 +192,7 @@ def diff(c, settings: Settings) -> bool:
         return False
     if result.exited == 1:  # kubectl diff's way of saying "there are differences"
         return True
+    _refused(settings, result, "kubectl diff")
     raise PipelineError(
         f"kubectl diff against context '{settings.kubernetes.context}' failed "
         f"(exit {result.exited}).",
@@ -175,10 +201,15 @@ def diff(c, settings: Settings) -> bool:
     )
 
 
-def roll_back(c, commands: dict[str, str], echo: Echo) -> bool:
+def roll_back(c, commands: dict[str, str], echo: Echo,
+              settings: Settings | None = None) -> bool:
+    """`rollout undo` and its wait; False if either failed. With `settings`, a refusal by
+    RBAC raises the one line naming the missing permission instead."""
     echo("rolling back to the previous revision")
     undone = c.run(commands["undo"], warn=True, hide=_chatter())
     if not _ok(undone):
+        if settings is not None:
+            _refused(settings, undone, "kubectl rollout undo")
         return False
     return _ok(c.run(commands["undo_wait"], warn=True, hide=_chatter()))
 
@@ -231,6 +262,7 @@ def plan_undo(c, settings: Settings, commands: dict[str, str]) -> Undo:
     """Before applying: whether the Deployment exists, and which objects the apply creates."""
     result = c.run(commands["existing"], warn=True, hide=True)
     if result is not None and not result.ok:
+        _refused(settings, result, "Reading the rendered objects")
         raise PipelineError(
             f"Could not read the cluster in context '{settings.kubernetes.context}': "
             f"{(result.stderr or '').strip()[-300:]}",
@@ -259,7 +291,9 @@ def apply(c, settings: Settings, smoke: Callable[[], None] | None = None,
     if _dry(c):
         echo(f"[dry] would prune objects labelled {owned_selector(settings)} of the kinds "
              f"{', '.join(PRUNE_ALLOWLIST)} that {settings.render_dir} no longer holds")
-    if not _ok(c.run(commands["apply"], warn=True, hide=_chatter())):
+    applied = c.run(commands["apply"], warn=True, hide=_chatter())
+    if not _ok(applied):
+        _refused(settings, applied, "kubectl apply")
         raise PipelineError(
             f"kubectl apply to context '{settings.kubernetes.context}' failed.",
             f"Read kubectl's message above; check `invoke aks.credentials --env={settings.env}`"
@@ -416,6 +450,7 @@ def status(c, settings: Settings) -> dict | None:
                            f"service/{settings.app_name}", "--output=json"),
                    warn=True, hide=True)
     if result is not None and not result.ok:
+        _refused(settings, result, f"Reading {settings.app_name}")
         raise PipelineError(
             f"Could not read {settings.app_name} in context '{settings.kubernetes.context}', "
             f"namespace '{settings.kubernetes.namespace}': {result.stderr.strip()[-300:]}",

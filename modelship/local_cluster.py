@@ -277,6 +277,14 @@ def write_kubeconfig(identity: str, context: str) -> Path:
     return path
 
 
+def client_kubeconfig(identity: str, user: str, context: str) -> Path:
+    """A kubeconfig for one more user, its certificate signed by this machine's CA: what RBAC
+    then allows it is only what a RoleBinding grants (the tests' deploy identity)."""
+    ensure_pki()
+    _leaf(identity, f"/CN={user}", "extendedKeyUsage=clientAuth\n")
+    return write_kubeconfig(identity, context)
+
+
 # --- the processes ---------------------------------------------------------------------------
 
 def _process_name(binary: str) -> str:

@@ -308,7 +308,7 @@ class KubernetesTarget(_LocalServices):
         return ran(f"rolled out {pushed.reference} to {self.where}")
 
     def rollback(self, *, dry: bool, echo: Echo) -> str:
-        if not kube.roll_back(self.c, kube.apply_commands(self.settings), echo):
+        if not kube.roll_back(self.c, kube.apply_commands(self.settings), echo, self.settings):
             raise PipelineError(
                 f"kubectl rollout undo failed in {self.where}.",
                 "Read kubectl's message above; `kubectl rollout history` lists the revisions.",

@@ -269,6 +269,59 @@ def test_a_config_only_change_makes_a_new_configmap_and_collects_the_unused_one(
         "configmap/kube-root-ca.crt"} == new_config
 
 
+def test_the_published_deploy_role_is_enough_and_a_missing_verb_ends_in_one_line(
+        cluster_context, scratch_namespace, tmp_path, monkeypatch):
+    from modelship import local_cluster
+    from modelship.release_targets import KubernetesTarget
+
+    role = (PROJECT_ROOT / "docs" / "deploy-role.yaml").read_text()
+    for manifest in (role, yaml_binding(scratch_namespace)):
+        made = subprocess.run([str(cluster_kubectl()), f"--kubeconfig={cluster_kubeconfig()}",
+                               f"--context={cluster_context}",
+                               f"--namespace={scratch_namespace}", "apply", "--filename=-"],
+                              input=manifest, capture_output=True, text=True, timeout=60)
+        assert made.returncode == 0, made.stderr
+    deployer = local_cluster.client_kubeconfig("deployer", "modelship-deployer",
+                                               cluster_context)
+    # From here on every kubectl call of the release is made as the deploy identity.
+    monkeypatch.setattr(kube, "cluster_kubeconfig", lambda: deployer)
+    c = invoke.Context()
+    first = applying("cluster", cluster_context, scratch_namespace, tmp_path / "a",
+                     monkeypatch, image=GOOD_IMAGE)
+    kube.apply(c, first, smoke=None, echo=print)
+    second = applying("cluster", cluster_context, scratch_namespace, tmp_path / "b",
+                      monkeypatch, image=SECOND_IMAGE, max_batch=10)
+    kube.apply(c, second, smoke=None, echo=print)
+    KubernetesTarget(c, second).rollback(dry=False, echo=print)
+    assert kube.status(c, second)["digest"] == DIGEST
+    # Without `patch` on Deployments the next release stops with the one line that says so.
+    narrowed = role.replace("verbs: [get, list, watch, create, patch, delete]",
+                            "verbs: [get, list, watch, create, delete]")
+    assert narrowed != role
+    made = subprocess.run([str(cluster_kubectl()), f"--kubeconfig={cluster_kubeconfig()}",
+                           f"--context={cluster_context}", f"--namespace={scratch_namespace}",
+                           "apply", "--filename=-"], input=narrowed, capture_output=True,
+                          text=True, timeout=60)
+    assert made.returncode == 0, made.stderr
+    with pytest.raises(PipelineError) as failure:
+        kube.apply(c, second, smoke=None, echo=print)
+    line = str(failure.value)
+    assert "\n" not in line, line
+    assert "modelship-deployer may not patch deployments.apps" in line, line
+
+
+def yaml_binding(namespace: str) -> str:
+    return f"""apiVersion: rbac.authorization.k8s.io/v1
+kind: RoleBinding
+metadata:
+  name: modelship-deployer
+  namespace: {namespace}
+roleRef: {{apiGroup: rbac.authorization.k8s.io, kind: Role, name: modelship-deployer}}
+subjects:
+  - {{apiGroup: rbac.authorization.k8s.io, kind: User, name: modelship-deployer}}
+"""
+
+
 @pytest.mark.skipif(not os.environ.get("MODELSHIP_TEST_IMAGE"),
                     reason="set MODELSHIP_TEST_IMAGE to a pushed image the cluster can pull")
 def test_a_stopping_pod_leaves_the_endpoints_before_it_stops_serving(

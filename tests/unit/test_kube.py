@@ -265,6 +265,20 @@ def test_a_refused_apply_stops_before_the_rollout(dev):
     assert c.run.call_count == 2  # the read of what exists, then the refused apply
 
 
+def test_an_apply_rbac_refuses_ends_in_one_line_naming_the_verb_and_resource(dev):
+    refused = ('Error from server (Forbidden): error when deleting "build/k8s/dev": '
+               'ingresses.networking.k8s.io "digits-api" is forbidden: User "deployer" cannot '
+               'delete resource "ingresses" in API group "networking.k8s.io" in the namespace '
+               '"digits-dev"')
+    c = cluster(dev, apply=Result(exited=1, stderr=refused))
+    with pytest.raises(PipelineError) as failure:
+        kube.apply(c, dev, echo=lambda line: None)
+    line = str(failure.value)
+    assert "\n" not in line
+    assert "deployer may not delete ingresses.networking.k8s.io" in line
+    assert "docs/deploy-role.yaml" in line
+
+
 def test_an_unreadable_cluster_stops_before_anything_is_applied(dev):
     c = cluster(dev, existing=Result(exited=1, stderr="Unauthorized"))
     with pytest.raises(PipelineError, match="Could not read the cluster.*Unauthorized"):
