@@ -71,10 +71,10 @@ class ReleaseTarget(Protocol):
     def stop_services(self) -> list[str]:
         """`local.down`: stop what `local.up` (and a local release) started, nothing else."""
 
-    def start_cluster(self, echo: Echo) -> list[str]:
+    def start_cluster(self, echo: Echo, dry: bool = False) -> list[str]:
         """`local.cluster.up`: the environment's control plane on this machine, if it has one."""
 
-    def stop_cluster(self) -> list[str]:
+    def stop_cluster(self, dry: bool = False) -> list[str]:
         """`local.cluster.down`: stop the components `start_cluster` started here."""
 
 
@@ -105,17 +105,24 @@ class _LocalServices:
                 "Use --env=cluster, or set kubernetes.local_cluster: true (runtime kubernetes) "
                 "for the environment.")
 
-    def start_cluster(self, echo: Echo) -> list[str]:
+    def start_cluster(self, echo: Echo, dry: bool = False) -> list[str]:
         from . import local_cluster
 
         self._require_local_cluster()
+        if dry:
+            return ["[dry] would build the control plane unless cached, then start etcd, "
+                    "kube-apiserver, kube-controller-manager, kube-scheduler and kwok on "
+                    "127.0.0.1 where none answers"]
         return local_cluster.up(self.settings.kubernetes.context,
                                 self.settings.kubernetes.namespace, echo)
 
-    def stop_cluster(self) -> list[str]:
+    def stop_cluster(self, dry: bool = False) -> list[str]:
         from . import local_cluster
 
         self._require_local_cluster()
+        if dry:
+            return ["[dry] would stop the control-plane components local.cluster.up started "
+                    "here"]
         stopped = local_cluster.down()
         return ["stopped: " + (", ".join(stopped) if stopped else
                                "nothing (local.cluster.up started nothing here)")]

@@ -474,17 +474,11 @@ def local_down(c, settings: Settings, *, dry: bool) -> list[str]:
 
 def local_cluster_up(c, settings: Settings, *, dry: bool, echo: Echo) -> list[str]:
     """Build (once per machine) and start the environment's local control plane."""
-    if dry:
-        return ["[dry] would build the control plane unless cached, then start etcd, "
-                "kube-apiserver, kube-controller-manager, kube-scheduler and kwok on 127.0.0.1 "
-                "where none answers"]
-    return release_target(c, settings).start_cluster(echo)
+    return release_target(c, settings).start_cluster(echo, dry=dry)
 
 
 def local_cluster_down(c, settings: Settings, *, dry: bool) -> list[str]:
-    if dry:
-        return ["[dry] would stop the control-plane components local.cluster.up started here"]
-    return release_target(c, settings).stop_cluster()
+    return release_target(c, settings).stop_cluster(dry=dry)
 
 
 # --- the data scientists' side ---------------------------------------------------------------
