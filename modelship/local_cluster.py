@@ -149,9 +149,10 @@ def _build(go: str, target: Path, echo: Echo) -> None:
     env = dict(os.environ, CGO_ENABLED="0", GOFLAGS="-trimpath -mod=readonly")
     started = time.monotonic()
     for build in BUILDS:
-        echo(f"building {', '.join(Path(p).name if p != '.' else build.folder for p in build.packages)}"
-             f" ({build.pinned_module} {build.pinned_version()}) into {target}; the first "
-             "build on a machine takes a while")
+        commands = ", ".join(build.folder if package == "." else Path(package).name
+                             for package in build.packages)
+        echo(f"building {commands} ({build.pinned_module} {build.pinned_version()}) into "
+             f"{target}; the first build on a machine takes a while")
         result = subprocess.run(
             ["nice", "-n", "10", go, "build", f"-ldflags={build.ldflags()}",
              "-o", f"{staging}/", *build.packages],
@@ -328,6 +329,9 @@ def _argv(binaries: Path) -> dict[str, list[str]]:
         "kube-apiserver": [
             str(binaries / "kube-apiserver"), f"--etcd-servers={etcd_url}",
             "--bind-address=127.0.0.1", "--advertise-address=127.0.0.1",
+            # Loopback may not be published as the kubernetes Service's endpoint; nothing
+            # in this cluster dials it from a pod.
+            "--endpoint-reconciler-type=none",
             f"--secure-port={API_PORT}", f"--cert-dir={state / 'apiserver'}",
             f"--tls-cert-file={pki / 'apiserver.crt'}",
             f"--tls-private-key-file={pki / 'apiserver.key'}",
