@@ -42,6 +42,11 @@ SECOND_IMAGE = f"{REGISTRY}/digits-api@{SECOND_DIGEST}"
 NEVER_READY_IMAGE = f"{REGISTRY}/digits-api-{NEVER_READY_MARKER}@{DIGEST}"
 
 
+def quiet_context() -> invoke.Context:
+    """An Invoke context that never reads this process's stdin (pytest owns it)."""
+    return invoke.Context(invoke.Config(overrides={"run": {"in_stream": False}}))
+
+
 def kubectl(*args: str, timeout: float = 60) -> subprocess.CompletedProcess:
     return subprocess.run([str(cluster_kubectl()), f"--kubeconfig={cluster_kubeconfig()}",
                            *args], capture_output=True, text=True, timeout=timeout)
@@ -134,7 +139,7 @@ def image_of(item: dict) -> str:
 
 def test_apply_prunes_what_the_settings_switched_off_and_nothing_else(
         cluster_context, scratch_namespace, tmp_path, monkeypatch, capfd):
-    c = invoke.Context()
+    c = quiet_context()
     # Someone else's object in the same namespace, with a similar name and the same
     # instance label but not managed by modelship: never pruned.
     bystander = kubectl(f"--context={cluster_context}", f"--namespace={scratch_namespace}",
@@ -183,7 +188,7 @@ def test_a_failed_first_deploy_deletes_exactly_what_it_created(
                         monkeypatch, image=NEVER_READY_IMAGE, progress_deadline_seconds=15)
     created = kube.rendered_objects(settings)
     with pytest.raises(PipelineError, match="first deploy.*deleted again") as failure:
-        kube.apply(invoke.Context(), settings, smoke=None, echo=print)
+        kube.apply(quiet_context(), settings, smoke=None, echo=print)
     assert all(name in failure.value.problem for name in created), failure.value.problem
     deadline = time.monotonic() + 30
     while time.monotonic() < deadline:
@@ -197,7 +202,7 @@ def test_a_failed_first_deploy_deletes_exactly_what_it_created(
 
 def test_a_second_release_rolls_out_and_status_reads_it(cluster_context, scratch_namespace,
                                                         tmp_path, monkeypatch):
-    c = invoke.Context()
+    c = quiet_context()
     first = applying("cluster", cluster_context, scratch_namespace, tmp_path / "a",
                      monkeypatch, image=GOOD_IMAGE)
     kube.apply(c, first, smoke=None, echo=print)
@@ -218,7 +223,7 @@ def test_a_second_release_rolls_out_and_status_reads_it(cluster_context, scratch
 
 def test_a_release_that_never_gets_ready_is_undone(cluster_context, scratch_namespace,
                                                    tmp_path, monkeypatch):
-    c = invoke.Context()
+    c = quiet_context()
     good = applying("cluster", cluster_context, scratch_namespace, tmp_path / "a",
                     monkeypatch, image=GOOD_IMAGE, progress_deadline_seconds=15)
     kube.apply(c, good, smoke=None, echo=print)
@@ -239,7 +244,7 @@ def test_a_release_that_never_gets_ready_is_undone(cluster_context, scratch_name
 
 def test_a_config_only_change_makes_a_new_configmap_and_collects_the_unused_one(
         cluster_context, scratch_namespace, tmp_path, monkeypatch):
-    c = invoke.Context()
+    c = quiet_context()
     first = applying("cluster", cluster_context, scratch_namespace, tmp_path / "a",
                      monkeypatch, image=GOOD_IMAGE, max_batch=1000)
     kube.apply(c, first, smoke=None, echo=print)
@@ -285,7 +290,7 @@ def test_the_published_deploy_role_is_enough_and_a_missing_verb_ends_in_one_line
                                                cluster_context)
     # From here on every kubectl call of the release is made as the deploy identity.
     monkeypatch.setattr(kube, "cluster_kubeconfig", lambda: deployer)
-    c = invoke.Context()
+    c = quiet_context()
     first = applying("cluster", cluster_context, scratch_namespace, tmp_path / "a",
                      monkeypatch, image=GOOD_IMAGE)
     kube.apply(c, first, smoke=None, echo=print)
@@ -328,7 +333,7 @@ def test_a_stopping_pod_leaves_the_endpoints_before_it_stops_serving(
         cluster_context, scratch_namespace, tmp_path, monkeypatch):
     settings = applying("dev", cluster_context, scratch_namespace, tmp_path / "k8s",
                         monkeypatch, image=os.environ["MODELSHIP_TEST_IMAGE"])
-    kube.apply(invoke.Context(), settings, smoke=None, echo=print)
+    kube.apply(quiet_context(), settings, smoke=None, echo=print)
     pods = kubectl(f"--context={cluster_context}", f"--namespace={scratch_namespace}", "get",
                    "pods", "--output=json")
     pod = json.loads(pods.stdout)["items"][0]["metadata"]["name"]
