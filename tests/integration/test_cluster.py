@@ -140,16 +140,20 @@ def image_of(item: dict) -> str:
 def test_apply_prunes_what_the_settings_switched_off_and_nothing_else(
         cluster_context, scratch_namespace, tmp_path, monkeypatch, capfd):
     c = quiet_context()
-    # Someone else's object in the same namespace, with a similar name and the same
-    # instance label but not managed by modelship: never pruned.
-    bystander = kubectl(f"--context={cluster_context}", f"--namespace={scratch_namespace}",
-                        "create", "service", "clusterip", "digits-api-other", "--tcp=80:80")
+    # Another tool's object in the same namespace, applied with kubectl apply (so prune
+    # would consider it) under a similar name and the same instance label: never pruned.
+    bystander = subprocess.run(
+        [str(cluster_kubectl()), f"--kubeconfig={cluster_kubeconfig()}",
+         f"--context={cluster_context}", f"--namespace={scratch_namespace}", "apply",
+         "--filename=-"], capture_output=True, text=True, timeout=60, input=json.dumps({
+             "apiVersion": "v1", "kind": "Service",
+             "metadata": {"name": "digits-api-other", "labels": {
+                 "app.kubernetes.io/instance": "digits-api-dev",
+                 "app.kubernetes.io/name": "digits-api",
+                 "app.kubernetes.io/managed-by": "helm"}},
+             "spec": {"ports": [{"port": 80}],
+                      "selector": {"app.kubernetes.io/name": "other"}}}))
     assert bystander.returncode == 0, bystander.stderr
-    labelled = kubectl(f"--context={cluster_context}", f"--namespace={scratch_namespace}",
-                       "label", "service", "digits-api-other",
-                       "app.kubernetes.io/instance=digits-api-dev",
-                       "app.kubernetes.io/name=digits-api")
-    assert labelled.returncode == 0, labelled.stderr
     ingress_on = {"hosts": ["digits.example.com"], "class_name": "", "tls_secret": "",
                   "controller_namespace": "app-routing-system"}
     with_ingress = applying("dev", cluster_context, scratch_namespace, tmp_path / "a",
@@ -165,8 +169,10 @@ def test_apply_prunes_what_the_settings_switched_off_and_nothing_else(
     capfd.readouterr()
     assert kube.diff(c, without) is True
     shown = capfd.readouterr().out
-    assert "-kind: Ingress" in shown.replace("  ", " ").replace(" kind:", "kind:") \
-        or "kind: Ingress" in shown, shown
+    # kubectl diff compares the live Ingress with nothing: every line of it removed.
+    assert any(line.startswith("diff ") and ".Ingress." in line
+               for line in shown.splitlines()), shown
+    assert "\n-kind: Ingress\n" in shown, shown
     kube.apply(c, without, smoke=None, echo=print)
     assert names(cluster_context, scratch_namespace, "ingress") == set()
     # The first release's ConfigMap stays while its ReplicaSet is kept for `rollout undo`.
