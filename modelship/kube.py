@@ -96,6 +96,10 @@ def apply_commands(settings: Settings) -> dict[str, str]:
         # is what the apply created and is deleted again.
         "existing": kubectl(settings, "get", f"--filename={settings.render_dir}",
                             "--ignore-not-found", "--output=name"),
+        # The API server as a second validator: its admission chain (Pod Security, quotas,
+        # webhooks) judges the folder before anything in the cluster changes.
+        "validate": kubectl(settings, "apply", "--dry-run=server",
+                            f"--filename={settings.render_dir}"),
         "apply": kubectl(settings, "apply", f"--filename={settings.render_dir}",
                          *prune_flags(settings)),
         "rollout": kubectl(settings, "rollout", "status", deployment, timeout),
@@ -291,6 +295,19 @@ def apply(c, settings: Settings, smoke: Callable[[], None] | None = None,
     if _dry(c):
         echo(f"[dry] would prune objects labelled {owned_selector(settings)} of the kinds "
              f"{', '.join(PRUNE_ALLOWLIST)} that {settings.render_dir} no longer holds")
+    validated = c.run(commands["validate"], warn=True, hide=True)
+    # Pod Security admits a Deployment whose pods it will refuse, with a warning only: the
+    # ReplicaSet's pods would then fail one by one. The warning counts as a refusal here.
+    pod_security = [line for line in ("" if validated is None else validated.stderr or "")
+                    .splitlines() if "would violate PodSecurity" in line]
+    if not _ok(validated) or pod_security:
+        _refused(settings, validated, "kubectl apply --dry-run=server")
+        reason = (pod_security or (validated.stderr or "").strip().splitlines()
+                  or ["no message"])[-1]
+        raise PipelineError(
+            f"The API server of '{settings.kubernetes.context}' refused the manifests in "
+            f"{settings.render_dir}, nothing was changed: {reason[-400:]}",
+            f"Fix the templates or settings, then `invoke render --env={settings.env}`.")
     applied = c.run(commands["apply"], warn=True, hide=_chatter())
     if not _ok(applied):
         _refused(settings, applied, "kubectl apply")

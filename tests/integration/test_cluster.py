@@ -279,6 +279,26 @@ def test_a_config_only_change_makes_a_new_configmap_and_collects_the_unused_one(
         "configmap/kube-root-ca.crt"} == new_config
 
 
+def test_the_api_server_refuses_a_tampered_manifest_before_anything_changes(
+        cluster_context, scratch_namespace, tmp_path, monkeypatch):
+    labelled = kubectl(f"--context={cluster_context}", "label", "namespace", scratch_namespace,
+                       "pod-security.kubernetes.io/enforce=restricted")
+    assert labelled.returncode == 0, labelled.stderr
+    settings = applying("cluster", cluster_context, scratch_namespace, tmp_path / "k8s",
+                        monkeypatch, image=GOOD_IMAGE)
+    rendered = settings.render_dir / "deployment.yaml"
+    # A privileged container, as a hand edit of the reviewed folder might make it.
+    rendered.write_text(rendered.read_text().replace("allowPrivilegeEscalation: false",
+                                                     "allowPrivilegeEscalation: true"))
+    with pytest.raises(PipelineError) as failure:
+        kube.apply(quiet_context(), settings, smoke=None, echo=print)
+    line = str(failure.value)
+    assert "\n" not in line and "refused the manifests" in line and "PodSecurity" in line, line
+    left = names(cluster_context, scratch_namespace,
+                 "deployments,services,configmaps,networkpolicies,serviceaccounts")
+    assert not any("digits-api" in name for name in left), left
+
+
 def test_the_published_deploy_role_is_enough_and_a_missing_verb_ends_in_one_line(
         cluster_context, scratch_namespace, tmp_path, monkeypatch):
     from modelship import local_cluster
