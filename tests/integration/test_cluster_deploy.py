@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+import time
 
 import pytest
 
@@ -74,10 +75,26 @@ def test_status_and_model_check_read_the_real_deployment(deployed):
     assert "cluster runs the latest published digits model" in checked.stdout, checked.stdout
 
 
+def settled(settings) -> str:
+    """The namespace once nothing moves in it any more (pods of the replaced ReplicaSet are
+    Terminating a few seconds), as JSON."""
+    deadline = time.monotonic() + 60
+    previous = namespace_json(settings)
+    while time.monotonic() < deadline:
+        time.sleep(3)
+        current = namespace_json(settings)
+        terminating = any(item["metadata"].get("deletionTimestamp")
+                          for item in json.loads(current)["items"])
+        if current == previous and not terminating:
+            return current
+        previous = current
+    raise AssertionError("the namespace did not settle within 60 s")
+
+
 @pytest.mark.parametrize("task", ["deploy", "apply", "rollback", "diff"])
 def test_dry_runs_leave_the_cluster_byte_for_byte_unchanged(deployed, task):
     settings, _ = deployed
-    before = namespace_json(settings)
+    before = settled(settings)
     ran = invoke("--dry", task, "--env=cluster", timeout=900)
     assert "Traceback" not in ran.stdout + ran.stderr, ran.stdout + ran.stderr
     assert ran.returncode in (0, 1), ran.stdout + ran.stderr
