@@ -324,9 +324,13 @@ def apply(c, settings: Settings, smoke: Callable[[], None] | None = None,
         outcome = undo.run(c, settings, commands, echo)
         echo("pods of the failed rollout:\n" + (_stdout(pods).strip() or "(none listed)"))
         echo("their warning events:\n" + (_stdout(events).strip() or "(none recorded)"))
+        # kubectl stops waiting early when the Deployment controller gives up.
+        deadline = "exceeded its progress deadline" in (getattr(rollout, "stderr", "") or "")
+        how = (f"exceeded its progress deadline "
+               f"({settings.deployment.progress_deadline_seconds} s)" if deadline else
+               f"did not finish within {settings.kubernetes.rollout_timeout}")
         raise PipelineError(
-            f"The rollout of {settings.app_name} in '{settings.env}' did not finish within "
-            f"{settings.kubernetes.rollout_timeout}; {outcome}",
+            f"The rollout of {settings.app_name} in '{settings.env}' {how}; {outcome}",
             "Read the pod events above, fix the cause, and deploy again.",
         )
     if smoke is not None:

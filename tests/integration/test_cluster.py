@@ -238,6 +238,7 @@ def test_a_release_that_never_gets_ready_is_undone(cluster_context, scratch_name
         kube.apply(c, broken, smoke=None, echo=print)
     line = str(failure.value)
     assert "\n" not in line and "rolled back to the previous revision" in line, line
+    assert "exceeded its progress deadline (15 s)" in line, line
     live = deployment(cluster_context, scratch_namespace)
     assert image_of(live) == GOOD_IMAGE
     assert live["status"].get("readyReplicas") == 2
