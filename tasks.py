@@ -18,7 +18,7 @@ from modelship.config_errors import install_config_error_hook
 from modelship.errors import PipelineError
 from modelship.settings import Settings, load_settings
 
-ENV_HELP = "Environment from invoke.yaml: local, dev, staging or prod (default: local)."
+ENV_HELP = "Environment from invoke.yaml: local, cluster, dev, staging or prod (default: local)."
 VERBOSE_HELP = "Show the details: the Docker build's output, kubectl's, the libraries' logs."
 
 # Invoke reads -f files and INVOKE_* variables after loading this file: mistakes there end
@@ -183,6 +183,20 @@ def local_status(c, env=None):
         echo(line)
 
 
+@pipeline_task("local.cluster.up", name="up")
+def local_cluster_up(c, env="cluster", verbose=False):
+    """Start the local Kubernetes control plane (built from tools/cluster/ once per machine)."""
+    for line in stages.local_cluster_up(c, _settings(c, env), dry=is_dry(c), echo=echo):
+        echo(line)
+
+
+@pipeline_task("local.cluster.down", name="down")
+def local_cluster_down(c, env="cluster"):
+    """Stop the control-plane components local.cluster.up started here (nothing else)."""
+    for line in stages.local_cluster_down(c, _settings(c, env), dry=is_dry(c)):
+        echo(line)
+
+
 # --- the data scientists' side ------------------------------------------------------------
 @pipeline_task("model.publish", help=publishing.FLAG_HELP, name="publish")
 def model_publish(c, env=None, model=None, samples=None, name=None, version=None, task=None,
@@ -238,7 +252,9 @@ def ci_check(c):
 namespace = Collection(fetch_model, base_image, lock, build, test, push, render, apply, rollback,
                        deploy, diff, status)
 namespace.add_collection(Collection("aks", aks_credentials))
-namespace.add_collection(Collection("local", local_up, local_down, local_status))
+local = Collection("local", local_up, local_down, local_status)
+local.add_collection(Collection("cluster", local_cluster_up, local_cluster_down))
+namespace.add_collection(local)
 namespace.add_collection(Collection("model", model_publish, model_list, model_promote,
                                     model_check))
 namespace.add_collection(Collection("ci", ci_check))

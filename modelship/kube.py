@@ -22,6 +22,7 @@ import base64
 import contextlib
 import json
 import os
+import re
 import shlex
 import shutil
 import subprocess
@@ -35,13 +36,22 @@ from .errors import PipelineError
 from .names import (GIT_REVISION_ANNOTATION, MODEL_SHA256_ANNOTATION, MODEL_VERSION_ANNOTATION,
                     Echo, running_in_ci)
 from .settings import Settings
+from .stage_files import cluster_kubeconfig, cluster_kubectl
 
 # Where the smoke test looks for the API key before asking the cluster for the Secret.
 SMOKE_KEY_ENV = "MODELSHIP_API_KEY"
 
 
+def kubectl_program(settings: Settings) -> list[str]:
+    """kubectl from PATH, or for the local control plane the kubectl built with it (the one
+    on PATH may be too many minor versions away) and its kubeconfig."""
+    if settings.kubernetes.local_cluster:
+        return [str(cluster_kubectl()), f"--kubeconfig={cluster_kubeconfig()}"]
+    return ["kubectl"]
+
+
 def kubectl_argv(settings: Settings, *args: str) -> list[str]:
-    return ["kubectl", f"--context={settings.kubernetes.context}",
+    return [*kubectl_program(settings), f"--context={settings.kubernetes.context}",
             f"--namespace={settings.kubernetes.namespace}", *args]
 
 
@@ -86,6 +96,10 @@ def apply_commands(settings: Settings) -> dict[str, str]:
         # is what the apply created and is deleted again.
         "existing": kubectl(settings, "get", f"--filename={settings.render_dir}",
                             "--ignore-not-found", "--output=name"),
+        # The API server as a second validator: its admission chain (Pod Security, quotas,
+        # webhooks) judges the folder before anything in the cluster changes.
+        "validate": kubectl(settings, "apply", "--dry-run=server",
+                            f"--filename={settings.render_dir}"),
         "apply": kubectl(settings, "apply", f"--filename={settings.render_dir}",
                          *prune_flags(settings)),
         "rollout": kubectl(settings, "rollout", "status", deployment, timeout),
@@ -117,6 +131,30 @@ def _ok(result) -> bool:
 
 def _stdout(result) -> str:
     return "" if result is None else (result.stdout or "")
+
+
+# How the API server's RBAC refuses a request, as kubectl prints it.
+_FORBIDDEN = re.compile(r'User "(?P<user>[^"]+)" cannot (?P<verb>[\w-]+) resource '
+                        r'"(?P<resource>[^"]+)"(?: in API group "(?P<group>[^"]*)")?')
+
+
+def refusal(result) -> str | None:
+    """'<user> may not <verb> <resource>' when RBAC refused one of kubectl's requests."""
+    found = _FORBIDDEN.search("" if result is None else (result.stderr or ""))
+    if not found:
+        return None
+    group = f".{found['group']}" if found["group"] else ""
+    return f"{found['user']} may not {found['verb']} {found['resource']}{group}"
+
+
+def _refused(settings: Settings, result, doing: str) -> None:
+    """Raise the one line naming the missing permission, if that is why kubectl failed."""
+    refused = refusal(result)
+    if refused:
+        raise PipelineError(
+            f"{doing} in '{settings.kubernetes.context}' was refused: {refused} in namespace "
+            f"'{settings.kubernetes.namespace}'.",
+            "Grant that verb in the deploy identity's Role (docs/deploy-role.yaml).")
 
 
 def _require_rendered(settings: Settings) -> None:
@@ -158,6 +196,7 @@ def diff(c, settings: Settings) -> bool:
         return False
     if result.exited == 1:  # kubectl diff's way of saying "there are differences"
         return True
+    _refused(settings, result, "kubectl diff")
     raise PipelineError(
         f"kubectl diff against context '{settings.kubernetes.context}' failed "
         f"(exit {result.exited}).",
@@ -166,10 +205,15 @@ def diff(c, settings: Settings) -> bool:
     )
 
 
-def roll_back(c, commands: dict[str, str], echo: Echo) -> bool:
+def roll_back(c, commands: dict[str, str], echo: Echo,
+              settings: Settings | None = None) -> bool:
+    """`rollout undo` and its wait; False if either failed. With `settings`, a refusal by
+    RBAC raises the one line naming the missing permission instead."""
     echo("rolling back to the previous revision")
     undone = c.run(commands["undo"], warn=True, hide=_chatter())
     if not _ok(undone):
+        if settings is not None:
+            _refused(settings, undone, "kubectl rollout undo")
         return False
     return _ok(c.run(commands["undo_wait"], warn=True, hide=_chatter()))
 
@@ -222,6 +266,7 @@ def plan_undo(c, settings: Settings, commands: dict[str, str]) -> Undo:
     """Before applying: whether the Deployment exists, and which objects the apply creates."""
     result = c.run(commands["existing"], warn=True, hide=True)
     if result is not None and not result.ok:
+        _refused(settings, result, "Reading the rendered objects")
         raise PipelineError(
             f"Could not read the cluster in context '{settings.kubernetes.context}': "
             f"{(result.stderr or '').strip()[-300:]}",
@@ -250,7 +295,22 @@ def apply(c, settings: Settings, smoke: Callable[[], None] | None = None,
     if _dry(c):
         echo(f"[dry] would prune objects labelled {owned_selector(settings)} of the kinds "
              f"{', '.join(PRUNE_ALLOWLIST)} that {settings.render_dir} no longer holds")
-    if not _ok(c.run(commands["apply"], warn=True, hide=_chatter())):
+    validated = c.run(commands["validate"], warn=True, hide=True)
+    # Pod Security admits a Deployment whose pods it will refuse, with a warning only: the
+    # ReplicaSet's pods would then fail one by one. The warning counts as a refusal here.
+    pod_security = [line for line in ("" if validated is None else validated.stderr or "")
+                    .splitlines() if "would violate PodSecurity" in line]
+    if not _ok(validated) or pod_security:
+        _refused(settings, validated, "kubectl apply --dry-run=server")
+        reason = (pod_security or (validated.stderr or "").strip().splitlines()
+                  or ["no message"])[-1]
+        raise PipelineError(
+            f"The API server of '{settings.kubernetes.context}' refused the manifests in "
+            f"{settings.render_dir}, nothing was changed: {reason[-400:]}",
+            f"Fix the templates or settings, then `invoke render --env={settings.env}`.")
+    applied = c.run(commands["apply"], warn=True, hide=_chatter())
+    if not _ok(applied):
+        _refused(settings, applied, "kubectl apply")
         raise PipelineError(
             f"kubectl apply to context '{settings.kubernetes.context}' failed.",
             f"Read kubectl's message above; check `invoke aks.credentials --env={settings.env}`"
@@ -264,9 +324,13 @@ def apply(c, settings: Settings, smoke: Callable[[], None] | None = None,
         outcome = undo.run(c, settings, commands, echo)
         echo("pods of the failed rollout:\n" + (_stdout(pods).strip() or "(none listed)"))
         echo("their warning events:\n" + (_stdout(events).strip() or "(none recorded)"))
+        # kubectl stops waiting early when the Deployment controller gives up.
+        deadline = "exceeded its progress deadline" in (getattr(rollout, "stderr", "") or "")
+        how = (f"exceeded its progress deadline "
+               f"({settings.deployment.progress_deadline_seconds} s)" if deadline else
+               f"did not finish within {settings.kubernetes.rollout_timeout}")
         raise PipelineError(
-            f"The rollout of {settings.app_name} in '{settings.env}' did not finish within "
-            f"{settings.kubernetes.rollout_timeout}; {outcome}",
+            f"The rollout of {settings.app_name} in '{settings.env}' {how}; {outcome}",
             "Read the pod events above, fix the cause, and deploy again.",
         )
     if smoke is not None:
@@ -333,12 +397,12 @@ def collect_old_configs(c, settings: Settings, commands: dict[str, str], echo: E
 def port_forward(settings: Settings, local_port: int) -> Iterator[tuple[str, Callable[[], bool],
                                                                      Callable[[], str]]]:
     """Forward 127.0.0.1:<local_port> to the Service; yields (base url, alive, log)."""
-    executable = shutil.which("kubectl")
-    if executable is None:
-        raise PipelineError("kubectl is not on PATH.", "Install kubectl and try again.")
     command = kubectl_argv(settings, "port-forward", "--address=127.0.0.1",
                            f"service/{settings.app_name}",
                            f"{local_port}:{settings.deployment.service.port}")
+    executable = shutil.which(command[0])
+    if executable is None:
+        raise PipelineError(f"{command[0]} is not on PATH.", "Install kubectl and try again.")
     command[0] = executable
     process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
                                text=True)
@@ -411,6 +475,7 @@ def status(c, settings: Settings) -> dict | None:
                            f"service/{settings.app_name}", "--output=json"),
                    warn=True, hide=True)
     if result is not None and not result.ok:
+        _refused(settings, result, f"Reading {settings.app_name}")
         raise PipelineError(
             f"Could not read {settings.app_name} in context '{settings.kubernetes.context}', "
             f"namespace '{settings.kubernetes.namespace}': {result.stderr.strip()[-300:]}",

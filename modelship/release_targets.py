@@ -71,6 +71,12 @@ class ReleaseTarget(Protocol):
     def stop_services(self) -> list[str]:
         """`local.down`: stop what `local.up` (and a local release) started, nothing else."""
 
+    def start_cluster(self, echo: Echo, dry: bool = False) -> list[str]:
+        """`local.cluster.up`: the environment's control plane on this machine, if it has one."""
+
+    def stop_cluster(self, dry: bool = False) -> list[str]:
+        """`local.cluster.down`: stop the components `start_cluster` started here."""
+
 
 def release_target(c, settings: Settings) -> ReleaseTarget:
     """The release target `settings.runtime` names: the only place that makes this choice."""
@@ -91,6 +97,35 @@ class _LocalServices:
     environment may use them, whatever its runtime."""
 
     settings: Settings
+
+    def _require_local_cluster(self) -> None:
+        if not (self.runtime == "kubernetes" and self.settings.kubernetes.local_cluster):
+            raise PipelineError(
+                f"Environment '{self.settings.env}' does not use the local control plane.",
+                "Use --env=cluster, or set kubernetes.local_cluster: true (runtime kubernetes) "
+                "for the environment.")
+
+    def start_cluster(self, echo: Echo, dry: bool = False) -> list[str]:
+        from . import local_cluster
+
+        self._require_local_cluster()
+        if dry:
+            return ["[dry] would build the control plane unless cached, then start etcd, "
+                    "kube-apiserver, kube-controller-manager, kube-scheduler and kwok on "
+                    "127.0.0.1 where none answers"]
+        return local_cluster.up(self.settings.kubernetes.context,
+                                self.settings.kubernetes.namespace, echo)
+
+    def stop_cluster(self, dry: bool = False) -> list[str]:
+        from . import local_cluster
+
+        self._require_local_cluster()
+        if dry:
+            return ["[dry] would stop the control-plane components local.cluster.up started "
+                    "here"]
+        stopped = local_cluster.down()
+        return ["stopped: " + (", ".join(stopped) if stopped else
+                               "nothing (local.cluster.up started nothing here)")]
 
     def start_services(self, echo: Echo) -> list[str]:
         from . import local_services
@@ -265,7 +300,12 @@ class KubernetesTarget(_LocalServices):
         if kube.needs_confirmation(self.settings, yes) and not dry:
             kube.confirm(self.settings, pushed.reference)
         smoke_test = None
-        if smoke:
+        if smoke and self.settings.kubernetes.local_cluster:
+            # kwok's pods run no process: a port-forward would reach nothing. The container
+            # contract test (`invoke test`) scored this image already (docs/operations.md).
+            echo("smoke test not run: the local control plane's pods are kwok's and serve "
+                 "nothing; `invoke test` scored this image on the local engine")
+        elif smoke:
             smoke_test = kube.smoke_step(self.c, self.settings,
                                          None if dry else record.model.as_metadata(), echo)
         kube.apply(self.c, self.settings, smoke_test, echo)
@@ -275,7 +315,7 @@ class KubernetesTarget(_LocalServices):
         return ran(f"rolled out {pushed.reference} to {self.where}")
 
     def rollback(self, *, dry: bool, echo: Echo) -> str:
-        if not kube.roll_back(self.c, kube.apply_commands(self.settings), echo):
+        if not kube.roll_back(self.c, kube.apply_commands(self.settings), echo, self.settings):
             raise PipelineError(
                 f"kubectl rollout undo failed in {self.where}.",
                 "Read kubectl's message above; `kubectl rollout history` lists the revisions.",
@@ -333,7 +373,38 @@ class KubernetesTarget(_LocalServices):
         return _model_ref(sha256, version)
 
     def prepare(self, *, dry: bool, echo: Echo) -> None:
-        """The cluster runs the release: nothing to start on this machine."""
+        """The cluster runs the release: nothing to start on this machine, unless it is this
+        machine's control plane and the registry the release is pushed to."""
+        if not self.settings.kubernetes.local_cluster:
+            return
+        from . import local_cluster, local_services
+
+        if local_cluster.api_answers() and local_services.all_answer(
+                self.settings.local_services):
+            return
+        if dry:
+            echo("[dry] would start the local control plane and services (invoke local.up)")
+            return
+        for line in self.start_services(echo):
+            echo(line)
+
+    def start_services(self, echo: Echo) -> list[str]:
+        lines = super().start_services(echo)
+        if self.settings.kubernetes.local_cluster:
+            lines += self.start_cluster(echo)
+        return lines
+
+    def describe_services(self) -> list[str]:
+        lines = super().describe_services()
+        if self.settings.kubernetes.local_cluster:
+            from . import local_cluster
+
+            lines += local_cluster.describe()
+        return lines
+
+    def stop_services(self) -> list[str]:
+        lines = self.stop_cluster() if self.settings.kubernetes.local_cluster else []
+        return lines + super().stop_services()
 
     def fetch_credentials(self, *, dry: bool, echo: Echo) -> str:
         return kube.fetch_credentials(self.c, self.settings, dry, echo)

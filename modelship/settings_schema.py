@@ -233,6 +233,9 @@ class KubernetesSection(Section):
     # The Kubernetes minor version whose schemas rendered objects must pass.
     version: KubernetesMinor = "1.31"
     aks: AksSection = Field(default_factory=AksSection)
+    # true: the context is this machine's control plane (`invoke local.cluster.up`), reached
+    # with its own kubectl and kubeconfig; kwok plays its pods, so nothing serves the smoke test.
+    local_cluster: bool = False
 
 
 class AutoscalingSection(Section):

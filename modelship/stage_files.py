@@ -14,6 +14,7 @@ touch a file.
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -23,6 +24,25 @@ LOCAL_STATE_DIR = PROJECT_ROOT / ".local"
 # Where BUILD_DIR lies on disk. `on_disk` reads it at call time, so a test that points it at
 # a temporary folder moves every generated path at once.
 BUILD_ROOT = PROJECT_ROOT / "build"
+
+
+def cluster_cache_root() -> Path:
+    """The local control plane's binaries and state (`invoke local.cluster.up`): outside every
+    clone, so one build per machine and version serves all its checkouts."""
+    if os.environ.get("MODELSHIP_CLUSTER_CACHE"):
+        return Path(os.environ["MODELSHIP_CLUSTER_CACHE"])
+    cache = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
+    return Path(cache) / "modelship" / "cluster"
+
+
+def cluster_kubectl() -> Path:
+    """The kubectl built with the local control plane (links to the current build)."""
+    return cluster_cache_root() / "bin" / "kubectl"
+
+
+def cluster_kubeconfig() -> Path:
+    """The local control plane's admin kubeconfig, written by `local.cluster.up`."""
+    return cluster_cache_root() / "state" / "kubeconfig"
 
 ENV_PLACEHOLDER = "<env>"
 # Everything a task generates lives here; anything else in the project comes with the checkout.
@@ -81,6 +101,8 @@ TASK_FILES: dict[str, TaskFiles] = {
     "local.up": NOTHING,
     "local.down": NOTHING,
     "local.status": NOTHING,
+    "local.cluster.up": NOTHING,
+    "local.cluster.down": NOTHING,
     "model.publish": NOTHING,
     "model.check": NOTHING,
     "model.list": NOTHING,

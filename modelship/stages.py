@@ -495,6 +495,15 @@ def local_down(c, settings: Settings, *, dry: bool) -> list[str]:
     return release_target(c, settings).stop_services()
 
 
+def local_cluster_up(c, settings: Settings, *, dry: bool, echo: Echo) -> list[str]:
+    """Build (once per machine) and start the environment's local control plane."""
+    return release_target(c, settings).start_cluster(echo, dry=dry)
+
+
+def local_cluster_down(c, settings: Settings, *, dry: bool) -> list[str]:
+    return release_target(c, settings).stop_cluster(dry=dry)
+
+
 # --- the data scientists' side ---------------------------------------------------------------
 
 

@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 from invoke import Config
 
-from modelship import host, local_services
+from modelship import host, local_cluster, local_services
 from modelship.settings import PROJECT_ROOT, load_settings
 
 SERVICES = ("dockerd", "registry", "azurite")
@@ -55,6 +55,31 @@ def local_stack(local_settings):
             local_services.stop_registry(local_settings.local_services.registry_port)
         elif name in started_here:
             host.stop_started(name)
+
+
+@pytest.fixture(scope="session")
+def cluster_settings():
+    return load_settings(project_config(), "cluster")
+
+
+@pytest.fixture(scope="session")
+def local_control_plane(cluster_settings):
+    """The `cluster` environment's control plane: built unless cached, started unless it
+    answers, and at the end only what this session started is stopped. Without Go it cannot
+    be built: the one reason these tests may be skipped."""
+    import shutil
+
+    if shutil.which("go") is None:
+        pytest.skip("Go is not installed: the local control plane cannot be built")
+    before = {binary: host.started_pid(f"cluster-{binary}") for binary in local_cluster.PORTS}
+    for line in local_cluster.up(cluster_settings.kubernetes.context,
+                                 cluster_settings.kubernetes.namespace, print):
+        print(line)
+    started_here = [binary for binary in local_cluster.PORTS
+                    if host.started_pid(f"cluster-{binary}") and not before[binary]]
+    yield cluster_settings
+    for binary in reversed(started_here):
+        host.stop_started(f"cluster-{binary}")
 
 
 @pytest.fixture(scope="session")

@@ -27,9 +27,10 @@ pytestmark = pytest.mark.integration
 NO_ENV = {"ci.check"}
 ALSO_DEV = {"render", "apply", "rollback", "diff", "status", "aks.credentials", "deploy",
             "push", "fetch-model", "build", "test", "lock", "base-image"}
-# Runs whose right answer is a one-line refusal: local has no AKS cluster, and nothing was
-# rendered for dev in this checkout.
-EXPECTED_REFUSALS = {("aks.credentials", "--env=local"), ("diff", "--env=dev")}
+# Runs whose right answer is a one-line refusal: local has no AKS cluster and no local
+# control plane, and nothing was rendered for dev in this checkout.
+EXPECTED_REFUSALS = {("aks.credentials", "--env=local"), ("diff", "--env=dev"),
+                     ("local.cluster.up", "--env=local"), ("local.cluster.down", "--env=local")}
 # Tasks with a required argument get one that names something real.
 REQUIRED_ARGUMENTS = {"model.promote": lambda published: ["--version", published]}
 # Flags that change what a task does run once more each, on top of the plain run.

@@ -107,7 +107,7 @@ def cluster(settings, **answers) -> MockContext:
     commands = kube.apply_commands(settings)
     current = current_config(settings)
     defaults = {
-        "existing": ok(EXISTING), "apply": ok(), "rollout": ok(),
+        "existing": ok(EXISTING), "validate": ok(), "apply": ok(), "rollout": ok(),
         "replicasets": ok(replicaset_listing(current)),
         "configmaps": ok(f"configmap/{current}\n"),
     }
@@ -125,12 +125,23 @@ def test_apply_then_rollout_then_smoke_in_the_environments_context(dev):
     smoked = []
     kube.apply(c, dev, smoke=lambda: smoked.append(True), echo=lambda line: None)
     assert ran(c) == [commands[name] for name in
-                      ("existing", "apply", "rollout", "replicasets", "configmaps")]
+                      ("existing", "validate", "apply", "rollout", "replicasets",
+                                    "configmaps")]
     assert smoked == [True]
     for command in ran(c):
         assert "--context=aks-modelship-dev --namespace=digits-dev" in command
     assert f"--filename={dev.render_dir}" in commands["apply"]
     assert "--timeout=300s" in commands["rollout"]
+
+
+def test_a_manifest_the_api_server_refuses_stops_before_anything_changes(dev):
+    refused = ('Error from server (Forbidden): error when creating "build/k8s/dev": pods '
+               '"x" is forbidden: violates PodSecurity "restricted:latest": runAsNonRoot != true')
+    c = cluster(dev, validate=Result(exited=1, stderr=refused))
+    with pytest.raises(PipelineError, match="refused the manifests.*nothing was changed.*"
+                                            "PodSecurity"):
+        kube.apply(c, dev, echo=lambda line: None)
+    assert kube.apply_commands(dev)["apply"] not in ran(c)
 
 
 def test_apply_prunes_only_this_apps_objects_of_the_allowlisted_kinds(dev):
@@ -200,7 +211,8 @@ def test_failed_rollout_is_undone_and_the_pod_events_are_shown(dev):
         kube.apply(c, dev, smoke=lambda: smoked.append(True), echo=lines.append)
     # Events are read before the undo replaces the failing pods.
     assert ran(c) == [commands[name] for name in
-                      ("existing", "apply", "rollout", "events", "pods", "undo", "undo_wait")]
+                      ("existing", "validate", "apply", "rollout", "events", "pods", "undo",
+                       "undo_wait")]
     assert any(events in line for line in lines)
     assert smoked == []
 
@@ -262,7 +274,22 @@ def test_a_refused_apply_stops_before_the_rollout(dev):
     c = cluster(dev, apply=failed(exited=1))
     with pytest.raises(PipelineError, match="kubectl apply .* failed"):
         kube.apply(c, dev, echo=lambda line: None)
-    assert c.run.call_count == 2  # the read of what exists, then the refused apply
+    # The read of what exists, the server-side dry run, then the refused apply.
+    assert c.run.call_count == 3
+
+
+def test_an_apply_rbac_refuses_ends_in_one_line_naming_the_verb_and_resource(dev):
+    refused = ('Error from server (Forbidden): error when deleting "build/k8s/dev": '
+               'ingresses.networking.k8s.io "digits-api" is forbidden: User "deployer" cannot '
+               'delete resource "ingresses" in API group "networking.k8s.io" in the namespace '
+               '"digits-dev"')
+    c = cluster(dev, apply=Result(exited=1, stderr=refused))
+    with pytest.raises(PipelineError) as failure:
+        kube.apply(c, dev, echo=lambda line: None)
+    line = str(failure.value)
+    assert "\n" not in line
+    assert "deployer may not delete ingresses.networking.k8s.io" in line
+    assert "docs/deploy-role.yaml" in line
 
 
 def test_an_unreadable_cluster_stops_before_anything_is_applied(dev):
@@ -575,13 +602,15 @@ def verbs(calls: list[str]) -> list[str]:
 def test_apply_task_rolls_out_and_smoke_tests_through_the_service(stand_in_kubectl, capsys):
     c, calls = stand_in_kubectl
     tasks.apply(c, env="dev")
-    assert verbs(calls())[:4] == ["get", "apply", "rollout status deployment/digits-api",
+    # get, the server-side dry run, the apply...
+    assert verbs(calls())[:5] == ["get", "apply", "apply", "rollout status deployment/digits-api",
                                   "get secret digits-api-key"]
-    assert verbs(calls())[4].startswith("port-forward service/digits-api ")
-    assert verbs(calls())[5:] == ["get replicasets", "get configmaps",
+    assert "--dry-run=server" in calls()[1]
+    assert verbs(calls())[5].startswith("port-forward service/digits-api ")
+    assert verbs(calls())[6:] == ["get replicasets", "get configmaps",
                                   "delete configmap/digits-api-config-0123456789"]
     assert all("--context=aks-modelship-dev --namespace=digits-dev" in call for call in calls())
-    assert "--address=127.0.0.1" in calls()[4]
+    assert "--address=127.0.0.1" in calls()[5]
     out = capsys.readouterr().out
     assert "smoke test passed" in out
     assert f"rolled out crmodelshipdev.azurecr.io/digits-api@{DIGEST}" in out
@@ -596,8 +625,8 @@ def test_apply_task_undoes_a_failed_rollout_and_exits_non_zero(stand_in_kubectl,
     assert failure.value.code == 1
     assert "rolled back to the previous revision" in str(failure.value.message)
     assert verbs(calls()) == [
-        "get", "apply", "rollout status deployment/digits-api", "get events", "get pods",
-        "rollout undo deployment/digits-api", "rollout status deployment/digits-api"]
+        "get", "apply", "apply", "rollout status deployment/digits-api", "get events",
+        "get pods", "rollout undo deployment/digits-api", "rollout status deployment/digits-api"]
     assert "Back-off restarting failed container" in capsys.readouterr().out
 
 
