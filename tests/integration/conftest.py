@@ -31,6 +31,19 @@ def project_config() -> Config:
     return config
 
 
+def pytest_collection_finish(session):
+    """Build the control plane (unless cached) before any test starts: the cold build takes
+    about half an hour on two cores, which would count against the first cluster test's
+    timeout if the session fixture did it."""
+    import shutil
+
+    wants_cluster = any(item.get_closest_marker("cluster") for item in session.items)
+    if not wants_cluster or shutil.which("go") is None or session.config.option.collectonly:
+        return
+    reporter = session.config.pluginmanager.get_plugin("terminalreporter")
+    local_cluster.ensure_binaries(reporter.write_line if reporter else print)
+
+
 @pytest.fixture(scope="session")
 def local_settings():
     return load_settings(project_config(), "local")
