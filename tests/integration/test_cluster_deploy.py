@@ -14,6 +14,7 @@ import sys
 import time
 
 import pytest
+import yaml
 
 from modelship import release_record
 from modelship.settings import PROJECT_ROOT
@@ -99,3 +100,25 @@ def test_dry_runs_leave_the_cluster_byte_for_byte_unchanged(deployed, task):
     assert "Traceback" not in ran.stdout + ran.stderr, ran.stdout + ran.stderr
     assert ran.returncode in (0, 1), ran.stdout + ran.stderr
     assert namespace_json(settings) == before
+
+
+def test_a_dry_apply_of_manifests_that_differ_from_the_cluster_changes_nothing(deployed,
+                                                                              tmp_path):
+    """A steady state proves little (applying the same manifests changes nothing), so the
+    manifests under review here really differ: one replica more than the cluster runs."""
+    settings, _ = deployed
+    more_replicas = tmp_path / "more-replicas.yaml"
+    more_replicas.write_text(yaml.safe_dump({"modelship": {"environments": {"cluster": {
+        "deployment": {"replicas": settings.deployment.replicas + 1}}}}}))
+    rendered = invoke("-f", str(more_replicas), "render", "--env=cluster", timeout=600)
+    assert rendered.returncode == 0, rendered.stdout + rendered.stderr
+    try:
+        before = settled(settings)
+        ran = invoke("-f", str(more_replicas), "--dry", "apply", "--env=cluster", timeout=900)
+        assert ran.returncode == 0, ran.stdout + ran.stderr
+        assert "[dry]" in ran.stdout, ran.stdout
+        time.sleep(3)  # what a real apply would have started has had time to show
+        assert namespace_json(settings) == before
+    finally:
+        restored = invoke("render", "--env=cluster", timeout=600)
+        assert restored.returncode == 0, restored.stdout + restored.stderr
