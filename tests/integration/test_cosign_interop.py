@@ -22,7 +22,8 @@ from modelship.registry import registry_auth
 from modelship.release_record import load as read_record
 from modelship.settings import PROJECT_ROOT
 
-pytestmark = pytest.mark.integration
+# The first test's set-up may build cosign (about 6 minutes cold on 2 cores) and the image.
+pytestmark = [pytest.mark.integration, pytest.mark.timeout(2400)]
 
 
 @pytest.fixture(scope="module")
