@@ -198,6 +198,15 @@ def would_sign(settings, record: ReleaseRecord, reference: str = "the pushed ima
             "registry")
 
 
+def attestation_layer(envelope) -> Layer:
+    """A signed DSSE envelope as cosign stores an attestation: the signature is inside the
+    envelope, yet cosign reads every `.att` layer's signature annotation, so it is there,
+    empty, as cosign writes it."""
+    return Layer(oci_artifacts.DSSE_ENVELOPE, json.dumps(envelope.to_dict()).encode(),
+                 {oci_artifacts.SIGNATURE_ANNOTATION: "",
+                  oci_artifacts.PREDICATE_ANNOTATION: SLSA_PROVENANCE})
+
+
 # --- push: sign and store --------------------------------------------------------------------
 
 
@@ -221,9 +230,12 @@ def ensure_signed(settings, record: ReleaseRecord, pushed: PushRecord, *, dry: b
     attestations = registry.layers(oci_artifacts.attestation_tag(pushed.digest)) or []
     needs_signature = not any(_signature_holds(layer, key, pushed.digest)
                               for layer in signatures)
+    # An attestation stored before its layer carried cosign's (empty) signature annotation
+    # verifies here but not in cosign: it is attested again in the form cosign reads.
     needs_attestation = not any(
-        _attestation_problem(layer, key, pushed.digest, record.source.revision,
-                             record.model.sha256) is None for layer in attestations)
+        oci_artifacts.SIGNATURE_ANNOTATION in layer.annotations
+        and _attestation_problem(layer, key, pushed.digest, record.source.revision,
+                                 record.model.sha256) is None for layer in attestations)
     if dry:
         if not (needs_signature or needs_attestation):
             return None
@@ -240,9 +252,8 @@ def ensure_signed(settings, record: ReleaseRecord, pushed: PushRecord, *, dry: b
         envelope = Envelope(json.dumps(statement(record, pushed), sort_keys=True).encode(),
                             IN_TOTO_PAYLOAD, {})
         envelope.sign(signer)
-        registry.put_layers(oci_artifacts.attestation_tag(pushed.digest), attestations + [Layer(
-            oci_artifacts.DSSE_ENVELOPE, json.dumps(envelope.to_dict()).encode(),
-            {oci_artifacts.PREDICATE_ANNOTATION: SLSA_PROVENANCE})])
+        registry.put_layers(oci_artifacts.attestation_tag(pushed.digest),
+                            attestations + [attestation_layer(envelope)])
         changed.append("attested its provenance")
     if not changed:
         return f"signature and provenance of {pushed.digest[:19]}… already in the registry"

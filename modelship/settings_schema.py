@@ -176,12 +176,27 @@ class ModelStoreSection(Section):
     public_key: PemPath = ""
 
 
+class AuditSection(Section):
+    """`build` refuses a lock with known vulnerabilities (modelship/audit.py)."""
+    enabled: bool = False
+    fail_on: Literal["low", "medium", "high", "critical"] = "high"
+    advisories: str = ""  # an OSV advisories file (JSON)
+
+    @model_validator(mode="after")
+    def _advisories_when_enabled(self):
+        if self.enabled and not self.advisories:
+            raise ValueError("has audit enabled without advisories: name an OSV advisories "
+                             "file (docs/image.md: auditing)")
+        return self
+
+
 class ImageSection(Section):
     repository: ImageRepository
     base: ImageReference
     offline_base: bool = False
     python_version: PythonMinor = "3.11"
     platform: Platform = "linux/amd64"
+    audit: AuditSection = AuditSection()
 
     @model_validator(mode="after")
     def _pulled_base_by_digest(self):

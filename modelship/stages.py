@@ -127,6 +127,11 @@ def build(settings: Settings, *, force: bool = False, no_cache: bool = False, dr
     from .sbom import write_sbom
     from .wheelhouse import prepare_wheelhouse
 
+    if settings.image.audit.enabled:
+        # Before anything else, and under --dry too: it only reads the lock and the file.
+        from .audit import gate
+
+        echo(gate(settings, image.IMAGE_LOCK))
     if dry:
         model_dir = MODEL_DIR.rstrip("/")
         model = (model_dir if (image.MODEL_DIR / "metadata.json").is_file()

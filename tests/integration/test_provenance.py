@@ -108,8 +108,7 @@ def signed_attestation(settings, record, pushed, **changes) -> Layer:
         statement["subject"][0]["digest"]["sha256"] = changes["subject"]
     envelope = Envelope(json.dumps(statement).encode(), provenance.IN_TOTO_PAYLOAD, {})
     envelope.sign(provenance.signer_for(settings))
-    return Layer(oci_artifacts.DSSE_ENVELOPE, json.dumps(envelope.to_dict()).encode(),
-                 {oci_artifacts.PREDICATE_ANNOTATION: provenance.SLSA_PROVENANCE})
+    return provenance.attestation_layer(envelope)
 
 
 def test_push_stores_a_cosign_style_signature_and_slsa_attestation(pushed_release, registry,
