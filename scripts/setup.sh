@@ -18,6 +18,8 @@ command -v haproxy >/dev/null 2>&1 || missing+=(haproxy)
 command -v npm >/dev/null 2>&1 || missing+=(npm)
 command -v git >/dev/null 2>&1 || missing+=(git)
 command -v curl >/dev/null 2>&1 || missing+=(curl)
+# The local control plane's certificates (modelship/local_cluster.py).
+command -v openssl >/dev/null 2>&1 || missing+=(openssl)
 python3 -c 'import ensurepip, venv' >/dev/null 2>&1 || missing+=(python3-venv)
 if [ ${#missing[@]} -gt 0 ]; then
   echo "setup: installing ${missing[*]}"
