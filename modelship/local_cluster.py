@@ -32,6 +32,7 @@ import yaml
 
 from . import host
 from .errors import PipelineError
+from .go_tools import go_build
 from .names import Echo
 from .stage_files import (PROJECT_ROOT, cluster_cache_root, cluster_kubeconfig, cluster_kubectl,
                           shown)
@@ -45,7 +46,10 @@ API_PORT = 16443
 CONTROLLER_MANAGER_PORT = 10357
 SCHEDULER_PORT = 10359
 KWOK_PORT = 10347
-SERVICE_RANGE = "10.96.0.0/24"
+# Loopback ranges: the ClusterIPs and kwok's pod IPs are never routed here, and if anything
+# ever did connect to one it would stay on this machine.
+SERVICE_RANGE = "127.96.0.0/24"
+POD_RANGE = "127.244.0.0/16"
 NODE_NAME = "kwok-node-0"
 # Marks the pods kwok leaves Running but never Ready (see tools/cluster/kwok-stages.yaml).
 NEVER_READY_MARKER = "never-ready"
@@ -146,23 +150,14 @@ def ensure_binaries(echo: Echo) -> Path:
 
 def _build(go: str, target: Path, echo: Echo) -> None:
     staging = Path(tempfile.mkdtemp(prefix="bin.", dir=target.parent.parent))
-    env = dict(os.environ, CGO_ENABLED="0", GOFLAGS="-trimpath -mod=readonly")
     started = time.monotonic()
     for build in BUILDS:
         commands = ", ".join(build.folder if package == "." else Path(package).name
                              for package in build.packages)
         echo(f"building {commands} ({build.pinned_module} {build.pinned_version()}) into "
              f"{target}; the first build on a machine takes a while")
-        result = subprocess.run(
-            ["nice", "-n", "10", go, "build", f"-ldflags={build.ldflags()}",
-             "-o", f"{staging}/", *build.packages],
-            cwd=build.module_dir, env=env, capture_output=True, text=True)
-        if result.returncode != 0:
-            shutil.rmtree(staging, ignore_errors=True)
-            raise PipelineError(
-                f"go build in {shown(build.module_dir)} failed: {result.stderr.strip()[-600:]}",
-                "Check that the Go module proxy answers (`go env GOPROXY`) and the go.sum "
-                "there is the committed one.")
+        go_build(go, build.module_dir,
+                 [f"-ldflags={build.ldflags()}", "-o", f"{staging}/", *build.packages], staging)
     target.parent.mkdir(parents=True, exist_ok=True)
     shutil.rmtree(target, ignore_errors=True)
     staging.rename(target)
@@ -364,7 +359,7 @@ def _argv(binaries: Path) -> dict[str, list[str]]:
             str(binaries / "kwok"), f"--kubeconfig={kubeconfig['kwok']}",
             f"--config={KWOK_STAGES}", f"--manage-single-node={NODE_NAME}",
             f"--server-address=127.0.0.1:{KWOK_PORT}", "--node-ip=127.0.0.1",
-            "--cidr=10.244.0.0/16"],
+            f"--cidr={POD_RANGE}"],
     }
 
 
