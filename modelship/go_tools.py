@@ -99,21 +99,26 @@ def ensure_go_tool(tool: GoTool, echo: Echo) -> Path:
     return binary
 
 
+def go_build(go: str, module_dir: Path, arguments: list[str], staging: Path) -> None:
+    """`go build ARGUMENTS` in a pinned module: static, reproducible paths, go.sum as
+    committed; on failure `staging` is removed and the error says where to look."""
+    env = dict(os.environ, CGO_ENABLED="0", GOFLAGS="-trimpath -mod=readonly")
+    result = subprocess.run(["nice", "-n", "10", go, "build", *arguments],
+                            cwd=module_dir, env=env, capture_output=True, text=True)
+    if result.returncode != 0:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise PipelineError(
+            f"go build in {shown(module_dir)} failed: {result.stderr.strip()[-600:]}",
+            "Check that the Go module proxy answers (`go env GOPROXY`) and the go.sum there "
+            "is the committed one.")
+
+
 def _build(go: str, tool: GoTool, target: Path, pins: str, echo: Echo) -> None:
     echo(f"building {tool.name} {tool.pinned_version()} from {shown(tool.module_dir)} into "
          f"{target}; the first build on a machine takes a few minutes")
     staging = Path(tempfile.mkdtemp(prefix=".build.", dir=target.parent))
-    env = dict(os.environ, CGO_ENABLED="0", GOFLAGS="-trimpath -mod=readonly")
     started = time.monotonic()
-    result = subprocess.run(["nice", "-n", "10", go, "build", "-o",
-                             str(staging / tool.name), tool.package],
-                            cwd=tool.module_dir, env=env, capture_output=True, text=True)
-    if result.returncode != 0:
-        shutil.rmtree(staging, ignore_errors=True)
-        raise PipelineError(
-            f"go build in {shown(tool.module_dir)} failed: {result.stderr.strip()[-600:]}",
-            "Check that the Go module proxy answers (`go env GOPROXY`) and the go.sum there "
-            "is the committed one.")
+    go_build(go, tool.module_dir, ["-o", str(staging / tool.name), tool.package], staging)
     (staging / "pins.sha256").write_text(pins + "\n")
     staging.chmod(0o755)  # mkdtemp made it private; the build serves every user's checkout
     shutil.rmtree(target, ignore_errors=True)

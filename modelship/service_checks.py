@@ -40,16 +40,21 @@ def wait_ready(base_url: str, seconds: float, still_running: Callable[[], bool],
     )
 
 
-def check_golden(base_url: str, metadata: dict, limit: int | None = None,
-                 api_key: str | None = None, key_fix: str = "Send the service's API key.") -> int:
-    """Score the model's golden samples; raise unless each matches (app.golden's comparison)."""
+def _golden_samples(metadata: dict, limit: int | None) -> list[dict]:
+    """The model's golden samples (the first `limit`), refused when it has none."""
     golden = metadata.get("golden") or []
     if not golden:
         raise PipelineError(
             f"Model {metadata.get('name')} {metadata.get('version')} has no golden samples.",
             "Publish it with golden samples (`invoke model.publish` adds them).",
         )
-    samples = golden[:limit] if limit else golden
+    return golden[:limit] if limit else golden
+
+
+def check_golden(base_url: str, metadata: dict, limit: int | None = None,
+                 api_key: str | None = None, key_fix: str = "Send the service's API key.") -> int:
+    """Score the model's golden samples; raise unless each matches (app.golden's comparison)."""
+    samples = _golden_samples(metadata, limit)
     headers = {"X-API-Key": api_key} if api_key else {}
     try:
         response = requests.post(
@@ -117,13 +122,7 @@ def check_golden_v2(base_url: str, metadata: dict, limit: int | None = None,
                     key_fix: str = "Send the service's API key.") -> int:
     """The golden samples through `POST /v2/models/<name>/versions/<version>/infer`, its
     input named and typed as `GET /v2/models/<name>` says; raise unless each matches."""
-    golden = metadata.get("golden") or []
-    if not golden:
-        raise PipelineError(
-            f"Model {metadata.get('name')} {metadata.get('version')} has no golden samples.",
-            "Publish it with golden samples (`invoke model.publish` adds them).",
-        )
-    samples = golden[:limit] if limit else golden
+    samples = _golden_samples(metadata, limit)
     model_url = f"{base_url}/v2/models/{metadata['name']}/versions/{metadata['version']}"
     model_metadata = _v2_call("GET", model_url, "v2 model metadata", {}, key_fix)
     inputs = model_metadata.get("inputs") or [{}]
