@@ -28,6 +28,8 @@ from datetime import datetime, timezone
 from pathlib import Path
 from urllib.parse import urlparse
 
+from packaging.version import InvalidVersion, Version
+
 from . import model_metadata
 from .errors import PipelineError
 from .redact import mask
@@ -158,11 +160,20 @@ def require_publishable_version(version: str) -> str:
     return version
 
 
-def version_order(version: str) -> tuple:
-    """How versions sort: digit runs as numbers, the rest as text, so 20240611.093000 <
-    20240612.080000, 2024.06.2 < 2024.06.10 and 9 < 10."""
+def _digit_runs(version: str) -> tuple:
     parts = re.split(r"(\d+)", version)
     return tuple((0, int(part), "") if part.isdigit() else (1, 0, part) for part in parts if part)
+
+
+def is_newer(version: str, than: str) -> bool:
+    """Whether `version` comes after `than`. Two PEP 440 versions compare as pip does, so
+    1.0rc1 < 1.0 < 1.0.post1 and 2024.06.2 < 2024.06.10; anything else (a team's own scheme,
+    such as v3-experimental) compares digit runs as numbers and the rest as text, so
+    run-9 < run-10."""
+    try:
+        return Version(version) > Version(than)
+    except InvalidVersion:
+        return _digit_runs(version) > _digit_runs(than)
 
 
 def latest_or_none(store: ModelStore) -> str | None:
@@ -182,7 +193,7 @@ def moves_latest(current: str | None, version: str, promote: bool) -> bool:
     """Whether publishing `version` moves `latest`: the first version, the same one again
     (its sha256 in the pointer may change), a newer one, or whatever `--promote` says."""
     return (promote or current is None or current == version
-            or version_order(version) > version_order(current))
+            or is_newer(version, current))
 
 
 class PublishInterrupted(PipelineError):

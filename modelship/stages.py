@@ -588,7 +588,7 @@ def _current_latest(store) -> str | None:
 
 def _latest_after(current: str | None, version: str, promote: bool, would: bool = False) -> str:
     """What publishing `version` does to `latest`, in the words of one line."""
-    from .model_store import moves_latest, version_order
+    from .model_store import is_newer, moves_latest
 
     verb = "would move" if would else "moved"
     if not moves_latest(current, version, promote):
@@ -599,7 +599,7 @@ def _latest_after(current: str | None, version: str, promote: bool, would: bool 
         return f"latest {verb} to {version} (the first version)"
     if current == version:
         return f"latest {'would name' if would else 'names'} {version} as before"
-    newer = version_order(version) > version_order(current)
+    newer = is_newer(version, current)
     return f"latest {verb} from {current} to {version} ({'newer' if newer else '--promote'})"
 
 

@@ -380,10 +380,12 @@ def test_a_fetch_interrupted_mid_switch_never_leaves_a_mix_and_the_next_one_reco
 
 @pytest.mark.parametrize("older, newer", [
     ("20240611.093000", "20240612.080000"), ("2024.06.2", "2024.06.10"), ("9", "10"),
-    ("v1", "v2"), ("1.0", "1.0.1"),
+    ("v1", "v2"), ("1.0", "1.0.1"), ("1.0rc1", "1.0"), ("1.0a2", "1.0b1"), ("1.0", "1.0.post1"),
+    ("1.0.dev3", "1.0a1"), ("run-9", "run-10"), ("v3-experimental", "v10-experimental"),
 ])
-def test_versions_compare_with_digit_runs_as_numbers(older, newer):
-    assert model_store.version_order(older) < model_store.version_order(newer)
+def test_versions_compare_as_pep_440_or_with_digit_runs_as_numbers(older, newer):
+    assert model_store.is_newer(newer, older)
+    assert not model_store.is_newer(older, newer)
     assert model_store.moves_latest(older, newer, promote=False)
     assert not model_store.moves_latest(newer, older, promote=False)
     assert model_store.moves_latest(newer, older, promote=True)
