@@ -33,8 +33,8 @@ from packaging.version import InvalidVersion, Version
 from . import model_metadata
 from .errors import PipelineError
 from .redact import mask
-from .stores import (FileStore, ModelStore, StoreObjectExists, StoreObjectMissing, is_loopback,
-                     refuse_plain_http)
+from .stores import (FileStore, ModelStore, StoreObjectChanged, StoreObjectExists,
+                     StoreObjectMissing, is_loopback, refuse_plain_http)
 from .stores.azure_blob import AZURITE_ACCOUNT, AZURITE_KEY
 from .transfer import ProgressFactory, VerifyingWriter, console_progress
 
@@ -259,7 +259,6 @@ def publish(store: ModelStore, model_dir: Path, version: str, force: bool = Fals
     metadata_key = f"{version}/{METADATA_FILE}"
     if store.exists(metadata_key) and not force:
         raise _already_published(version, store)
-    current = latest_or_none(store)
     # The model goes under a name of its own content: a replacement never overwrites the
     # bytes the current metadata names, and two publishers of one version never write
     # into the same object. metadata.json, naming the file, is what makes a version exist.
@@ -292,9 +291,10 @@ def publish(store: ModelStore, model_dir: Path, version: str, force: bool = Fals
             _remove_unnamed(store, version, written)
             raise
     # The pointer goes last: until it moves, readers keep getting the previous version.
-    if moves_latest(current, version, promote):
-        write_pointer(store, version, metadata["sha256"])
-    return stored
+    published = Published(stored)
+    published.latest_before, published.moved_latest = move_latest(
+        store, version, metadata["sha256"], promote)
+    return published
 
 
 def _signature_name(signature: Path) -> str:
@@ -308,10 +308,63 @@ def _already_published(version: str, store: ModelStore) -> PipelineError:
     )
 
 
-def write_pointer(store: ModelStore, version: str, sha256: str) -> None:
+class Published(dict):
+    """A publish's stored metadata, and what it did to `latest`: the version the pointer
+    named when it was rewritten (or left), and whether it moved."""
+    latest_before: str | None = None
+    moved_latest: bool = False
+
+
+# Each attempt loses only to another publisher's completed pointer write, so this bounds a
+# burst of that many publishers finishing at once.
+POINTER_ATTEMPTS = 8
+
+
+def _pointer_body(version: str, sha256: str) -> bytes:
     pointer = {"version": version, "sha256": sha256,
                "published": datetime.now(timezone.utc).isoformat()}
-    store.write_bytes(LATEST_POINTER, json.dumps(pointer, indent=2).encode())
+    return json.dumps(pointer, indent=2).encode()
+
+
+def write_pointer(store: ModelStore, version: str, sha256: str) -> None:
+    store.write_bytes(LATEST_POINTER, _pointer_body(version, sha256))
+
+
+def _pointer_now(store: ModelStore) -> tuple[str | None, str | None]:
+    """The version the pointer names (None: absent or unreadable) and its tag (None: absent)."""
+    try:
+        data, tag = store.read_tagged(LATEST_POINTER)
+    except StoreObjectMissing as missing:
+        if missing.whole_store:
+            raise
+        return None, None
+    try:
+        named = str(json.loads(data).get("version", ""))
+    except (ValueError, AttributeError):
+        return None, tag
+    return (named if VERSION_PATTERN.match(named) else None), tag
+
+
+def move_latest(store: ModelStore, version: str, sha256: str,
+                promote: bool) -> tuple[str | None, bool]:
+    """Point `latest` at `version` when `moves_latest` says so, judged against the pointer as
+    it is at the moment of the write: the write is conditional on the pointer being the one
+    just read, so of two publishers racing, the older version can never overwrite the newer
+    one's pointer. Returns the version the pointer named before, and whether it moved."""
+    for _attempt in range(POINTER_ATTEMPTS):
+        current, tag = _pointer_now(store)
+        if not moves_latest(current, version, promote):
+            return current, False
+        try:
+            store.replace_bytes(LATEST_POINTER, _pointer_body(version, sha256), tag)
+            return current, True
+        except StoreObjectChanged:
+            continue  # another publisher moved it first: judge again against theirs
+    raise PipelineError(
+        f"{store.uri}/{LATEST_POINTER} kept changing while this publish tried to move it "
+        f"({POINTER_ATTEMPTS} attempts); {version} itself is published.",
+        f"See which version latest names with `invoke model.list`; move it with "
+        f"`invoke model.promote --version {version}` if it should be this one.")
 
 
 @dataclass(frozen=True)

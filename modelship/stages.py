@@ -564,12 +564,11 @@ def publish_model(settings: Settings, *, version: str | None = None,
         signature = Path(model_dir) / "model.sig"
         signing.sign(Path(model_dir) / model_store.MODEL_FILE, described, Path(signing_key),
                      signature)
-    current = _current_latest(store)
     metadata = model_store.publish(store, Path(model_dir), version, force=force,
                                    signature=signature, promote=promote)
     return (f"published {metadata['name']} {version} (sha256 {metadata['sha256'][:12]}…, "
             f"{verified} golden samples verified) to {store.uri}; "
-            f"{_latest_after(current, version, promote)}")
+            f"{_latest_after(metadata.latest_before, version, promote)}")
 
 
 def _current_latest(store) -> str | None:

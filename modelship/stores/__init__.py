@@ -8,6 +8,8 @@ put a credential into a message, and never talk plain http to anything but loopb
 
 from __future__ import annotations
 
+import fcntl
+import hashlib
 import json
 import os
 import tempfile
@@ -22,6 +24,10 @@ COPY_CHUNK = 8 * 1024 * 1024
 
 class StoreObjectExists(PipelineError):
     """A create-only write found the object already there: someone else wrote it first."""
+
+
+class StoreObjectChanged(PipelineError):
+    """A conditional replace found the object rewritten (or created) since it was read."""
 
 
 class StoreObjectMissing(PipelineError):
@@ -69,6 +75,27 @@ class ModelStore:
         Of two writers racing for the same key exactly one succeeds: the check and the
         write are one operation on the server (If-None-Match: *, or an exclusive link).
         """
+        raise NotImplementedError
+
+    def read_tagged(self, key: str) -> tuple[bytes, str]:
+        """The object's bytes and a tag that changes whenever the object is rewritten (the
+        service's etag); StoreObjectMissing when there is none."""
+        raise NotImplementedError
+
+    def replace_bytes(self, key: str, data: bytes, tag: str | None) -> None:
+        """Write `key` only if it is still what `read_tagged` saw (`tag`), or still absent
+        when `tag` is None; else raise StoreObjectChanged. The check and the write are one
+        operation on the server (If-Match / If-None-Match), so of two writers that read the
+        same object exactly one replaces it."""
+        if tag is None:
+            try:
+                self.create_bytes(key, data)
+            except StoreObjectExists:
+                raise StoreObjectChanged(f"{self.uri}/{key} was created meanwhile.") from None
+            return
+        self._replace_existing(key, data, tag)
+
+    def _replace_existing(self, key: str, data: bytes, tag: str) -> None:
         raise NotImplementedError
 
     def exists(self, key: str) -> bool:
@@ -192,6 +219,24 @@ class FileStore(ModelStore):
                 raise StoreObjectExists(f"{self.uri}/{key} already exists.") from None
             finally:
                 Path(temporary).unlink(missing_ok=True)
+
+    def read_tagged(self, key):
+        data = self.read_bytes(key)
+        return data, hashlib.sha256(data).hexdigest()
+
+    def _replace_existing(self, key, data, tag):
+        # A folder has no conditional write: writers on this machine (or on a share that
+        # honours flock) take turns on a lock file beside the key, and compare under it.
+        path = self._path(key)
+        with self._file_errors(key), open(path.with_name(f".{path.name}.lock"), "a") as lock:
+            fcntl.flock(lock, fcntl.LOCK_EX)
+            try:
+                current = hashlib.sha256(path.read_bytes()).hexdigest()
+            except FileNotFoundError:
+                current = None
+            if current != tag:
+                raise StoreObjectChanged(f"{self.uri}/{key} was rewritten meanwhile.")
+            self.write_bytes(key, data)
 
     def exists(self, key):
         with self._file_errors(key):

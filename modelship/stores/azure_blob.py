@@ -20,6 +20,7 @@ from ..errors import PipelineError
 from ..redact import mask, without_query
 from . import (
     ModelStore,
+    StoreObjectChanged,
     StoreObjectExists,
     StoreObjectMissing,
     is_loopback,
@@ -223,6 +224,22 @@ class AzureBlobStore(ModelStore):
                 self._blob(key).upload_blob(data, overwrite=False)
             except (ResourceExistsError, ResourceModifiedError):
                 raise StoreObjectExists(f"{self.uri}/{key} already exists.") from None
+
+    def read_tagged(self, key):
+        with self._translated_errors(key):
+            downloader = self._blob(key).download_blob()
+            return downloader.readall(), downloader.properties.etag
+
+    def _replace_existing(self, key, data, tag):
+        from azure.core import MatchConditions
+        from azure.core.exceptions import ResourceModifiedError, ResourceNotFoundError
+
+        with self._translated_errors(key):
+            try:
+                self._blob(key).upload_blob(data, overwrite=True, etag=tag,
+                                            match_condition=MatchConditions.IfNotModified)
+            except (ResourceModifiedError, ResourceNotFoundError):
+                raise StoreObjectChanged(f"{self.uri}/{key} was rewritten meanwhile.") from None
 
     def exists(self, key):
         with self._translated_errors(key):

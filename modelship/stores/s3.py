@@ -13,7 +13,8 @@ from contextlib import contextmanager
 
 from ..errors import PipelineError
 from ..redact import without_query
-from . import ModelStore, StoreObjectExists, StoreObjectMissing, is_loopback, refuse_plain_http
+from . import (ModelStore, StoreObjectChanged, StoreObjectExists, StoreObjectMissing, is_loopback,
+                refuse_plain_http)
 
 TRANSFER_CHUNK = 8 * 1024 * 1024
 TRANSFER_CONCURRENCY = 4
@@ -166,6 +167,26 @@ class S3Store(ModelStore):
                 code = str(error.response.get("Error", {}).get("Code", ""))
                 if code in ("PreconditionFailed", "ConditionalRequestConflict", "412", "409"):
                     raise StoreObjectExists(f"{self.uri}/{key} already exists.") from None
+                raise
+
+    def read_tagged(self, key):
+        with self._translated_errors(key):
+            answer = self._client.get_object(Bucket=self.bucket, Key=self._key(key))
+            return answer["Body"].read(), answer["ETag"]
+
+    def _replace_existing(self, key, data, tag):
+        from botocore.exceptions import ClientError
+
+        with self._translated_errors(key):
+            try:
+                self._client.put_object(Bucket=self.bucket, Key=self._key(key), Body=data,
+                                        IfMatch=tag)
+            except ClientError as error:
+                code = str(error.response.get("Error", {}).get("Code", ""))
+                if code in ("PreconditionFailed", "ConditionalRequestConflict", "NoSuchKey",
+                            "412", "409", "404"):
+                    raise StoreObjectChanged(
+                        f"{self.uri}/{key} was rewritten meanwhile.") from None
                 raise
 
     def list_keys(self, prefix=""):

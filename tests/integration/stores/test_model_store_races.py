@@ -138,3 +138,62 @@ def test_a_first_publish_killed_midway_leaves_no_version_and_can_be_redone(store
         model_store.fetch(store, tmp_path / "build", "1")
     model_store.publish(store, make_model("1", seed=6), "1")  # no --force needed
     assert model_store.resolve_version(store) == "1"
+
+
+class PointerReadThen:
+    """A store that runs `between` once, right after its first read of the `latest` pointer:
+    another publisher finishing while this one decides whether to move the pointer."""
+
+    def __init__(self, store, between):
+        self._store, self._between = store, between
+
+    def read_tagged(self, key):
+        try:
+            return self._store.read_tagged(key)  # the pointer, or StoreObjectMissing
+        finally:
+            if key == model_store.LATEST_POINTER and self._between is not None:
+                between, self._between = self._between, None
+                between()
+
+    def __getattr__(self, name):
+        return getattr(self._store, name)
+
+
+@pytest.mark.parametrize("first", [None, "1"])
+def test_an_older_publish_never_moves_latest_back_past_a_newer_one_that_finished_meanwhile(
+        store_spec, make_model, first):
+    store = model_store.open_store(*store_spec)
+    if first:
+        model_store.publish(store, make_model(first, seed=1), first)
+    newer = make_model("3", seed=3)
+    racing = PointerReadThen(store, lambda: model_store.publish(
+        model_store.open_store(*store_spec), newer, "3"))
+
+    published = model_store.publish(racing, make_model("2", seed=2), "2")
+
+    assert model_store.resolve_version(store) == "3"
+    assert (published.latest_before, published.moved_latest) == ("3", False)
+
+
+def test_of_many_publishers_of_different_versions_latest_ends_on_the_newest(store_spec,
+                                                                            make_model):
+    versions = [f"1.{minor}" for minor in (3, 10, 7, 1, 12, 5)]
+    folders = {version: make_model(version, seed=index) for index, version in enumerate(versions)}
+    start = threading.Barrier(len(versions))
+    errors = []
+
+    def publish(version):
+        start.wait()
+        try:
+            model_store.publish(model_store.open_store(*store_spec), folders[version], version)
+        except PipelineError as error:
+            errors.append(str(error))
+
+    threads = [threading.Thread(target=publish, args=(version,)) for version in versions]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=120)
+
+    assert errors == []
+    assert model_store.resolve_version(model_store.open_store(*store_spec)) == "1.12"
