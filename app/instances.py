@@ -171,7 +171,7 @@ def parse_instances(payload, spec: InputSpec, max_batch: int) -> np.ndarray:
         raise ApiError(
             422,
             "instances_not_a_list",
-            f'"instances" must be a list of rows, got {_json_type(rows)}: {_EXAMPLE_BODY}',
+            f'"instances" must be a list of rows, got {json_type(rows)}: {_EXAMPLE_BODY}',
         )
     if not rows:
         raise ApiError(422, "empty_batch", '"instances" is empty; send at least one row')
@@ -207,7 +207,7 @@ def _text_rows(rows: list, spec: InputSpec) -> np.ndarray:
                 raise ApiError(
                     422,
                     "non_text_value",
-                    f"row {row_index}, column {column} is {_json_type(value)}; this model "
+                    f"row {row_index}, column {column} is {json_type(value)}; this model "
                     "takes strings",
                 )
     return np.array(rows, dtype=object).reshape(len(rows), spec.feature_count)
@@ -243,7 +243,7 @@ def _check_row(row_index: int, row, feature_count: int) -> None:
         raise ApiError(
             422,
             "row_not_a_list",
-            f"row {row_index} is {_json_type(row)}; expected a list of {feature_count} features",
+            f"row {row_index} is {json_type(row)}; expected a list of {feature_count} features",
         )
     if len(row) != feature_count:
         raise ApiError(
@@ -257,7 +257,7 @@ def _check_row(row_index: int, row, feature_count: int) -> None:
             raise ApiError(
                 422,
                 "non_numeric_value",
-                f"row {row_index}, column {column} is {_json_type(value)}; expected a number",
+                f"row {row_index}, column {column} is {json_type(value)}; expected a number",
             )
         try:
             finite = math.isfinite(value)
@@ -296,7 +296,8 @@ def _check_representable(as_float: np.ndarray, instances: np.ndarray, spec: Inpu
             )
 
 
-def _json_type(value) -> str:
+def json_type(value) -> str:
+    """How an error message names a JSON value's type (true is a boolean, not a number)."""
     if value is None:
         return "null"
     if isinstance(value, bool):

@@ -27,7 +27,7 @@ from flask import Blueprint, Flask, Response, current_app, request
 from app import metrics
 from app.auth import check_api_key, expected_key_digest
 from app.errors import ApiError
-from app.instances import decode_json, read_json_body
+from app.instances import decode_json, json_type, read_json_body
 from app.model import InputSpec, OnnxModel, model_of, model_problem
 from app.request_log import request_id_of
 
@@ -462,21 +462,7 @@ def _check_types(flat: list, types: tuple, expected: str) -> None:
     if set(map(type, flat)) <= set(types):
         return
     index = next(i for i, value in enumerate(flat) if type(value) not in types)
-    raise _invalid(f"inputs[0].data[{index}] is {_json_type(flat[index])}; expected {expected}")
-
-
-def _json_type(value) -> str:
-    if value is None:
-        return "null"
-    if isinstance(value, bool):
-        return "a boolean"
-    if isinstance(value, (int, float)):
-        return "a number"
-    if isinstance(value, str):
-        return "a string"
-    if isinstance(value, dict):
-        return "an object"
-    return type(value).__name__
+    raise _invalid(f"inputs[0].data[{index}] is {json_type(flat[index])}; expected {expected}")
 
 
 # --- the Flask routes: health, metadata, readiness -----------------------------------

@@ -44,10 +44,15 @@ def store_spec(request, tmp_path, unique_name):
 
 def race(store_spec, folders, version):
     """Publish every folder as `version` at the same moment; return (winners, errors)."""
-    start = threading.Barrier(len(folders))
+    return race_versions(store_spec, [(folder, version) for folder in folders])
+
+
+def race_versions(store_spec, publishes):
+    """Publish every (folder, version) at the same moment; return (winners, errors)."""
+    start = threading.Barrier(len(publishes))
     winners, errors = [], []
 
-    def publish(folder):
+    def publish(folder, version):
         store = model_store.open_store(*store_spec)
         start.wait()
         try:
@@ -55,7 +60,7 @@ def race(store_spec, folders, version):
         except PipelineError as error:
             errors.append(str(error))
 
-    threads = [threading.Thread(target=publish, args=(folder,)) for folder in folders]
+    threads = [threading.Thread(target=publish, args=job) for job in publishes]
     for thread in threads:
         thread.start()
     for thread in threads:
@@ -178,22 +183,8 @@ def test_an_older_publish_never_moves_latest_back_past_a_newer_one_that_finished
 def test_of_many_publishers_of_different_versions_latest_ends_on_the_newest(store_spec,
                                                                             make_model):
     versions = [f"1.{minor}" for minor in (3, 10, 7, 1, 12, 5)]
-    folders = {version: make_model(version, seed=index) for index, version in enumerate(versions)}
-    start = threading.Barrier(len(versions))
-    errors = []
+    winners, errors = race_versions(store_spec, [
+        (make_model(version, seed=index), version) for index, version in enumerate(versions)])
 
-    def publish(version):
-        start.wait()
-        try:
-            model_store.publish(model_store.open_store(*store_spec), folders[version], version)
-        except PipelineError as error:
-            errors.append(str(error))
-
-    threads = [threading.Thread(target=publish, args=(version,)) for version in versions]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join(timeout=120)
-
-    assert errors == []
+    assert errors == [] and len(winners) == len(versions)
     assert model_store.resolve_version(model_store.open_store(*store_spec)) == "1.12"
