@@ -122,8 +122,8 @@ def run_contract(client, image_ref: str, metadata: dict, echo) -> None:
         echo(f"  ready on {base_url}, served by {server}, running as uid {uid}")
         check_labels_match(check_version(base_url, metadata), image.labels)
         count = check_golden(base_url, metadata)
-        echo(f"  /score matched {count} golden samples (app.golden, within tolerance)")
+        echo(f"  /score matched {count} golden samples (modelship_serving.golden, within tolerance)")
         count = check_golden_v2(base_url, metadata)
-        echo(f"  v2 infer matched {count} golden samples (app.golden, within tolerance)")
+        echo(f"  v2 infer matched {count} golden samples (modelship_serving.golden, within tolerance)")
     finally:
         container.remove(force=True)

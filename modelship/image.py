@@ -36,7 +36,10 @@ IMAGE_LOCK = PROJECT_ROOT / "requirements" / "image.lock"
 SOURCE_INPUTS = ("Dockerfile", ".dockerignore", "requirements/image.lock")
 # The toolkit shapes the image too (wheelhouse, base image, labels, build context): a change to
 # it must not reuse an image an older toolkit built.
-SOURCE_TREES = ("app", "modelship")
+SOURCE_TREES = ("app", "modelship", "modelship_serving")
+# The code the Dockerfile copies into the image: the app, and the server code it shares with
+# the host side (modelship_serving).
+IMAGE_CODE_TREES = ("app", "modelship_serving")
 CACHE_TAG = "latest"
 
 
@@ -224,8 +227,9 @@ def build_context(root: Path = PROJECT_ROOT) -> Path:
     (context / "requirements").mkdir()
     for name in ("Dockerfile", ".dockerignore", "requirements/image.lock"):
         shutil.copy2(root / name, context / name)
-    shutil.copytree(root / "app", context / "app",
-                    ignore=shutil.ignore_patterns("__pycache__", "*.pyc"))
+    for tree in IMAGE_CODE_TREES:
+        shutil.copytree(root / tree, context / tree,
+                        ignore=shutil.ignore_patterns("__pycache__", "*.pyc"))
     # Hard links: the wheels and the model are large and already verified. The context holds
     # them where the Dockerfile copies them from: where they lie in the checkout.
     shutil.copytree(WHEELHOUSE, context / WHEELHOUSE_DIR, copy_function=_link_or_copy)

@@ -13,7 +13,7 @@ from typing import Callable
 
 import requests
 
-from app.golden import Tolerance, first_mismatch
+from modelship_serving.golden import Tolerance, first_mismatch
 
 from .errors import PipelineError
 

@@ -18,7 +18,26 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
-PROJECT_ROOT = Path(__file__).resolve().parent.parent
+PROJECT_ROOT_VARIABLE = "MODELSHIP_PROJECT_ROOT"
+
+
+def find_project_root(start: Path | None = None, environ=os.environ) -> Path:
+    """The repository being shipped: where its tasks.py and invoke.yaml are.
+
+    The toolkit is an installed package, so its own location says nothing about the project:
+    like `invoke`, look for tasks.py from the working directory up (MODELSHIP_PROJECT_ROOT
+    overrides). Outside any project (e.g. before `modelship init`), the working directory.
+    """
+    if environ.get(PROJECT_ROOT_VARIABLE):
+        return Path(environ[PROJECT_ROOT_VARIABLE]).resolve()
+    here = (start or Path.cwd()).resolve()
+    for folder in (here, *here.parents):
+        if (folder / "tasks.py").is_file():
+            return folder
+    return here
+
+
+PROJECT_ROOT = find_project_root()
 # This checkout's own services and tools (`invoke local.up`, checkov, the unit-test cache).
 LOCAL_STATE_DIR = PROJECT_ROOT / ".local"
 # Where BUILD_DIR lies on disk. `on_disk` reads it at call time, so a test that points it at

@@ -96,17 +96,22 @@ def base_image(settings: Settings, *, dry: bool, echo: Echo) -> str:
 
 
 def lock(settings: Settings, *, dry: bool) -> str:
-    """The image's lock, then the host's: the virtualenv's, checkov's, kserve's and Azurite's."""
+    """The image's lock, then (in the toolkit's own checkout) the host's: the virtualenv's,
+    checkov's, kserve's and Azurite's."""
     from . import host_locks
     from .image import IMAGE_LOCK, IMAGE_REQUIREMENTS_IN
     from .wheelhouse import lock_requirements
 
+    if dry and not host_locks.in_toolkit_checkout():
+        return f"[dry] would lock {IMAGE_REQUIREMENTS_IN.name} for {settings.image.platform}"
     if dry:
         return (f"[dry] would lock {IMAGE_REQUIREMENTS_IN.name} for {settings.image.platform}, "
                 f"and the host's {host_locks.HOST_LOCK.name}, {host_locks.CHECKOV_LOCK.name}, "
                 f"{host_locks.KSERVE_LOCK.name} and Azurite's package-lock.json")
     count = lock_requirements(IMAGE_REQUIREMENTS_IN, IMAGE_LOCK, settings.image.python_version,
                               settings.image.platform)
+    if not host_locks.in_toolkit_checkout():
+        return f"locked {count} packages into requirements/{IMAGE_LOCK.name}"
     host = host_locks.lock_host()
     checkov = host_locks.lock_checkov()
     kserve = host_locks.lock_kserve()
