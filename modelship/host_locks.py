@@ -43,14 +43,6 @@ HOST_PYTHON = "3.11"
 HOST_PLATFORM = "linux/amd64"
 
 
-def in_toolkit_checkout(setup_cfg: Path = SETUP_CFG) -> bool:
-    """Whether the project is the toolkit's own checkout: only there are the host locks made
-    (a project that installed the toolkit locks just its image)."""
-    config = configparser.ConfigParser()
-    config.read(setup_cfg)
-    return config.get("metadata", "name", fallback="") == "modelship"
-
-
 def _requirement_lines(text: str) -> list[str]:
     return [line.strip() for line in text.splitlines()
             if line.strip() and not line.strip().startswith("#")]

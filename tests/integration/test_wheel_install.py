@@ -3,49 +3,25 @@
 
 from __future__ import annotations
 
-import subprocess
-import sys
-import sysconfig
 import textwrap
 import zipfile
 from pathlib import Path
 
 import pytest
 
-from tests.support.checkouts import fresh_clone
+from tests.support.installed import build_wheel, run, venv_with
 
 DIGEST = "sha256:" + "b" * 64
 
 
-def run(*command, cwd: Path) -> str:
-    result = subprocess.run([str(part) for part in command], cwd=cwd, capture_output=True,
-                            text=True, timeout=600)
-    assert result.returncode == 0, result.stdout + result.stderr
-    return result.stdout
-
-
 @pytest.fixture(scope="module")
 def wheel(tmp_path_factory) -> Path:
-    # Built in a clone: setuptools leaves build/ and *.egg-info where it builds.
-    clone = fresh_clone(tmp_path_factory.mktemp("wheel-source") / "modelship")
-    out = tmp_path_factory.mktemp("wheels")
-    run(sys.executable, "-m", "pip", "wheel", "--quiet", "--no-deps", "--no-build-isolation",
-        "--wheel-dir", out, clone, cwd=clone)
-    return next(out.glob("modelship-*.whl"))
+    return build_wheel(tmp_path_factory.mktemp("wheel"))
 
 
 @pytest.fixture(scope="module")
 def venv(tmp_path_factory, wheel) -> Path:
-    """A fresh virtualenv holding the wheel; its dependencies are read from this .venv's
-    site-packages (a path in a .pth file), so nothing is downloaded."""
-    folder = tmp_path_factory.mktemp("venv") / "env"
-    run(sys.executable, "-m", "venv", folder, cwd=folder.parent)
-    run(folder / "bin/python", "-m", "pip", "install", "--quiet", "--no-deps", "--no-index",
-        wheel, cwd=folder.parent)
-    site = Path(run(folder / "bin/python", "-c", "import sysconfig; print(sysconfig."
-                    "get_paths()['purelib'])", cwd=folder.parent).strip())
-    (site / "zz-host-dependencies.pth").write_text(sysconfig.get_paths()["purelib"] + "\n")
-    return folder
+    return venv_with(wheel, tmp_path_factory.mktemp("venv") / "env")
 
 
 def test_the_wheel_carries_the_data_the_tasks_read(wheel):
