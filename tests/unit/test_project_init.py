@@ -102,7 +102,8 @@ def test_check_reports_no_drift_after_init_and_names_a_changed_file(repository):
 
 @pytest.mark.subprocess_project_code
 def test_the_written_project_validates_checks_its_pipeline_and_renders(repository):
-    run("modelship", "init", *CONTRACT, "--port", "18380", cwd=repository)
+    run("modelship", "init", *CONTRACT, "--port", "18380", "--health-path", "/alive",
+        cwd=repository)
     listed = run("invoke", "--list", cwd=repository)
     assert "deploy" in listed.stdout and "model.publish" in listed.stdout
     assert "every invoke call names existing tasks" in run("invoke", "ci.check",
@@ -110,7 +111,9 @@ def test_the_written_project_validates_checks_its_pipeline_and_renders(repositor
     for env in ("dev", "staging", "prod"):
         run("invoke", "render", f"--env={env}", "--image",
             f"registry.example.com/shop-recommender@{DIGEST}", cwd=repository)
-        assert (repository / "build" / "k8s" / env / "deployment.yaml").is_file()
+        deployment = (repository / "build" / "k8s" / env / "deployment.yaml").read_text()
+        # The app's own liveness route; readiness from the image's server (none of its own).
+        assert "path: /alive" in deployment and "path: /readyz" in deployment
     # The app's own `app` module must not hide the toolkit's code on the host side.
     assert (repository / "app.py").is_file()
 
