@@ -37,6 +37,7 @@ CMD ["python3", "-m", "app.serve"]
 USER 10001:10001
 # Model before code: a code-only change reuses the model layer.
 COPY build/model/model.onnx build/model/metadata.json /opt/model/
+COPY modelship_serving/ /opt/service/modelship_serving/
 COPY app/ /opt/service/app/
 
 ARG GIT_REVISION=unknown

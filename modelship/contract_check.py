@@ -1,8 +1,10 @@
 """The container contract test: start the built image, prove it serves its model, remove it.
 
-Runs before any push: readiness within a deadline, the model's golden samples through
-`/score` and through the Open Inference Protocol's v2 infer, `/version` against the image's own labels, a non-root process, the production
-HTTP server (Granian, started by `python -m app.serve`), and no secret-looking value in the
+Runs before any push: readiness within a deadline, the model's golden samples through the
+app's score route (its contract: `/score` for the sample) and, for the sample's server, the
+Open Inference Protocol's v2 infer, `/version` against the image's own labels, a non-root
+process, the production HTTP server (Granian, started by `python -m app.serve` or, for a
+project's own app, `python -m modelship_serving`), and no secret-looking value in the
 image's history or environment. The container uses host networking on a free
 loopback port and is removed afterwards, pass or fail. It must never leave a container behind.
 """
@@ -13,6 +15,8 @@ import re
 import socket
 
 import requests
+
+from modelship_serving.contract import AppContract
 
 from .engine import container_logs, container_running
 from .errors import PipelineError
@@ -50,24 +54,29 @@ def find_secrets(image) -> list[str]:
 
 
 SERVING_COMMAND = ["python3", "-m", "app.serve"]
+# A project's own app, behind the image's front (modelship_serving): no v2 API there.
+PROJECT_SERVING_COMMAND = ["python3", "-m", "modelship_serving"]
 SERVER_HEADER = "granian"
 
 
-def check_server(image, base_url: str) -> str:
-    """The image starts app.serve and Granian answers; returns the Server header."""
+def check_server(image, base_url: str, health_path: str = "/healthz") -> str:
+    """The image starts one of the serving entry points and Granian answers; returns the
+    Server header."""
     command = image.attrs["Config"].get("Cmd") or []
-    if command != SERVING_COMMAND:
+    if command not in (SERVING_COMMAND, PROJECT_SERVING_COMMAND):
         raise PipelineError(
-            f"The image starts {command!r}, not the serving entry point {SERVING_COMMAND!r}.",
-            "Keep the Dockerfile's CMD: the service must run under app.serve (Granian).",
+            f"The image starts {command!r}, not the serving entry point {SERVING_COMMAND!r} "
+            f"or {PROJECT_SERVING_COMMAND!r}.",
+            "Keep the Dockerfile's CMD: the service must run under Granian.",
         )
     try:
-        server = requests.get(f"{base_url}/healthz", timeout=5).headers.get("Server", "")
+        server = requests.get(f"{base_url}{health_path}", timeout=5).headers.get("Server", "")
     except requests.RequestException as error:
-        raise PipelineError(f"/healthz did not answer: {error}.", "Read the container logs.")
+        raise PipelineError(f"{health_path} did not answer: {error}.",
+                            "Read the container logs.")
     if server.lower() != SERVER_HEADER:
         raise PipelineError(
-            f"/healthz was answered by {server or 'an unnamed server'!r}, not {SERVER_HEADER}.",
+            f"{health_path} was answered by {server or 'an unnamed server'!r}, not {SERVER_HEADER}.",
             "Keep the Dockerfile's CMD and granian in requirements/image.in.",
         )
     return server
@@ -93,7 +102,8 @@ def check_labels_match(version: dict, labels: dict) -> None:
         )
 
 
-def run_contract(client, image_ref: str, metadata: dict, echo) -> None:
+def run_contract(client, image_ref: str, metadata: dict, echo,
+                 contract: AppContract = AppContract()) -> None:
     image = client.images.get(image_ref)
     findings = find_secrets(image)
     if findings:
@@ -111,19 +121,22 @@ def run_contract(client, image_ref: str, metadata: dict, echo) -> None:
     )
     try:
         wait_ready(base_url, 60, lambda: container_running(container),
-                   lambda: container_logs(container))
+                   lambda: container_logs(container), contract.probed_readiness_path)
         uid = container.exec_run(["id", "-u"]).output.decode().strip()
         if uid in ("", "0"):
             raise PipelineError(
                 "The service runs as root inside the image.",
                 "Keep the Dockerfile's `USER` line (a non-root uid).",
             )
-        server = check_server(image, base_url)
+        server = check_server(image, base_url, contract.probed_health_path)
         echo(f"  ready on {base_url}, served by {server}, running as uid {uid}")
         check_labels_match(check_version(base_url, metadata), image.labels)
-        count = check_golden(base_url, metadata)
-        echo(f"  /score matched {count} golden samples (app.golden, within tolerance)")
+        count = check_golden(base_url, metadata, contract=contract)
+        echo(f"  {contract.score_path} matched {count} golden samples (modelship_serving.golden, "
+             "within tolerance)")
+        if image.attrs["Config"].get("Cmd") != SERVING_COMMAND:
+            return  # a project's own app speaks its own contract only
         count = check_golden_v2(base_url, metadata)
-        echo(f"  v2 infer matched {count} golden samples (app.golden, within tolerance)")
+        echo(f"  v2 infer matched {count} golden samples (modelship_serving.golden, within tolerance)")
     finally:
         container.remove(force=True)

@@ -23,9 +23,8 @@ from pathlib import Path
 
 from .errors import PipelineError
 from .names import Echo
-from .stage_files import PROJECT_ROOT, shown
-
-TOOLS_ROOT = PROJECT_ROOT / "tools"
+from .stage_files import shown
+from .toolkit_data import GO_TOOLS_ROOT as TOOLS_ROOT
 
 
 def tools_cache_root() -> Path:

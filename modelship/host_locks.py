@@ -25,6 +25,7 @@ from pathlib import Path
 
 from .errors import PipelineError
 from .settings import PROJECT_ROOT
+from .toolkit_data import AZURITE_LOCK_DIR
 
 REQUIREMENTS_DIR = PROJECT_ROOT / "requirements"
 SETUP_CFG = PROJECT_ROOT / "setup.cfg"
@@ -36,7 +37,8 @@ CHECKOV_IN = REQUIREMENTS_DIR / "checkov.in"
 CHECKOV_LOCK = REQUIREMENTS_DIR / "checkov.lock"
 KSERVE_IN = REQUIREMENTS_DIR / "kserve.in"
 KSERVE_LOCK = REQUIREMENTS_DIR / "kserve.lock"
-AZURITE_DIR = REQUIREMENTS_DIR / "azurite"
+# Package data: `local.up` installs Azurite from it in any project.
+AZURITE_DIR = AZURITE_LOCK_DIR
 HOST_PYTHON = "3.11"
 HOST_PLATFORM = "linux/amd64"
 

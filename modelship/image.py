@@ -25,7 +25,8 @@ from .gitinfo import SourceState
 from .names import (INPUTS_LABEL, MODEL_NAME_LABEL, MODEL_SHA256_LABEL, MODEL_VERSION_LABEL,
                     REVISION_LABEL)
 from .settings import Settings
-from .stage_files import BUILD_DIR, CONTEXT_DIR, PROJECT_ROOT, WHEELHOUSE_DIR, on_disk
+from .stage_files import (BUILD_DIR, CONTEXT_DIR, PROJECT_ROOT, WHEELHOUSE_DIR,
+                          in_toolkit_checkout, on_disk)
 from .stage_files import MODEL_DIR as DECLARED_MODEL_DIR
 
 MODEL_DIR = on_disk(DECLARED_MODEL_DIR)
@@ -36,7 +37,16 @@ IMAGE_LOCK = PROJECT_ROOT / "requirements" / "image.lock"
 SOURCE_INPUTS = ("Dockerfile", ".dockerignore", "requirements/image.lock")
 # The toolkit shapes the image too (wheelhouse, base image, labels, build context): a change to
 # it must not reuse an image an older toolkit built.
-SOURCE_TREES = ("app", "modelship")
+SOURCE_TREES = ("app", "modelship", "modelship_serving")
+# The code the toolkit's Dockerfile copies into the image: the sample app, and the server code
+# it shares with the host side (modelship_serving).
+IMAGE_CODE_TREES = ("app", "modelship_serving")
+# A project's own code goes into the context's service/ folder: its files as git lists them
+# (tracked, or new and not ignored), less what the pipeline itself reads or writes.
+PROJECT_CODE_DIR = "service"
+NOT_PROJECT_CODE = ("build/", ".local/", "ci/", "templates/", "requirements/", "tests/",
+                    ".venv/", "venv/")
+NOT_PROJECT_FILES = ("Dockerfile", ".dockerignore", "invoke.yaml", "tasks.py", ".gitignore")
 CACHE_TAG = "latest"
 
 
@@ -66,13 +76,48 @@ def inputs_tag(inputs_digest: str) -> str:
     return f"inputs-{inputs_digest[:20]}"
 
 
-def _source_files(root: Path) -> list[Path]:
-    files = [root / name for name in SOURCE_INPUTS]
-    for tree in SOURCE_TREES:
-        files += [
-            path for path in (root / tree).rglob("*")
-            if path.is_file() and "__pycache__" not in path.parts and path.suffix != ".pyc"
-        ]
+def _tree_files(tree: Path) -> list[Path]:
+    return [path for path in tree.rglob("*")
+            if path.is_file() and "__pycache__" not in path.parts and path.suffix != ".pyc"]
+
+
+def project_code_files(root: Path) -> list[Path]:
+    """A project's own code for the image: what git lists, less the pipeline's files."""
+    import subprocess
+
+    listed = subprocess.run(["git", "ls-files", "--cached", "--others", "--exclude-standard",
+                             "-z"], cwd=root, capture_output=True, text=True)
+    if listed.returncode != 0:
+        raise PipelineError(f"{root} is not a git repository ({listed.stderr.strip()}).",
+                            "Run `git init` there: the image records the commit it was built "
+                            "from.")
+    names = [name for name in listed.stdout.split("\0") if name]
+    return sorted(root / name for name in names
+                  if not name.startswith(NOT_PROJECT_CODE) and name not in NOT_PROJECT_FILES
+                  and not name.endswith((".pyc", ".onnx")) and (root / name).is_file())
+
+
+def code_in_image(root: Path) -> dict[str, tuple[Path, list[Path]]]:
+    """The code the image gets, by its folder in the build context, with the files' paths
+    relative to what they are copied from (the second value)."""
+    import modelship_serving
+
+    serving = Path(modelship_serving.__file__).parent
+    if in_toolkit_checkout(root):
+        return {tree: (root / tree, _tree_files(root / tree)) for tree in IMAGE_CODE_TREES}
+    return {PROJECT_CODE_DIR: (root, project_code_files(root)),
+            "modelship_serving": (serving, _tree_files(serving))}
+
+
+def _source_files(root: Path) -> list[tuple[str, Path]]:
+    """Every file that shapes the image, by a stable name."""
+    files = [(name, root / name) for name in SOURCE_INPUTS]
+    if in_toolkit_checkout(root):
+        files += [(str(path.relative_to(root)), path)
+                  for tree in SOURCE_TREES for path in _tree_files(root / tree)]
+    else:
+        files += [(f"{target}/{path.relative_to(origin)}", path)
+                  for target, (origin, paths) in code_in_image(root).items() for path in paths]
     return sorted(files)
 
 
@@ -80,8 +125,8 @@ def inputs_digest(settings: Settings, model: dict, base_image_id: str,
                   root: Path = PROJECT_ROOT) -> str:
     """sha256 over everything that decides the image's content; not the build time."""
     digest = hashlib.sha256()
-    for path in _source_files(root):
-        digest.update(str(path.relative_to(root)).encode() + b"\0")
+    for name, path in _source_files(root):
+        digest.update(name.encode() + b"\0")
         digest.update(hashlib.sha256(path.read_bytes()).digest())
     digest.update(json.dumps({
         "model_sha256": model["sha256"],
@@ -224,8 +269,11 @@ def build_context(root: Path = PROJECT_ROOT) -> Path:
     (context / "requirements").mkdir()
     for name in ("Dockerfile", ".dockerignore", "requirements/image.lock"):
         shutil.copy2(root / name, context / name)
-    shutil.copytree(root / "app", context / "app",
-                    ignore=shutil.ignore_patterns("__pycache__", "*.pyc"))
+    for target, (origin, paths) in code_in_image(root).items():
+        for path in paths:
+            destination = context / target / path.relative_to(origin)
+            destination.parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(path, destination)
     # Hard links: the wheels and the model are large and already verified. The context holds
     # them where the Dockerfile copies them from: where they lie in the checkout.
     shutil.copytree(WHEELHOUSE, context / WHEELHOUSE_DIR, copy_function=_link_or_copy)
@@ -348,6 +396,10 @@ def build_image(client, settings: Settings, plan: BuildPlan, cache_from: list[st
         # through the API would cost the classic builder one step (a container) each.
         **{argument: plan.labels[label] for label, argument in LABEL_BUILD_ARGS.items()},
     }
+    if not in_toolkit_checkout():
+        # A project's image bakes its app's contract in (its Dockerfile's ENV lines), for
+        # the image's server: which callable, which route and keys.
+        buildargs.update({"APP_WSGI": settings.app.wsgi, **settings.contract.as_environment()})
     context = build_context()
     image_id = _run_build(client, context, local_name, buildargs, cache_from, echo, no_cache)
     image = client.images.get(image_id)

@@ -450,11 +450,13 @@ def smoke_test(settings: Settings, metadata: dict, api_key: str | None = None,
     key_fix = (f"Set {SMOKE_KEY_ENV} to the key, or allow the deployer to read the API key "
                "Secret (kubectl get secret).")
     with port_forward(settings, local_port) as (base_url, alive, log):
-        service_checks.wait_ready(base_url, ready_seconds, alive, log)
+        service_checks.wait_ready(base_url, ready_seconds, alive, log,
+                                  settings.contract.probed_readiness_path)
         service_checks.check_golden(base_url, metadata, limit=1, api_key=api_key,
-                                    key_fix=key_fix)
-        service_checks.check_golden_v2(base_url, metadata, limit=1, api_key=api_key,
-                                       key_fix=key_fix)
+                                    key_fix=key_fix, contract=settings.contract)
+        if settings.serves_sample_api:
+            service_checks.check_golden_v2(base_url, metadata, limit=1, api_key=api_key,
+                                           key_fix=key_fix)
     echo(f"smoke test passed through service/{settings.app_name}: /readyz and one golden "
          "sample through /score and v2 infer")
 

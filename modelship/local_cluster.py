@@ -34,10 +34,10 @@ from . import host
 from .errors import PipelineError
 from .go_tools import go_build
 from .names import Echo
-from .stage_files import (PROJECT_ROOT, cluster_cache_root, cluster_kubeconfig, cluster_kubectl,
-                          shown)
+from .stage_files import cluster_cache_root, cluster_kubeconfig, cluster_kubectl, shown
+from .toolkit_data import GO_TOOLS_ROOT
 
-TOOLS_DIR = PROJECT_ROOT / "tools" / "cluster"
+TOOLS_DIR = GO_TOOLS_ROOT / "cluster"
 KWOK_STAGES = TOOLS_DIR / "kwok-stages.yaml"
 
 ETCD_CLIENT_PORT = 12379

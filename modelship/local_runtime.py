@@ -96,9 +96,9 @@ def deploy(client, settings: Settings, reference: str, auth: dict | None,
     slot_url = f"http://127.0.0.1:{port}"
     try:
         wait_ready(slot_url, 60, lambda: container_running(container),
-                   lambda: container_logs(container))
+                   lambda: container_logs(container), settings.contract.probed_readiness_path)
         if check_golden_sample and metadata is not None:
-            check_golden(slot_url, metadata, limit=1)
+            check_golden(slot_url, metadata, limit=1, contract=settings.contract)
     except PipelineError as failure:
         logs = container_logs(container)
         container.remove(force=True)
@@ -113,7 +113,7 @@ def deploy(client, settings: Settings, reference: str, auth: dict | None,
         current.remove(force=True)
     container.rename(name)
     wait_ready(edge.url(), 10, lambda: container_running(container),
-               lambda: container_logs(container))
+               lambda: container_logs(container), settings.contract.probed_readiness_path)
     return edge.url()
 
 

@@ -24,8 +24,8 @@ import yaml
 
 from .errors import PipelineError
 from .stage_files import LOCAL_STATE_DIR, PROJECT_ROOT
+from .toolkit_data import CHECKOV_CONFIG
 
-CHECKOV_CONFIG = PROJECT_ROOT / ".checkov.yaml"
 DOCKERFILE = PROJECT_ROOT / "Dockerfile"
 # Where docs/operations.md installs checkov in its own virtualenv.
 CHECKOV_TOOL_VENV = LOCAL_STATE_DIR / "tools" / "checkov"

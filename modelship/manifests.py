@@ -165,6 +165,9 @@ def _template_values(settings: Settings, release: Release) -> dict:
         "image": _pinned_image(settings, release),
         "deployment": given(settings.deployment),
         "container_port": needed(settings, "container_port"),
+        # The app's own routes where its contract names them, else the image server's.
+        "probes": {"health": settings.contract.probed_health_path,
+                   "readiness": settings.contract.probed_readiness_path},
         "autoscaling": given(needed(settings, "autoscaling")),
         "service": given(needed(settings, "service")),
         "ingress": given(needed(settings, "ingress")),

@@ -3,7 +3,7 @@
 `export_own_model` writes `model.onnx` + `metadata.json` (schema-checked) from a model file
 and a samples file `{"instances": [[...], ...], "expected": [...]}`; `verify_serves` then
 opens the folder exactly as the serving app does and replays the golden samples through
-the app's own comparison (`app.golden`). A model is published only after both, so `latest`
+the app's own comparison (`modelship_serving.golden`). A model is published only after both, so `latest`
 never moves to a model whose pods would stay unready. This module must never write into
 the store: `model_store.publish` does that.
 """
@@ -109,7 +109,7 @@ def verify_serves(model_dir: Path) -> int:
 
     Raises a PipelineError naming the first mismatch; nothing else is checked twice.
     """
-    from app.model import ModelLoadError, OnnxModel
+    from modelship_serving.onnx_model import ModelLoadError, OnnxModel
 
     try:
         model = OnnxModel(model_dir)

@@ -20,7 +20,7 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, ValidationError, field_validator
 
-from app import golden as golden_rules
+from modelship_serving import golden as golden_rules
 
 from . import stage_files
 from .errors import PipelineError

@@ -13,17 +13,18 @@ from typing import Callable
 
 import requests
 
-from app.golden import Tolerance, first_mismatch
+from modelship_serving.contract import AppContract
+from modelship_serving.golden import Tolerance, first_mismatch
 
 from .errors import PipelineError
 
 
 def wait_ready(base_url: str, seconds: float, still_running: Callable[[], bool],
-               logs: Callable[[], str]) -> None:
+               logs: Callable[[], str], readiness_path: str = "/readyz") -> None:
     deadline = time.monotonic() + seconds
     while time.monotonic() < deadline:
         try:
-            if requests.get(f"{base_url}/readyz", timeout=2).status_code == 200:
+            if requests.get(f"{base_url}{readiness_path}", timeout=2).status_code == 200:
                 return
         except requests.RequestException:
             pass
@@ -34,7 +35,7 @@ def wait_ready(base_url: str, seconds: float, still_running: Callable[[], bool],
             )
         time.sleep(0.2)
     raise PipelineError(
-        f"The service did not become ready at {base_url}/readyz within {seconds:.0f} s. "
+        f"The service did not become ready at {base_url}{readiness_path} within {seconds:.0f} s. "
         f"Its last log lines: {logs()}",
         "Check the model and the app's start-up in the log above.",
     )
@@ -52,31 +53,37 @@ def _golden_samples(metadata: dict, limit: int | None) -> list[dict]:
 
 
 def check_golden(base_url: str, metadata: dict, limit: int | None = None,
-                 api_key: str | None = None, key_fix: str = "Send the service's API key.") -> int:
-    """Score the model's golden samples; raise unless each matches (app.golden's comparison)."""
+                 api_key: str | None = None, key_fix: str = "Send the service's API key.",
+                 contract: AppContract = AppContract()) -> int:
+    """Score the model's golden samples through the app's score route and keys (its
+    contract); raise unless each matches (modelship_serving.golden's comparison)."""
     samples = _golden_samples(metadata, limit)
     headers = {"X-API-Key": api_key} if api_key else {}
+    route = contract.score_path
     try:
-        response = requests.post(
-            f"{base_url}/score", json={"instances": [s["instance"] for s in samples]},
-            headers=headers, timeout=10,
-        )
+        response = requests.post(f"{base_url}{route}", json=contract.request_body(samples),
+                                 headers=headers, timeout=10)
     except requests.RequestException as error:
-        raise PipelineError(f"/score at {base_url} did not answer: {error}.",
+        raise PipelineError(f"{route} at {base_url} did not answer: {error}.",
                             "Check the service's logs.") from None
     if response.status_code == 401:
         raise PipelineError(
-            "/score refused the golden samples (401): no valid API key was sent.", key_fix
+            f"{route} refused the golden samples (401): no valid API key was sent.", key_fix
         )
     if response.status_code != 200:
         raise PipelineError(
-            f"/score answered {response.status_code} to the golden samples: {response.text[:200]}",
+            f"{route} answered {response.status_code} to the golden samples: "
+            f"{response.text[:200]}",
             "The service does not serve its model correctly; check its logs.",
         )
-    mismatch = first_mismatch(samples, response.json(), Tolerance.of(metadata))
+    try:
+        answer = response.json()
+    except ValueError:
+        answer = None
+    mismatch = contract.mismatch(samples, answer, metadata)
     if mismatch:
         raise PipelineError(
-            f"/score disagrees with the published model: {mismatch}.",
+            f"{route} disagrees with the published model: {mismatch}.",
             "The served model is not the published one, or the app mangles input.",
         )
     return len(samples)

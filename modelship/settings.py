@@ -20,9 +20,12 @@ from typing import Any
 import yaml
 from pydantic import ValidationError
 
+from modelship_serving.contract import AppContract
+
 from . import stage_files
 from .errors import PipelineError
 from .settings_schema import (
+    AppSection,
     Dns1035Label,
     EnvironmentName,
     EnvironmentSection,
@@ -74,6 +77,16 @@ class Settings(EnvironmentSection):
                 f"Set modelship.environments.{self.env}.registry.host in invoke.yaml.",
             )
         return f"{self.registry.host}/{self.image.repository}"
+
+    @property
+    def contract(self) -> AppContract:
+        """The app's contract (the `app` section) as the checks and the image's server use it."""
+        return AppContract(**self.app.model_dump(exclude={"wsgi"}))
+
+    @property
+    def serves_sample_api(self) -> bool:
+        """Whether the image runs the sample app, whose server also speaks the v2 API."""
+        return self.app.wsgi == AppSection().wsgi
 
     @property
     def render_dir(self) -> Path:

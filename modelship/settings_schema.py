@@ -321,8 +321,33 @@ class LocalServicesSection(Section):
         return self
 
 
+WsgiTarget = _text(r"[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)*:[A-Za-z_][A-Za-z0-9_]*(\(\))?",
+                   "a WSGI callable as module:attribute (module:factory() to call a factory), "
+                   "such as app:app")
+UrlPath = _text(r"/[A-Za-z0-9._~!$&'()*+,;=:@%/-]*", "a URL path such as /score")
+# Empty: the app has no such endpoint, and the image's server answers it in front of the app.
+OptionalUrlPath = _text(r"/[A-Za-z0-9._~!$&'()*+,;=:@%/-]*", "a URL path such as /healthz, or "
+                        "empty when the app has none (the image's server answers it)",
+                        allow_empty=True)
+JsonKey = _text(r"[A-Za-z_][A-Za-z0-9_.-]*", "a JSON key such as instances", 128)
+
+
+class AppSection(Section):
+    """The app's contract: how the image runs it and how the pipeline talks to it. The
+    defaults are the sample app's (app/); docs/app-contract.md describes each one."""
+
+    wsgi: WsgiTarget = "app:create_app()"
+    score_path: UrlPath = "/score"
+    health_path: OptionalUrlPath = "/healthz"
+    readiness_path: OptionalUrlPath = "/readyz"
+    request_key: JsonKey = "instances"
+    predictions_key: JsonKey = "predictions"
+
+
 class EnvironmentSection(Section):
     """`modelship.defaults` merged with `modelship.environments.<env>`."""
+
+    app: AppSection = Field(default_factory=AppSection)
 
     runtime: Literal["kubernetes", "docker"] = "kubernetes"
     model_store: ModelStoreSection

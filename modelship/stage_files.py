@@ -8,8 +8,8 @@ its inputs were produced earlier in the same job or downloaded from an earlier s
 `invoke ci.check` proves that for every job in ci/ from the declarations here, which name the
 files as typed on the command line (`<env>` stands for the call's `--env`; a folder ends with
 "/"). Every task in tasks.py has an entry, even an empty one, so a new task is declared on
-purpose; a unit test holds the two lists together. This module only declares: it must never
-touch a file.
+purpose; a unit test holds the two lists together. This module only declares and finds (the
+project root, whether it is the toolkit's checkout): it must never write a file.
 """
 
 from __future__ import annotations
@@ -18,7 +18,37 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
-PROJECT_ROOT = Path(__file__).resolve().parent.parent
+PROJECT_ROOT_VARIABLE = "MODELSHIP_PROJECT_ROOT"
+
+
+def find_project_root(start: Path | None = None, environ=os.environ) -> Path:
+    """The repository being shipped: where its tasks.py and invoke.yaml are.
+
+    The toolkit is an installed package, so its own location says nothing about the project:
+    like `invoke`, look for tasks.py from the working directory up (MODELSHIP_PROJECT_ROOT
+    overrides). Outside any project (e.g. before `modelship init`), the working directory.
+    """
+    if environ.get(PROJECT_ROOT_VARIABLE):
+        return Path(environ[PROJECT_ROOT_VARIABLE]).resolve()
+    here = (start or Path.cwd()).resolve()
+    for folder in (here, *here.parents):
+        if (folder / "tasks.py").is_file():
+            return folder
+    return here
+
+
+PROJECT_ROOT = find_project_root()
+
+
+def in_toolkit_checkout(root: Path | None = None) -> bool:
+    """Whether the project is the toolkit's own checkout (its setup.cfg names modelship):
+    only there are the host's locks made, and the sample app (app/) is what the image
+    serves. A project that installed the toolkit ships its own code."""
+    import configparser
+
+    config = configparser.ConfigParser()
+    config.read((root or PROJECT_ROOT) / "setup.cfg")
+    return config.get("metadata", "name", fallback="") == "modelship"
 # This checkout's own services and tools (`invoke local.up`, checkov, the unit-test cache).
 LOCAL_STATE_DIR = PROJECT_ROOT / ".local"
 # Where BUILD_DIR lies on disk. `on_disk` reads it at call time, so a test that points it at

@@ -96,17 +96,23 @@ def base_image(settings: Settings, *, dry: bool, echo: Echo) -> str:
 
 
 def lock(settings: Settings, *, dry: bool) -> str:
-    """The image's lock, then the host's: the virtualenv's, checkov's, kserve's and Azurite's."""
+    """The image's lock, then (in the toolkit's own checkout) the host's: the virtualenv's,
+    checkov's, kserve's and Azurite's."""
     from . import host_locks
     from .image import IMAGE_LOCK, IMAGE_REQUIREMENTS_IN
+    from .stage_files import in_toolkit_checkout
     from .wheelhouse import lock_requirements
 
+    if dry and not in_toolkit_checkout():
+        return f"[dry] would lock {IMAGE_REQUIREMENTS_IN.name} for {settings.image.platform}"
     if dry:
         return (f"[dry] would lock {IMAGE_REQUIREMENTS_IN.name} for {settings.image.platform}, "
                 f"and the host's {host_locks.HOST_LOCK.name}, {host_locks.CHECKOV_LOCK.name}, "
                 f"{host_locks.KSERVE_LOCK.name} and Azurite's package-lock.json")
     count = lock_requirements(IMAGE_REQUIREMENTS_IN, IMAGE_LOCK, settings.image.python_version,
                               settings.image.platform)
+    if not in_toolkit_checkout():
+        return f"locked {count} packages into requirements/{IMAGE_LOCK.name}"
     host = host_locks.lock_host()
     checkov = host_locks.lock_checkov()
     kserve = host_locks.lock_kserve()
@@ -221,7 +227,7 @@ def test(c, settings: Settings, *, unit: bool = True, force: bool = False, dry: 
         from .registry import login
 
         pull(client, image_ref, login(client, settings))
-    run_contract(client, image_ref, record.model.as_metadata(), echo)
+    run_contract(client, image_ref, record.model.as_metadata(), echo, settings.contract)
     release_record.save(record.with_contract_test(image_ref))
     return ran(f"container test passed for {record.image.name}")
 
@@ -238,7 +244,12 @@ def run_unit_tests(c, *, force: bool, dry: bool, echo: Echo) -> bool:
     import time
 
     from . import unit_test_cache
+    from .stage_files import PROJECT_ROOT
 
+    if not (PROJECT_ROOT / "tests" / "unit").is_dir():
+        # A project without unit tests of its own: the container test still runs.
+        echo("unit tests: none (no tests/unit folder in the project)")
+        return False
     digest = unit_test_cache.inputs_digest()
     previous = None if force else unit_test_cache.passed_run(digest)
     if previous is not None:

@@ -42,7 +42,7 @@ TESTMON_DATA = CACHE_DIR / "testmondata"
 # The data inputs (everything but project Python code) testmon's coverage was collected with.
 TESTMON_BASELINE = CACHE_DIR / "testmon-baseline.json"
 SUBPROCESS_MARKER = "subprocess_project_code"
-PYTHON_CODE_DIRS = ("app/", "modelship/", "tests/unit/")
+PYTHON_CODE_DIRS = ("app/", "modelship/", "modelship_serving/", "tests/unit/")
 # Read by no unit test: changing them must not cost a test run.
 NOT_INPUTS = ("docs/", "benchmarks/", "tests/integration/", "tests/support/", "examples/",
               "scripts/", ".ci/")

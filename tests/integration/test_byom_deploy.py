@@ -17,7 +17,7 @@ import numpy as np
 import pytest
 import requests
 
-from app.golden import Tolerance, first_mismatch
+from modelship_serving.golden import Tolerance, first_mismatch
 from modelship.settings import PROJECT_ROOT
 
 pytestmark = pytest.mark.integration

@@ -23,9 +23,11 @@ def fresh_clone(destination: Path) -> Path:
     untracked = git("ls-files", "--others", "--exclude-standard", cwd=PROJECT_ROOT).split()
     for name in changed + untracked:
         source, target = PROJECT_ROOT / name, destination / name
-        if source.exists():
+        if source.is_symlink() or source.exists():
+            # A link stays a link (modelship/data/ links to the repository's folders).
             target.parent.mkdir(parents=True, exist_ok=True)
-            shutil.copy2(source, target)
+            target.unlink(missing_ok=True)
+            shutil.copy2(source, target, follow_symlinks=False)
         else:
             target.unlink(missing_ok=True)
     return destination

@@ -33,7 +33,27 @@ def source_tree(tmp_path):
         shutil.copy(PROJECT_ROOT / name, tmp_path / name)
     shutil.copytree(PROJECT_ROOT / "app", tmp_path / "app",
                     ignore=shutil.ignore_patterns("__pycache__"))
+    shutil.copy(PROJECT_ROOT / "setup.cfg", tmp_path / "setup.cfg")  # the toolkit's layout
     return tmp_path
+
+
+def test_a_projects_image_code_is_its_own_files_less_the_pipelines(tmp_path):
+    import subprocess
+
+    for name in ("app.py", "shop/model_io.py", "Dockerfile", "invoke.yaml", "tasks.py",
+                 "ci/azure-pipelines.yml", "templates/k8s/service.yaml.j2", "model.onnx",
+                 "tests/test_app.py", "build/record.json", "secret.log"):
+        (tmp_path / name).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / name).write_text("x")
+    (tmp_path / ".gitignore").write_text("*.log\n")
+    subprocess.run(["git", "init", "-q"], cwd=tmp_path, check=True)
+    code = image.code_in_image(tmp_path)
+    origin, files = code[image.PROJECT_CODE_DIR]
+    assert sorted(str(path.relative_to(origin)) for path in files) == ["app.py",
+                                                                      "shop/model_io.py"]
+    served_from, server_files = code["modelship_serving"]
+    assert any(path.name == "front.py" for path in server_files)
+    assert "modelship_serving" not in str(origin) and served_from.name == "modelship_serving"
 
 
 def test_inputs_digest_follows_code_and_model_but_not_unrelated_files(settings, source_tree):

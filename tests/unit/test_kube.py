@@ -23,7 +23,7 @@ import pytest
 import yaml
 from invoke import Exit, MockContext, Result
 
-import tasks
+from modelship import tasks
 from modelship import kube, manifests, release_record
 from modelship.manifests import Release
 from modelship.release_record import ReleaseRecord

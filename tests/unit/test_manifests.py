@@ -18,7 +18,7 @@ import invoke
 import pytest
 import yaml
 
-import tasks
+from modelship import tasks
 from modelship import manifest_checks, manifests, release_record
 from modelship.manifests import Release
 from modelship.release_record import ReleaseRecord

@@ -8,7 +8,7 @@ from types import SimpleNamespace
 import numpy as np
 import pytest
 
-from app.golden import Tolerance, first_mismatch, same_value
+from modelship_serving.golden import Tolerance, first_mismatch, same_value
 from modelship import model_store, stages
 from modelship.errors import PipelineError
 from modelship.stores import FileStore

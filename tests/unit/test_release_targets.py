@@ -56,7 +56,7 @@ def imported_modules(path) -> set[str]:
     return names
 
 
-@pytest.mark.parametrize("source", ["modelship/stages.py", "tasks.py"])
+@pytest.mark.parametrize("source", ["modelship/stages.py", "modelship/tasks.py"])
 def test_stages_and_tasks_name_no_runtime_module(source):
     imported = imported_modules(PROJECT_ROOT / source)
     runtime_modules = [name for name in imported

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import re
 import subprocess
+from types import SimpleNamespace
 from unittest import mock
 
 import pytest
@@ -183,9 +184,9 @@ def record_dir(tmp_path, monkeypatch):
 def test_the_contract_test_is_skipped_only_for_the_image_it_passed_for(record_dir, monkeypatch):
     ran = []
     monkeypatch.setattr("modelship.contract_check.run_contract",
-                        lambda client, image, metadata, echo: ran.append(image))
+                        lambda client, image, metadata, echo, contract: ran.append(image))
     monkeypatch.setattr("modelship.engine.docker_client", lambda: object())
-    settings = None
+    settings = SimpleNamespace(contract=None)  # only the app's contract is read
     release_record.save(record_with("sha256:" + "1" * 64, "digits-api:t", "sha256:" + "1" * 64))
     outcome = stages.test(MockContext(), settings, unit=False, dry=False, echo=print)
     assert ran == [] and outcome.status == "up to date"
