@@ -15,7 +15,7 @@ installs its own, and stops at once. And the first SIGTERM drains before stoppin
 `/readyz` answers 503 for SHUTDOWN_DRAIN_SECONDS while every request is still served
 (Kubernetes takes the pod out of its Service meanwhile), then the workers finish what
 they are serving and exit, killed after WORKERS_KILL_TIMEOUT_SECONDS at the latest. In a
-pod the preStop hook (`app.drain`) has already drained before SIGTERM arrives; the server
+pod the preStop hook (`modelship_serving.drain`) has already drained before SIGTERM arrives; the server
 sees its marker and goes straight to finishing in-flight requests. The manifests set the
 pod's grace period to the drain plus the kill timeout plus a margin. A second signal
 stops at once.
@@ -41,7 +41,7 @@ from granian import Granian
 from granian.constants import HTTPModes, Interfaces, Loops, TaskImpl
 from granian.http import HTTP1Settings
 
-from app.drain import DEFAULT_DRAIN_SECONDS, SHUTDOWN_MARKER_NAME
+from modelship_serving.drain import DEFAULT_DRAIN_SECONDS, SHUTDOWN_MARKER_NAME
 
 logger = logging.getLogger(__name__)
 
@@ -128,7 +128,7 @@ class DrainingGranian(Granian):
         if self._draining or self._drain_seconds == 0:
             return super().signal_handler_interrupt(*args, **kwargs)
         if self._shutdown_marker.exists():
-            # The preStop hook (app.drain) already drained: finish what is in flight.
+            # The preStop hook (modelship_serving.drain) already drained: finish what is in flight.
             logger.info("shutting down: drained by the preStop hook; workers stop")
             return super().signal_handler_interrupt(*args, **kwargs)
         self._draining = True

@@ -17,6 +17,7 @@ import threading
 from collections import Counter
 from pathlib import Path
 
+from modelship_serving import drain
 from modelship_serving.contract import AppContract
 
 PLAIN = [("Content-Type", "text/plain; version=0.0.4")]
@@ -82,6 +83,7 @@ class ContractFront:
             "model": {key: metadata.get(key) for key in ("name", "version", "sha256")},
         }
         self.problem = golden_problem(app, contract, metadata)
+        self.shutdown_marker = drain.marker_path(environ)
         self.requests: Counter = Counter()
         self._lock = threading.Lock()
 
@@ -94,6 +96,10 @@ class ContractFront:
         if path == "/healthz" and not self.contract.health_path:
             return "200 OK", JSON, b'{"status":"ok"}'
         if path == "/readyz" and not self.contract.readiness_path:
+            if self.shutdown_marker is not None and self.shutdown_marker.exists():
+                # The preStop hook ran: out of every endpoint list, while still serving.
+                return ("503 Service Unavailable", JSON,
+                        b'{"status":"unready","problem":"shutting down"}')
             if self.problem:
                 return ("503 Service Unavailable", JSON,
                         json.dumps({"status": "unready", "problem": self.problem}).encode())

@@ -46,6 +46,9 @@ def main() -> None:
     from granian.constants import Interfaces
 
     workers = int(os.environ.get("WEB_CONCURRENCY") or 1)
+    # After SIGTERM (the preStop drain has already run in a pod) Granian lets in-flight
+    # requests finish for at most this long, inside the pod's grace period.
+    kill_timeout = int(os.environ.get("WORKERS_KILL_TIMEOUT_SECONDS") or 15)
     Granian(WORKER_APP, factory=True, interface=Interfaces.WSGI,
             address=os.environ.get("HOST") or "0.0.0.0", port=int(os.environ.get("PORT") or 8080),
-            workers=workers, log_access=False).serve()
+            workers=workers, workers_kill_timeout=kill_timeout, log_access=False).serve()

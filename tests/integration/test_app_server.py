@@ -618,7 +618,7 @@ def test_sigterm_in_the_last_moment_of_a_workers_start_still_stops_it(tmp_path, 
 
 def test_the_prestop_hook_drains_then_sigterm_finishes_the_request_in_flight(tmp_path,
                                                                             model_dir):
-    """The pod's stop sequence: preStop (app.drain), then SIGTERM, then in-flight finishes."""
+    """The pod's stop sequence: preStop (modelship_serving.drain), then SIGTERM, then in-flight finishes."""
     run_directory = tmp_path / "run"
     # A drain the server would take on its own would outlast this test's bounds: the
     # server must notice the hook already drained.
@@ -630,7 +630,7 @@ def test_the_prestop_hook_drains_then_sigterm_finishes_the_request_in_flight(tmp
         wait_until_ready(base_url, process, log_path)
         hook_env = {**os.environ, "METRICS_DIR": str(run_directory),
                     "SHUTDOWN_DRAIN_SECONDS": "1"}
-        hook = subprocess.run([sys.executable, "-m", "app.drain"], cwd=REPO, env=hook_env,
+        hook = subprocess.run([sys.executable, "-m", "modelship_serving.drain"], cwd=REPO, env=hook_env,
                               capture_output=True, text=True, timeout=30)
         assert hook.returncode == 0, hook.stderr
         assert requests.get(f"{base_url}/readyz", timeout=5).status_code == 503

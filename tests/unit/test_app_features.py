@@ -344,7 +344,7 @@ def test_model_input_and_values_pass_through_unchanged(client, sample_metadata):
 
 
 def test_the_prestop_hook_marks_the_server_draining_then_waits_the_drain(tmp_path):
-    from app import drain
+    from modelship_serving import drain
 
     waited = []
     environ = {"METRICS_DIR": str(tmp_path / "run"), "SHUTDOWN_DRAIN_SECONDS": "7"}
@@ -355,7 +355,7 @@ def test_the_prestop_hook_marks_the_server_draining_then_waits_the_drain(tmp_pat
 
 @pytest.mark.parametrize("raw, seconds", [("", 5), ("nonsense", 5), ("-3", 0), ("0", 0)])
 def test_the_prestop_hook_never_blocks_a_stop_on_a_bad_setting(tmp_path, raw, seconds):
-    from app import drain
+    from modelship_serving import drain
 
     waited = []
     assert drain.main({"SHUTDOWN_DRAIN_SECONDS": raw}, sleep=waited.append) == 0

@@ -286,7 +286,7 @@ def test_pods_drain_before_they_stop_within_their_grace_period(record, tmp_path)
     pod = objects["deployment.yaml"]["spec"]["template"]["spec"]
     container = pod["containers"][0]
     assert container["lifecycle"]["preStop"]["exec"]["command"] == [
-        "python3", "-m", "app.drain"]
+        "python3", "-m", "modelship_serving.drain"]
     config = objects["configmap.yaml"]["data"]
     assert (config["SHUTDOWN_DRAIN_SECONDS"], config["WORKERS_KILL_TIMEOUT_SECONDS"]) == \
         ("12", "20")

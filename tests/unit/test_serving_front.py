@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from flask import Flask, jsonify, request
 
+from modelship_serving import drain
 from modelship_serving.contract import AppContract
 from modelship_serving.front import ContractFront
 from modelship_serving.serve import load_wsgi
@@ -64,3 +65,15 @@ def test_wsgi_targets_name_an_attribute_or_call_a_factory(tmp_path, monkeypatch)
     monkeypatch.syspath_prepend(str(tmp_path))
     assert load_wsgi("webshop:app") == "the app"
     assert load_wsgi("webshop:make()") == "made"
+
+
+def test_after_the_prestop_hook_the_front_is_unready_but_still_serves(tmp_path):
+    environ = {"METRICS_DIR": str(tmp_path)}
+    client = client_of(ContractFront(shop_app(), CONTRACT, METADATA, environ=environ))
+    assert client.get("/readyz").status_code == 200
+
+    assert drain.main(environ, sleep=lambda seconds: None) == 0
+
+    answer = client.get("/readyz")
+    assert answer.status_code == 503 and answer.get_json()["problem"] == "shutting down"
+    assert client.post("/predict", json={"rows": [[1, 1]]}).get_json() == {"labels": [2]}

@@ -1,4 +1,4 @@
-"""`python -m app.drain`: the pod's preStop hook, run by the kubelet before any SIGTERM.
+"""`python -m modelship_serving.drain`: the pod's preStop hook, run by the kubelet before any SIGTERM.
 
 It marks the server as shutting down, so `/readyz` answers 503 at once while every request
 is still served, then waits SHUTDOWN_DRAIN_SECONDS: long enough for kube-proxy, the load
