@@ -20,6 +20,7 @@ from pathlib import Path
 
 from jinja2 import Environment, StrictUndefined
 
+from . import __version__
 from .errors import PipelineError
 from .toolkit_data import K8S_TEMPLATES, PIPELINE_DIR, PROJECT_SCAFFOLD
 
@@ -133,6 +134,7 @@ def _render(template: Path, answers: Answers) -> str:
     values = {name: getattr(answers, name) for name in Answers.__dataclass_fields__}
     values["app_requirements"] = "\n".join(answers.requirements) or "# (none found)"
     values["cloud_environments"] = CLOUD_ENVIRONMENTS
+    values["toolkit_version"] = __version__
     return environment.from_string(template.read_text()).render(values)
 
 
@@ -149,6 +151,9 @@ def planned_files(answers: Answers) -> dict[str, str]:
         for path in sorted(folder.rglob("*")):
             if path.is_file() and "__pycache__" not in path.parts:
                 planned[f"{target}/{path.relative_to(folder).as_posix()}"] = path.read_text()
+    # The toolkit's own pipeline runs its scripts/setup.sh; a project installs the toolkit.
+    planned["ci/templates/setup-steps.yml"] = _render(PROJECT_SCAFFOLD / "setup-steps.yml.j2",
+                                                      answers)
     return planned
 
 

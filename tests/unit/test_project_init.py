@@ -150,8 +150,20 @@ def test_pyproject_dependencies_become_the_image_requirements(tmp_path):
 
 
 def test_this_repository_is_itself_an_initialized_project():
-    """The sample's tasks.py, templates and pipeline are what init writes, one copy each."""
+    """The sample's tasks.py, templates and pipeline are what init writes, one copy each;
+    only the setup step differs (the toolkit's own runs scripts/setup.sh)."""
     answers = project_init.answers_for(PROJECT_ROOT)
     drifted = [line for line in project_init.drift(PROJECT_ROOT, answers)
                if line.startswith(("tasks.py", "templates/", "ci/"))]
-    assert drifted == []
+    assert drifted == ["ci/templates/setup-steps.yml: differs from what this version writes"]
+
+
+def test_the_projects_pipeline_installs_the_toolkit_instead_of_running_its_setup_script(
+        repository):
+    from modelship import __version__
+
+    run("modelship", "init", *CONTRACT, cwd=repository)
+    steps = (repository / "ci/templates/setup-steps.yml").read_text()
+    assert "scripts/setup.sh" not in steps
+    assert f'"modelship[serve,test]=={__version__}"' in steps
+    assert "scripts/setup.sh" in (PROJECT_ROOT / "ci/templates/setup-steps.yml").read_text()
