@@ -177,16 +177,26 @@ class ModelStoreSection(Section):
 
 
 class AuditSection(Section):
-    """`build` refuses a lock with known vulnerabilities (modelship/audit.py)."""
+    """`build` refuses a lock with known vulnerabilities: pip-audit audits it
+    (modelship/audit.py, docs/image.md: auditing)."""
     enabled: bool = False
     fail_on: Literal["low", "medium", "high", "critical"] = "high"
-    advisories: str = ""  # an OSV advisories file (JSON)
+    # An OSV advisories file (JSON): offline, pip-audit is answered from it; with a service,
+    # it grades what the service finds (pip-audit reports no severity).
+    advisories: str = ""
+    # pip-audit's own service, for agents that reach it; empty: the advisories file only.
+    service: Literal["", "osv", "pypi"] = ""
+    # An OSV-compatible query API (a mirror) for service osv; empty: pip-audit's default.
+    osv_url: HttpUrl = ""
 
     @model_validator(mode="after")
-    def _advisories_when_enabled(self):
-        if self.enabled and not self.advisories:
-            raise ValueError("has audit enabled without advisories: name an OSV advisories "
-                             "file (docs/image.md: auditing)")
+    def _a_source_when_enabled(self):
+        if self.enabled and not (self.advisories or self.service):
+            raise ValueError("has audit enabled without advisories or a service: name an OSV "
+                             "advisories file or set service to osv or pypi (docs/image.md: "
+                             "auditing)")
+        if self.osv_url and self.service != "osv":
+            raise ValueError(f"has audit osv_url '{self.osv_url}' without service: osv")
         return self
 
 
