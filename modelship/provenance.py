@@ -338,29 +338,58 @@ def verification_problem(settings, key, digest: str, commit: str | None, model_s
     return problems[-1]
 
 
-def verify_release(settings, record: ReleaseRecord, pushed: PushRecord, *, dry: bool,
-                   echo: Echo) -> None:
-    """Before anything is applied: refuse unless the registry vouches for this release."""
+def _verify(settings, reference: str, digest: str, commit: str, model_sha256: str, *,
+            dry: bool, echo: Echo, fix: str) -> None:
+    """Refuse `reference` unless the registry holds its signature and a provenance for it
+    from `commit` with `model_sha256`, by the environment's key."""
     if not settings.provenance.public_key:
-        echo(f"warning: no provenance.public_key for '{settings.env}': {pushed.reference} is "
+        echo(f"warning: no provenance.public_key for '{settings.env}': {reference} is "
              "applied unverified")
         return
-    wants = (f"a signature of {pushed.digest[:19]}… by {settings.provenance.public_key} and "
-             f"provenance for it from commit {record.source.revision[:12]} with model sha256 "
-             f"{record.model.sha256[:12]}…")
+    wants = (f"a signature of {digest[:19]}… by {settings.provenance.public_key} and "
+             f"provenance for it from commit {commit[:12]} with model sha256 "
+             f"{model_sha256[:12]}…")
     if dry:
         echo(f"[dry] would verify {wants} in the registry")
         return
-    key = public_key_for(settings)
-    problem = verification_problem(settings, key, pushed.digest, record.source.revision,
-                                   record.model.sha256)
+    problem = verification_problem(settings, public_key_for(settings), digest, commit,
+                                   model_sha256)
     if problem:
-        raise ProvenanceRefused(f"Refusing {pushed.reference}: {problem}.",
-                                "Nothing was applied. Push this build again (`invoke push "
-                                f"--env={settings.env} --force`) if the record is right; "
-                                "otherwise find out who changed the image or the record.")
-    echo(f"verified: signature and provenance of {pushed.digest[:19]}… "
-         f"(commit {record.source.revision[:12]}, model {record.model.sha256[:12]}…)")
+        raise ProvenanceRefused(f"Refusing {reference}: {problem}.", fix)
+    echo(f"verified: signature and provenance of {digest[:19]}… "
+         f"(commit {commit[:12]}, model {model_sha256[:12]}…)")
+
+
+def verify_release(settings, record: ReleaseRecord, pushed: PushRecord, *, dry: bool,
+                   echo: Echo) -> None:
+    """Before anything is applied: refuse unless the registry vouches for this release."""
+    _verify(settings, pushed.reference, pushed.digest, record.source.revision,
+            record.model.sha256, dry=dry, echo=echo,
+            fix=f"Nothing was applied. Push this build again (`invoke push --env={settings.env} "
+                "--force`) if the record is right; otherwise find out who changed the image "
+                "or the record.")
+
+
+def verify_rollback(settings, reference: str | None, commit: str | None,
+                    model_sha256: str | None, *, dry: bool, echo: Echo) -> None:
+    """Before `rollback` runs the previous release again: the same checks as `apply`, against
+    the commit and model that release was made from, as the runtime kept them."""
+    fix = (f"Nothing was changed. Deploy the release you want instead (`invoke deploy "
+           f"--env={settings.env}`).")
+    if dry and reference is None:  # nothing was read: say what would be checked
+        echo("[dry] would verify the signature and provenance of the previous release in the "
+             "registry before running it again" if settings.provenance.public_key else
+             f"warning: no provenance.public_key for '{settings.env}': the previous release "
+             "is run again unverified")
+        return
+    digest = reference.partition("@")[2] if reference else ""
+    if settings.provenance.public_key and not (digest and commit and model_sha256):
+        raise ProvenanceRefused(
+            f"Refusing to roll back to {reference}: the runtime kept no "
+            f"{'commit and model' if digest else 'digest'} of that release to verify its "
+            "provenance against (it was released before rollbacks were verified).", fix)
+    _verify(settings, reference, digest, commit or "", model_sha256 or "", dry=dry, echo=echo,
+            fix=fix)
 
 
 def cached_image_problem(settings, digest: str, model_sha256: str,

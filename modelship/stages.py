@@ -401,7 +401,16 @@ def apply(c, settings: Settings, *, yes: bool = False, smoke: bool = True, dry: 
 
 
 def rollback(c, settings: Settings, *, dry: bool, echo: Echo) -> str:
-    return release_target(c, settings).rollback(dry=dry, echo=echo)
+    from .provenance import verify_rollback
+
+    target = release_target(c, settings)
+    previous = None if dry else target.previous_release()
+    # As before `apply`: what runs again is what this key's owner built, from the commit and
+    # model the runtime kept for that release.
+    verify_rollback(settings, previous.reference if previous else None,
+                    previous.commit if previous else None,
+                    previous.model_sha256 if previous else None, dry=dry, echo=echo)
+    return target.rollback(previous, dry=dry, echo=echo)
 
 
 def status(c, settings: Settings, *, dry: bool) -> list[str]:
