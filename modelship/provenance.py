@@ -5,11 +5,12 @@ whose predicate is SLSA provenance v1: the image digest as subject; the git comm
 repository and dirty state; the model's name, version and sha256; the image lock's sha256;
 the builder (this laptop, or the Azure Pipelines run). The statement travels as a DSSE
 envelope signed with securesystemslib (the signing library of in-toto and TUF). Both are
-stored in the registry next to the image (`oci_artifacts`, cosign's `.sig` / `.att` tags).
+stored in the registry next to the image (`oci_artifacts`, cosign's `.sig` / `.att` tags),
+and so is the image's CycloneDX SBOM, as a second signed statement in `.att`.
 
 `apply` refuses a release unless, with the environment's public key, a signature of the
 digest verifies and an attestation verifies whose subject is that digest and whose commit
-and model sha256 are the record's; `build` reuses a cached image only on the same terms
+and model sha256 are the record's, and whose SBOM attestations name that digest; `build` reuses a cached image only on the same terms
 (its model, not its commit: the same inputs at another commit make the same image).
 
 Keys: `provenance.signing_key` (a PEM file) or `provenance.signing_key_env` (a variable
@@ -37,6 +38,8 @@ from .stage_files import PROJECT_ROOT
 
 STATEMENT_TYPE = "https://in-toto.io/Statement/v1"
 SLSA_PROVENANCE = "https://slsa.dev/provenance/v1"
+# cosign's `--type cyclonedx`: an SBOM attestation whose predicate is the CycloneDX document.
+CYCLONEDX_BOM = "https://cyclonedx.org/bom"
 IN_TOTO_PAYLOAD = "application/vnd.in-toto+json"
 BUILD_TYPE = "https://modelship.dev/build/image/v1"
 SIGNATURE_TYPE = "cosign container image signature"
@@ -143,10 +146,6 @@ def builder_id() -> str:
 
 def statement(record: ReleaseRecord, pushed: PushRecord) -> dict:
     """The in-toto Statement v1 (SLSA provenance v1) for the image `pushed` names."""
-    from google.protobuf import json_format
-    from in_toto_attestation.v1.resource_descriptor import ResourceDescriptor
-    from in_toto_attestation.v1.statement import Statement
-
     lock_sha256 = hashlib.sha256(IMAGE_LOCK.read_bytes()).hexdigest()
     repository = record.image.labels.get("org.opencontainers.image.source", "")
     model = record.model
@@ -171,11 +170,22 @@ def statement(record: ReleaseRecord, pushed: PushRecord) -> dict:
             "metadata": {"invocationId": record.image.inputs},
         },
     }
+    return _statement(pushed, SLSA_PROVENANCE, predicate)
+
+
+def _statement(pushed: PushRecord, predicate_type: str, predicate: dict) -> dict:
+    """An in-toto Statement v1 about the pushed digest. The predicate is set after the
+    library validated the rest: its protobuf Struct would turn every number into a float
+    (a CycloneDX `version: 1` into 1.0)."""
+    from google.protobuf import json_format
+    from in_toto_attestation.v1.resource_descriptor import ResourceDescriptor
+    from in_toto_attestation.v1.statement import Statement
+
     subject = ResourceDescriptor(name=pushed.repository,
                                  digest={"sha256": pushed.digest.removeprefix("sha256:")})
-    built = Statement([subject.pb], SLSA_PROVENANCE, predicate)
+    built = Statement([subject.pb], predicate_type, {"set": "below"})  # it wants one
     built.validate()
-    return json_format.MessageToDict(built.pb)
+    return dict(json_format.MessageToDict(built.pb), predicate=predicate)
 
 
 def signature_payload(pushed: PushRecord) -> bytes:
@@ -198,25 +208,36 @@ def would_sign(settings, record: ReleaseRecord, reference: str = "the pushed ima
             "registry")
 
 
-def attestation_layer(envelope) -> Layer:
+def attestation_layer(envelope, predicate_type: str = SLSA_PROVENANCE) -> Layer:
     """A signed DSSE envelope as cosign stores an attestation: the signature is inside the
     envelope, yet cosign reads every `.att` layer's signature annotation, so it is there,
     empty, as cosign writes it."""
     return Layer(oci_artifacts.DSSE_ENVELOPE, json.dumps(envelope.to_dict()).encode(),
                  {oci_artifacts.SIGNATURE_ANNOTATION: "",
-                  oci_artifacts.PREDICATE_ANNOTATION: SLSA_PROVENANCE})
+                  oci_artifacts.PREDICATE_ANNOTATION: predicate_type})
+
+
+def signed_attestation(signer, statement: dict) -> Layer:
+    from securesystemslib.dsse import Envelope
+
+    envelope = Envelope(json.dumps(statement, sort_keys=True).encode(), IN_TOTO_PAYLOAD, {})
+    envelope.sign(signer)
+    return attestation_layer(envelope, statement["predicateType"])
+
+
+def _is_sbom(layer: Layer) -> bool:
+    return layer.annotations.get(oci_artifacts.PREDICATE_ANNOTATION) == CYCLONEDX_BOM
 
 
 # --- push: sign and store --------------------------------------------------------------------
 
 
 def ensure_signed(settings, record: ReleaseRecord, pushed: PushRecord, *, dry: bool,
-                  echo: Echo, auth: dict | None = None) -> str | None:
-    """Sign `pushed` and attest this record's provenance in the registry, unless a valid
-    signature and a matching attestation with this key are already there. A line to show,
-    or None when the environment signs nothing."""
-    from securesystemslib.dsse import Envelope
-
+                  echo: Echo, auth: dict | None = None, sbom: dict | None = None) -> str | None:
+    """Sign `pushed` and attest this record's provenance (and `sbom`, the image's CycloneDX
+    document, when given) in the registry, unless a valid signature and matching
+    attestations with this key are already there. A line to show, or None when the
+    environment signs nothing."""
     if dry and signer_for(settings, dry=True) is None:
         return would_sign(settings, record, pushed.reference)
     signer = signer_for(settings)
@@ -249,12 +270,16 @@ def ensure_signed(settings, record: ReleaseRecord, pushed: PushRecord, *, dry: b
             {oci_artifacts.SIGNATURE_ANNOTATION: signature})])
         changed.append("signed")
     if needs_attestation:
-        envelope = Envelope(json.dumps(statement(record, pushed), sort_keys=True).encode(),
-                            IN_TOTO_PAYLOAD, {})
-        envelope.sign(signer)
-        registry.put_layers(oci_artifacts.attestation_tag(pushed.digest),
-                            attestations + [attestation_layer(envelope)])
+        attestations = attestations + [signed_attestation(signer, statement(record, pushed))]
+        registry.put_layers(oci_artifacts.attestation_tag(pushed.digest), attestations)
         changed.append("attested its provenance")
+    signed_sboms = [_signed_payload(layer, key) or {} for layer in attestations
+                    if _is_sbom(layer)]
+    if sbom is not None and sbom.get("serialNumber") not in [
+            (signed.get("predicate") or {}).get("serialNumber") for signed in signed_sboms]:
+        registry.put_layers(oci_artifacts.attestation_tag(pushed.digest), attestations + [
+            signed_attestation(signer, _statement(pushed, CYCLONEDX_BOM, sbom))])
+        changed.append("attested its SBOM")
     if not changed:
         return f"signature and provenance of {pushed.digest[:19]}… already in the registry"
     return f"{' and '.join(changed)} {pushed.digest[:19]}… in the registry"
@@ -284,23 +309,35 @@ def _signature_holds(layer: Layer, key, digest: str) -> bool:
     return claimed == digest
 
 
-def _attestation_problem(layer: Layer, key, digest: str, commit: str | None,
-                         model_sha256: str) -> str | None:
-    """Why this attestation does not vouch for `digest` built from `commit` (None: any)
-    with the model `model_sha256`, or None when it does."""
+def _signed_payload(layer: Layer, key) -> dict | None:
+    """The in-toto statement of an attestation layer, if `key` signed it; else None."""
     from securesystemslib.dsse import Envelope
     from securesystemslib.exceptions import VerificationError
 
     try:
         envelope = Envelope.from_dict(json.loads(layer.content))
         envelope.verify([key], 1)
-    except (VerificationError, ValueError, KeyError, TypeError):
-        return "its attestation is not signed with the environment's key"
-    if envelope.payload_type != IN_TOTO_PAYLOAD:
-        return f"its attestation carries {envelope.payload_type}, not an in-toto statement"
-    try:
+        if envelope.payload_type != IN_TOTO_PAYLOAD:
+            return None
         signed = json.loads(envelope.payload)
-        subjects = ["sha256:" + subject["digest"]["sha256"] for subject in signed["subject"]]
+    except (VerificationError, ValueError, KeyError, TypeError):
+        return None
+    return signed if isinstance(signed, dict) else None
+
+
+def _subjects(signed: dict) -> list[str]:
+    return ["sha256:" + subject["digest"]["sha256"] for subject in signed["subject"]]
+
+
+def _attestation_problem(layer: Layer, key, digest: str, commit: str | None,
+                         model_sha256: str) -> str | None:
+    """Why this attestation does not vouch for `digest` built from `commit` (None: any)
+    with the model `model_sha256`, or None when it does."""
+    signed = _signed_payload(layer, key)
+    if signed is None:
+        return "its attestation is not signed with the environment's key"
+    try:
+        subjects = _subjects(signed)
         parameters = signed["predicate"]["buildDefinition"]["externalParameters"]
         signed_commit = parameters["source"]["commit"]
         signed_model = parameters["model"]["sha256"]
@@ -330,12 +367,32 @@ def verification_problem(settings, key, digest: str, commit: str | None, model_s
     attestations = registry.layers(oci_artifacts.attestation_tag(digest))
     if not attestations:
         return f"no provenance attestation of {digest} in the registry"
+    sboms = [layer for layer in attestations if _is_sbom(layer)]
+    provenances = [layer for layer in attestations if not _is_sbom(layer)]
+    if not provenances:
+        return f"no provenance attestation of {digest} in the registry"
     problems = [_attestation_problem(layer, key, digest, commit, model_sha256)
-                for layer in attestations]
-    if None in problems:
-        return None
-    # The newest attestation's reason: what the last push said about this image.
-    return problems[-1]
+                for layer in provenances]
+    if None not in problems:
+        # The newest attestation's reason: what the last push said about this image.
+        return problems[-1]
+    return _sbom_problem(sboms, key, digest)
+
+
+def _sbom_problem(layers: list[Layer], key, digest: str) -> str | None:
+    """An SBOM attestation must be signed with the key and be about this digest: a signed
+    SBOM of another image beside this one means someone moved it there."""
+    for layer in layers:
+        signed = _signed_payload(layer, key)
+        if signed is None:
+            return "its SBOM attestation is not signed with the environment's key"
+        try:
+            subjects = _subjects(signed)
+        except (KeyError, TypeError):
+            return "its SBOM attestation names no subject digest"
+        if digest not in subjects:
+            return f"its SBOM attestation is for {', '.join(subjects)[:80]}, not {digest}"
+    return None
 
 
 def _verify(settings, reference: str, digest: str, commit: str, model_sha256: str, *,

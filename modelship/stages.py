@@ -297,14 +297,15 @@ def push(settings: Settings, *, force: bool = False, dry: bool, echo: Echo) -> O
         return dry_run(f"[dry] would push the image ({NO_RECORD_YET}) to "
                        f"{settings.image_repository}")
     from .provenance import ensure_signed, would_sign
-    from .sbom import push_sbom
+    from .sbom import built_sbom, push_sbom
 
     record = release_record.load()
     pushed = None if force else record.push_for(settings.env)
     if pushed:
         # The image may be there from a build of the same inputs at another commit: this
         # commit's provenance is attested all the same.
-        signed = ensure_signed(settings, record, pushed, dry=dry, echo=echo)
+        signed = ensure_signed(settings, record, pushed, dry=dry, echo=echo,
+                               sbom=built_sbom(record))
         if signed and not signed.startswith("signature and provenance"):
             echo(signed)
         return up_to_date(f"up to date: {pushed.reference} is already in the registry")
@@ -313,7 +314,8 @@ def push(settings: Settings, *, force: bool = False, dry: bool, echo: Echo) -> O
         return dry_run(f"[dry] would push {record.image.name} to {settings.image_repository}")
     pushed = push_image(docker_client(), settings, record)
     release_record.save(record.with_push(settings.env, pushed))
-    echo(ensure_signed(settings, record, pushed, dry=False, echo=echo))
+    echo(ensure_signed(settings, record, pushed, dry=False, echo=echo,
+                       sbom=built_sbom(record)))
     stored = push_sbom(settings, record, pushed)
     if stored:
         echo(stored)

@@ -1,4 +1,4 @@
-"""The real cosign reads what `push` stores: its signature and its SLSA attestation.
+"""The real cosign reads what `push` stores: its signature and its SLSA and SBOM attestations.
 
 cosign is built from the module tools/cosign pins (go.sum committed), once per machine into
 ~/.cache/modelship/cosign/<version>/ (`go_tools.ensure_go_tool`); the test skips only where Go
@@ -95,6 +95,19 @@ def test_cosign_verifies_the_slsa_provenance_attestation(cosign, cosign_env, pus
                for s in statements)
 
 
+def test_cosign_verifies_the_cyclonedx_sbom_attestation(cosign, cosign_env, pushed,
+                                                        local_stack):
+    result = run_cosign(cosign, cosign_env, "verify-attestation", "--type", "cyclonedx",
+                        *offline_key_flags(public_key(local_stack)), pushed.reference)
+    assert result.returncode == 0, result.stderr
+    envelopes = [json.loads(line) for line in result.stdout.splitlines() if line.strip()]
+    statements = [json.loads(base64.b64decode(envelope["payload"])) for envelope in envelopes]
+    assert statements and all(s["predicateType"] == provenance.CYCLONEDX_BOM
+                              for s in statements)
+    assert any(s["subject"][0]["digest"]["sha256"] == pushed.digest.removeprefix("sha256:")
+               and s["predicate"]["bomFormat"] == "CycloneDX" for s in statements)
+
+
 def test_cosign_refuses_the_image_with_another_key(cosign, cosign_env, pushed, tmp_path):
     from cryptography.hazmat.primitives import serialization
     from cryptography.hazmat.primitives.asymmetric import ec
@@ -102,7 +115,8 @@ def test_cosign_refuses_the_image_with_another_key(cosign, cosign_env, pushed, t
     other = tmp_path / "other.pub.pem"
     other.write_bytes(ec.generate_private_key(ec.SECP256R1()).public_key().public_bytes(
         serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo))
-    for command in (["verify"], ["verify-attestation", "--type", "slsaprovenance1"]):
+    for command in (["verify"], ["verify-attestation", "--type", "slsaprovenance1"],
+                    ["verify-attestation", "--type", "cyclonedx"]):
         result = run_cosign(cosign, cosign_env, *command, *offline_key_flags(other),
                             pushed.reference)
         assert result.returncode != 0, result.stdout

@@ -120,7 +120,8 @@ def test_push_stores_a_cosign_style_signature_and_slsa_attestation(pushed_releas
                               for layer in signatures)
     payload = json.loads(signatures[-1].content)
     assert payload["critical"]["image"]["docker-manifest-digest"] == pushed.digest
-    attestations = registry.layers(oci_artifacts.attestation_tag(pushed.digest))
+    attestations = [layer for layer in registry.layers(oci_artifacts.attestation_tag(
+        pushed.digest)) if layer.annotations.get("predicateType") == provenance.SLSA_PROVENANCE]
     envelope = json.loads(attestations[-1].content)
     assert envelope["payloadType"] == "application/vnd.in-toto+json"
     statement = json.loads(base64.b64decode(envelope["payload"]))
@@ -401,6 +402,41 @@ def test_the_sbom_lists_every_locked_package_and_is_stored_beside_the_image(
     stored = registry.layers(sbom.sbom_tag(pushed.digest))
     assert stored and stored[0].media_type == sbom.MEDIA_TYPE
     assert json.loads(stored[0].content)["components"] == document["components"]
+
+
+def test_the_sbom_is_a_signed_cyclonedx_attestation_of_the_digest(pushed_release, registry,
+                                                                   local_stack):
+    from modelship import sbom
+
+    _, pushed = pushed_release
+    key = provenance.public_key_for(local_stack)
+    layers = [layer for layer in registry.layers(oci_artifacts.attestation_tag(pushed.digest))
+              if layer.annotations.get("predicateType") == "https://cyclonedx.org/bom"]
+    assert layers, "no SBOM attestation in the .att image"
+    signed = provenance._signed_payload(layers[-1], key)
+    assert signed and signed["predicateType"] == "https://cyclonedx.org/bom"
+    assert signed["subject"][0]["digest"]["sha256"] == pushed.digest.removeprefix("sha256:")
+    document = json.loads(sbom.sbom_path().read_text())
+    assert signed["predicate"]["components"] == document["components"]
+    assert signed["predicate"]["version"] == 1  # an integer still, as CycloneDX has it
+
+
+def test_an_sbom_attestation_of_another_digest_is_refused(run_invoke, pushed_release,
+                                                          registry, local_stack,
+                                                          nothing_deployed):
+    from modelship.release_record import PushRecord
+
+    record, pushed = pushed_release
+    other = PushRecord(repository=pushed.repository, digest="sha256:" + "e" * 64,
+                       reference=f"{pushed.repository}@sha256:{'e' * 64}")
+    moved = provenance.signed_attestation(
+        provenance.signer_for(local_stack),
+        provenance._statement(other, provenance.CYCLONEDX_BOM, {"bomFormat": "CycloneDX"}))
+    tag = oci_artifacts.attestation_tag(pushed.digest)
+    kept = [layer for layer in registry.layers(tag)
+            if layer.annotations.get("predicateType") != provenance.CYCLONEDX_BOM]
+    with replaced(registry, tag, kept + [moved]):
+        refused(run_invoke, f"its SBOM attestation is for sha256:{'e' * 64}, not {pushed.digest}")
 
 
 def test_a_cached_image_without_valid_provenance_is_not_reused(run_invoke, pushed_release,
