@@ -235,10 +235,26 @@ class ProvenanceSection(Section):
     # Key Vault); the variable wins when it is set.
     signing_key: PemPath = ""
     signing_key_env: OptionalEnvVarName = ""
-    # The key `apply` verifies with: empty means images are applied unverified.
-    public_key: PemPath = ""
+    # The key `apply` and `rollback` verify with: empty means images are applied unverified
+    # (or refused, with require_verified). A list during a rotation: the new key and the old.
+    public_key: PemPath | list[PemPath] = ""
+    # Refuse to apply or roll back without a public_key, instead of warning (staging, prod).
+    require_verified: bool = False
     # Make the pair on first use when signing_key does not exist (the local environment).
     generate_key: bool = False
+
+    @property
+    def public_keys(self) -> list[str]:
+        """public_key as a list: empty, one key, or the keys of a rotation."""
+        keys = self.public_key if isinstance(self.public_key, list) else [self.public_key]
+        return [key for key in keys if key]
+
+    @model_validator(mode="after")
+    def _one_key_to_generate(self):
+        if self.generate_key and isinstance(self.public_key, list) and len(self.public_key) > 1:
+            raise ValueError("has generate_key with several public keys: generate_key makes "
+                             "one pair")
+        return self
 
 
 class AksSection(Section):

@@ -402,6 +402,12 @@ def apply(c, settings: Settings, *, yes: bool = False, smoke: bool = True, dry: 
     return target.apply(record, pushed, smoke=smoke, yes=yes, dry=dry, echo=echo)
 
 
+def provenance_keygen(settings: Settings, *, dry: bool) -> list[str]:
+    from .provenance_keys import keygen
+
+    return keygen(settings, dry=dry)
+
+
 def rollback(c, settings: Settings, *, dry: bool, echo: Echo) -> str:
     from .provenance import verify_rollback
 

@@ -70,7 +70,7 @@ def offline_key_flags(key) -> list[str]:
 
 
 def public_key(settings):
-    return provenance._path(settings.provenance.public_key)
+    return provenance.setting_path(settings.provenance.public_key)
 
 
 def test_cosign_verifies_the_pushed_signature(cosign, cosign_env, pushed, local_stack):

@@ -114,7 +114,7 @@ def signed_attestation(settings, record, pushed, **changes) -> Layer:
 def test_push_stores_a_cosign_style_signature_and_slsa_attestation(pushed_release, registry,
                                                                    local_stack):
     record, pushed = pushed_release
-    key = provenance.public_key_for(local_stack)
+    keys = provenance.public_keys_for(local_stack)
     signatures = registry.layers(oci_artifacts.signature_tag(pushed.digest))
     assert signatures and all(layer.media_type == oci_artifacts.SIMPLE_SIGNING
                               for layer in signatures)
@@ -137,7 +137,7 @@ def test_push_stores_a_cosign_style_signature_and_slsa_attestation(pushed_releas
             if dep["uri"] == "requirements/image.lock"]
     assert len(lock[0]["digest"]["sha256"]) == 64
     assert statement["predicate"]["runDetails"]["builder"]["id"].startswith("laptop:")
-    assert provenance.verification_problem(local_stack, key, pushed.digest,
+    assert provenance.verification_problem(local_stack, keys, pushed.digest,
                                            record.source.revision, record.model.sha256) is None
 
 
@@ -232,6 +232,61 @@ def test_an_environment_without_a_public_key_says_once_images_are_unverified(
     result = run_invoke("--dry", "apply", "--env=local", config=settings)
     assert result.returncode == 0, result.stderr
     assert (result.stdout + result.stderr).count("applied unverified") == 1
+
+
+def provenance_settings(tmp_path, **section) -> "os.PathLike":
+    settings = tmp_path / "provenance.yaml"
+    settings.write_text(json.dumps({"modelship": {"environments": {"local": {
+        "provenance": section}}}}))
+    return settings
+
+
+def another_public_key(tmp_path):
+    from modelship.provenance_keys import write_key_pair
+
+    write_key_pair(tmp_path / "other.key.pem", tmp_path / "other.pub.pem")
+    return str(tmp_path / "other.pub.pem")
+
+
+def test_require_verified_without_a_public_key_refuses_and_says_to_run_keygen(
+        run_invoke, pushed_release, tmp_path, nothing_deployed):
+    settings = provenance_settings(tmp_path, public_key="", require_verified=True)
+    result = run_invoke("apply", "--env=local", config=settings)
+    assert result.returncode != 0 and len(result.error_lines) == 1, result.stderr
+    assert "require_verified is on for 'local'" in result.error_lines[0]
+    assert "invoke provenance.keygen --env=local" in result.error_lines[0]
+    dry = run_invoke("--dry", "apply", "--env=local", config=settings)
+    assert dry.returncode == 0 and "[dry] would refuse" in dry.stdout, dry.stderr
+
+
+def test_during_a_rotation_either_public_key_verifies(run_invoke, pushed_release, local_stack,
+                                                      tmp_path, nothing_deployed):
+    """The new key first, the old one still listed: the release signed with the old verifies;
+    with the old key gone from the list it is refused."""
+    _, pushed = pushed_release
+    current = str(provenance.setting_path(local_stack.provenance.public_key))
+    other = another_public_key(tmp_path)
+    both = provenance_settings(tmp_path, public_key=[other, current], generate_key=False)
+    result = run_invoke("--dry", "apply", "--env=local", config=both)
+    assert result.returncode == 0 and f"by {other} or {current}" in result.stdout, result.stderr
+    keys = provenance.public_keys_for(load_settings_with(both))
+    assert provenance.verification_problem(local_stack, keys, pushed.digest,
+                                           read_record().source.revision,
+                                           read_record().model.sha256) is None
+    only_new = provenance_settings(tmp_path, public_key=[other], generate_key=False)
+    refused = run_invoke("apply", "--env=local", config=only_new)
+    assert refused.returncode != 0 and "does not verify with" in refused.stderr, refused.stderr
+
+
+def load_settings_with(path):
+    from invoke import Config
+
+    from modelship.settings import load_settings
+
+    config = Config(project_location=str(PROJECT_ROOT), runtime_path=str(path))
+    config.load_project()
+    config.load_runtime()
+    return load_settings(config, "local")
 
 
 def test_the_good_release_verifies_and_serves(run_invoke, pushed_release, docker_client,
@@ -364,7 +419,7 @@ def test_kubernetes_rollback_verifies_the_previous_replicasets_image(
     settings = tmp_path / "dev-on-the-local-registry.yaml"
     settings.write_text(json.dumps({"modelship": {"environments": {"dev": {
         "registry": {"host": local_stack.registry.host},
-        "provenance": {"public_key": str(provenance._path(
+        "provenance": {"public_key": str(provenance.setting_path(
             local_stack.provenance.public_key))}}}}}))
     log = tmp_path / "kubectl.log"
     env = {"PATH": f"{kubectl.parent}:{os.environ['PATH']}", "STAND_IN_LOG": str(log),
@@ -409,7 +464,7 @@ def test_the_sbom_is_a_signed_cyclonedx_attestation_of_the_digest(pushed_release
     from modelship import sbom
 
     _, pushed = pushed_release
-    key = provenance.public_key_for(local_stack)
+    [key] = provenance.public_keys_for(local_stack)
     layers = [layer for layer in registry.layers(oci_artifacts.attestation_tag(pushed.digest))
               if layer.annotations.get("predicateType") == "https://cyclonedx.org/bom"]
     assert layers, "no SBOM attestation in the .att image"
