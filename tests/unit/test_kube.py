@@ -670,6 +670,8 @@ def test_prod_apply_without_yes_outside_ci_is_refused_when_nobody_can_answer(
     c, calls = stand_in_kubectl
     for name in ("CI", "TF_BUILD"):
         monkeypatch.delenv(name, raising=False)
+    # prod refuses unverified releases first (require_verified): this is about the question.
+    c.config.modelship["environments"]["prod"]["provenance"] = {"require_verified": False}
     render_for(load_settings(c.config, "prod"), release_record.load())
     monkeypatch.setattr(sys, "stdin", io.StringIO())  # not a terminal: nobody to ask
     with pytest.raises(invoke.Exit, match="needs a confirmation.*--yes"):
@@ -781,3 +783,12 @@ def test_rollback_undoes_to_the_verified_revision_and_without_one_says_so(dev):
     alone = cluster(dev, replicasets=ok(revision_listing((1, "repo@sha256:one", "c1"))))
     with pytest.raises(PipelineError, match="no earlier revision"):
         KubernetesTarget(alone, dev).previous_release()
+
+
+def test_prod_without_a_public_key_is_refused_before_any_kubectl_call(stand_in_kubectl):
+    c, calls = stand_in_kubectl
+    render_for(load_settings(c.config, "prod"), release_record.load())
+    with pytest.raises(invoke.Exit, match=r"require_verified is on for 'prod'.*"
+                                          r"invoke provenance.keygen --env=prod"):
+        tasks.apply(c, env="prod", yes=True)
+    assert calls() == []
