@@ -69,10 +69,12 @@ def keygen(settings, *, dry: bool) -> list[str]:
     private, public = keygen_paths(settings)
     for path in (private, public):
         if path.exists():
-            raise PipelineError(
-                f"{shown(path)} exists already: keygen never replaces a key.",
-                "To rotate, move it away first (docs/provenance.md: rotating), or remove it "
-                "if it was never used.")
+            refusal = f"{shown(path)} exists already: keygen never replaces a key"
+            fix = ("To rotate, list a new public key path first (docs/provenance.md: "
+                   "rotating), or remove the file if it was never used.")
+            if dry:
+                return [f"[dry] would refuse: {refusal}. {fix}"]
+            raise PipelineError(f"{refusal}.", fix)
     if dry:
         return [f"[dry] would write {shown(private)} (0600) and {shown(public)} (0644) for "
                 f"'{settings.env}'"]
