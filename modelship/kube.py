@@ -205,12 +205,47 @@ def diff(c, settings: Settings) -> bool:
     )
 
 
+REVISION_ANNOTATION = "deployment.kubernetes.io/revision"  # the Deployment controller's
+
+
+def previous_revision(c, settings: Settings) -> dict | None:
+    """What `rollout undo` would bring back, from the ReplicaSets (read even under --dry):
+    its revision, the app container's image and the commit and model sha256 on its pod
+    template (None where missing); None when the Deployment has no earlier revision."""
+    listed = c.run(apply_commands(settings)["replicasets"], warn=True, hide=True, dry=False)
+    if listed is not None and not listed.ok:
+        _refused(settings, listed, "Reading the ReplicaSets")
+        raise PipelineError(f"Could not read the ReplicaSets of {settings.app_name}: "
+                            f"{(listed.stderr or '').strip()[-300:]}",
+                            f"Check the credentials (`invoke aks.credentials "
+                            f"--env={settings.env}`).")
+    revisions = {}
+    for replicaset in json.loads(_stdout(listed) or '{"items": []}').get("items", []):
+        number = (replicaset["metadata"].get("annotations") or {}).get(REVISION_ANNOTATION, "")
+        if number.isdigit():
+            revisions[int(number)] = replicaset["spec"]["template"]
+    if len(revisions) < 2:
+        return None
+    # The newest is the current one; undo goes to the one before it.
+    number = sorted(revisions)[-2]
+    template = revisions[number]
+    containers = template["spec"]["containers"]
+    app = next((item for item in containers if item["name"] == settings.app_name), containers[0])
+    annotations = template.get("metadata", {}).get("annotations") or {}
+    return {"revision": str(number), "image": app["image"],
+            "commit": annotations.get(GIT_REVISION_ANNOTATION),
+            "model_sha256": annotations.get(MODEL_SHA256_ANNOTATION)}
+
+
 def roll_back(c, commands: dict[str, str], echo: Echo,
-              settings: Settings | None = None) -> bool:
-    """`rollout undo` and its wait; False if either failed. With `settings`, a refusal by
-    RBAC raises the one line naming the missing permission instead."""
-    echo("rolling back to the previous revision")
-    undone = c.run(commands["undo"], warn=True, hide=_chatter())
+              settings: Settings | None = None, to_revision: str | None = None) -> bool:
+    """`rollout undo` (to `to_revision`, else the previous one) and its wait; False if either
+    failed. With `settings`, a refusal by RBAC raises the one line naming the missing
+    permission instead."""
+    echo(f"rolling back to revision {to_revision}" if to_revision
+         else "rolling back to the previous revision")
+    undo = commands["undo"] + (f" --to-revision={int(to_revision)}" if to_revision else "")
+    undone = c.run(undo, warn=True, hide=_chatter())
     if not _ok(undone):
         if settings is not None:
             _refused(settings, undone, "kubectl rollout undo")

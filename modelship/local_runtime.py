@@ -15,8 +15,9 @@ from . import host, local_edge
 from .engine import container_logs, container_running, pull
 from .engine import find_container
 from .errors import PipelineError
-from .names import (ENV_LABEL, MODEL_SHA256_LABEL, MODEL_VERSION_LABEL, PREVIOUS_IMAGE_LABEL,
-                    REVISION_LABEL, ROLE_LABEL, SLOT_PORT_LABEL)
+from .names import (ENV_LABEL, MODEL_SHA256_LABEL, MODEL_VERSION_LABEL, PREVIOUS_COMMIT_LABEL,
+                    PREVIOUS_IMAGE_LABEL, PREVIOUS_MODEL_SHA256_LABEL, RELEASE_COMMIT_LABEL,
+                    RELEASE_MODEL_SHA256_LABEL, REVISION_LABEL, ROLE_LABEL, SLOT_PORT_LABEL)
 from .service_checks import check_golden, wait_ready
 from .settings import Settings
 
@@ -32,9 +33,16 @@ def base_url(settings: Settings) -> str:
     return local_edge.Edge.of(settings).url()
 
 
-def previous_image(client, settings: Settings) -> str | None:
+def previous_release(client, settings: Settings) -> tuple[str, str | None, str | None] | None:
+    """The image the running container replaced, with the commit and model sha256 its
+    release was made from (None where a container from before these labels lacks them);
+    None when it replaced nothing."""
     container = find_container(client, container_name(settings))
-    return (container.labels or {}).get(PREVIOUS_IMAGE_LABEL) if container else None
+    labels = (container.labels or {}) if container else {}
+    if not labels.get(PREVIOUS_IMAGE_LABEL):
+        return None
+    return (labels[PREVIOUS_IMAGE_LABEL], labels.get(PREVIOUS_COMMIT_LABEL),
+            labels.get(PREVIOUS_MODEL_SHA256_LABEL))
 
 
 def _slot_port(container) -> int | None:
@@ -52,8 +60,11 @@ def _check_ports(settings: Settings, edge: local_edge.Edge) -> None:
 
 
 def deploy(client, settings: Settings, reference: str, auth: dict | None,
-           metadata: dict | None, echo, check_golden_sample: bool = True) -> str:
-    """Run `reference` in place of the current container without a gap in service."""
+           metadata: dict | None, echo, check_golden_sample: bool = True,
+           release: tuple[str, str] | None = None) -> str:
+    """Run `reference` in place of the current container without a gap in service.
+    `release` is the (commit, model sha256) it was released from, kept on the container
+    with those of the one it replaces, for `rollback` to verify."""
     edge = local_edge.Edge.of(settings)
     _check_ports(settings, edge)
     pull(client, reference, auth)
@@ -65,6 +76,7 @@ def deploy(client, settings: Settings, reference: str, auth: dict | None,
 
     current = find_container(client, name)
     previous_reference = current.attrs["Config"]["Image"] if current is not None else None
+    earlier = (current.labels or {}) if current is not None else {}
     if current is not None and _slot_port(current) not in edge.slot_ports:
         # Made before the edge existed: it holds the edge's port itself.
         echo("  replacing a container that served without the local edge: one short gap")
@@ -85,8 +97,14 @@ def deploy(client, settings: Settings, reference: str, auth: dict | None,
         )
     labels = {ROLE_LABEL: "deployment", ENV_LABEL: settings.env,
               SLOT_PORT_LABEL: str(port)}
+    if release:
+        labels[RELEASE_COMMIT_LABEL], labels[RELEASE_MODEL_SHA256_LABEL] = release
     if previous_reference:
         labels[PREVIOUS_IMAGE_LABEL] = previous_reference
+        for kept, label in ((PREVIOUS_COMMIT_LABEL, RELEASE_COMMIT_LABEL),
+                            (PREVIOUS_MODEL_SHA256_LABEL, RELEASE_MODEL_SHA256_LABEL)):
+            if earlier.get(label):
+                labels[kept] = earlier[label]
     container = client.containers.run(
         reference, name=f"{name}-next", detach=True, network_mode="host",
         # The edge stops sending it work before it is stopped: no drain needed on SIGTERM.

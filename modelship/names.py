@@ -31,6 +31,13 @@ ROLE_LABEL = "ai.modelship.role"
 ENV_LABEL = "ai.modelship.env"
 # The image the container replaced: what `invoke rollback` runs again.
 PREVIOUS_IMAGE_LABEL = "ai.modelship.previous-image"
+# What a release container runs, from the record `apply` verified (commit, model sha256), and
+# the same of the container it replaced: `invoke rollback` verifies the previous one against
+# them before it runs that image again.
+RELEASE_COMMIT_LABEL = "ai.modelship.release.commit"
+RELEASE_MODEL_SHA256_LABEL = "ai.modelship.release.model-sha256"
+PREVIOUS_COMMIT_LABEL = "ai.modelship.previous.commit"
+PREVIOUS_MODEL_SHA256_LABEL = "ai.modelship.previous.model-sha256"
 # The slot port a deployment container listens on, behind the local edge.
 SLOT_PORT_LABEL = "ai.modelship.slot-port"
 

@@ -15,6 +15,7 @@ Docker one says what it would run.
 from __future__ import annotations
 
 import json
+from dataclasses import dataclass
 from typing import Protocol
 
 from . import kube, model_check
@@ -27,6 +28,17 @@ from .release_record import PushRecord, ReleaseRecord
 from .settings import Settings
 
 RUNTIMES = ("docker", "kubernetes")
+
+
+@dataclass(frozen=True)
+class PreviousRelease:
+    """What `rollback` would run again, as the runtime kept it: the image, and the commit and
+    model sha256 it was released from (None where the runtime kept none), which `rollback`
+    verifies against the registry first; on Kubernetes, its revision."""
+    reference: str
+    commit: str | None
+    model_sha256: str | None
+    revision: str = ""
 
 
 class ReleaseTarget(Protocol):
@@ -44,8 +56,11 @@ class ReleaseTarget(Protocol):
               dry: bool, echo: Echo) -> Outcome:
         """Roll the pushed image out and check it serves; undo on failure."""
 
-    def rollback(self, *, dry: bool, echo: Echo) -> str:
-        """Go back to the release before the current one. Returns a summary."""
+    def previous_release(self) -> PreviousRelease:
+        """The release before the current one (read only); raises when there is none."""
+
+    def rollback(self, previous: PreviousRelease | None, *, dry: bool, echo: Echo) -> str:
+        """Go back to `previous` (None under --dry: nothing was read). Returns a summary."""
 
     def status(self, *, dry: bool) -> dict | None:
         """What runs there now (image, digest, model, replicas), None when nothing does."""
@@ -180,27 +195,36 @@ class DockerTarget(_LocalServices):
             return up_to_date(f"up to date: {pushed.reference} already serves at {url}")
         local_runtime.deploy(client, self.settings, pushed.reference,
                              registry_auth(self.settings), record.model.as_metadata(), echo,
-                             check_golden_sample=smoke)
+                             check_golden_sample=smoke,
+                             release=(record.source.revision, record.model.sha256))
         return ran(f"serving {pushed.reference} at {url} (try: curl {url}/version)")
 
-    def rollback(self, *, dry: bool, echo: Echo) -> str:
+    def previous_release(self) -> PreviousRelease:
         from . import local_runtime
-        from .registry import registry_auth
 
-        client = None if dry else self._client()
-        previous = local_runtime.previous_image(client, self.settings) if client else None
-        if dry:
-            return ("[dry] would run the image the current container replaced (its "
-                    f"{local_runtime.PREVIOUS_IMAGE_LABEL} label) and wait for /readyz")
-        if previous is None:
+        found = local_runtime.previous_release(self._client(), self.settings)
+        if found is None:
             raise PipelineError(
                 f"Nothing to roll back to in '{self.settings.env}': the running container "
                 "records no earlier image.",
                 f"Deploy the release you want with `invoke deploy --env={self.settings.env}`.",
             )
-        local_runtime.deploy(client, self.settings, previous, registry_auth(self.settings),
-                             None, echo, check_golden_sample=False)
-        return f"rolled back: {previous} serves at {local_runtime.base_url(self.settings)}"
+        return PreviousRelease(*found)
+
+    def rollback(self, previous: PreviousRelease | None, *, dry: bool, echo: Echo) -> str:
+        from . import local_runtime
+        from .registry import registry_auth
+
+        if dry or previous is None:
+            return ("[dry] would run the image the current container replaced (its "
+                    f"{local_runtime.PREVIOUS_IMAGE_LABEL} label) and wait for /readyz")
+        release = (previous.commit, previous.model_sha256) \
+            if previous.commit and previous.model_sha256 else None
+        local_runtime.deploy(self._client(), self.settings, previous.reference,
+                             registry_auth(self.settings), None, echo,
+                             check_golden_sample=False, release=release)
+        return (f"rolled back: {previous.reference} serves at "
+                f"{local_runtime.base_url(self.settings)}")
 
     def status(self, *, dry: bool) -> dict | None:
         from . import local_runtime
@@ -314,15 +338,29 @@ class KubernetesTarget(_LocalServices):
                            "(commands above)")
         return ran(f"rolled out {pushed.reference} to {self.where}")
 
-    def rollback(self, *, dry: bool, echo: Echo) -> str:
-        if not kube.roll_back(self.c, kube.apply_commands(self.settings), echo, self.settings):
+    def previous_release(self) -> PreviousRelease:
+        found = kube.previous_revision(self.c, self.settings)
+        if found is None:
+            raise PipelineError(
+                f"Nothing to roll back to in {self.where}: deployment/{self.settings.app_name} "
+                "has no earlier revision.",
+                f"Deploy the release you want with `invoke deploy --env={self.settings.env}`.")
+        return PreviousRelease(found["image"], found["commit"], found["model_sha256"],
+                               found["revision"])
+
+    def rollback(self, previous: PreviousRelease | None, *, dry: bool, echo: Echo) -> str:
+        # To the very revision that was verified, not whichever is previous by then.
+        revision = previous.revision if previous is not None else None
+        if not kube.roll_back(self.c, kube.apply_commands(self.settings), echo, self.settings,
+                              to_revision=revision):
             raise PipelineError(
                 f"kubectl rollout undo failed in {self.where}.",
                 "Read kubectl's message above; `kubectl rollout history` lists the revisions.",
             )
         if dry:
             return f"[dry] would roll {self.settings.app_name} back in {self.where}"
-        return f"rolled {self.settings.app_name} back to its previous revision in {self.where}"
+        return (f"rolled {self.settings.app_name} back to revision {revision} "
+                f"({previous.reference}) in {self.where}")
 
     def status(self, *, dry: bool) -> dict | None:
         return kube.status(self.c, self.settings)

@@ -3,7 +3,9 @@
 The inventory is read inside the built image by its own interpreter (`importlib.metadata` of
 the serving virtualenv) and from its dpkg status file, in a container with networking off;
 the document is written on the host into `build/sbom.cdx.json` beside the release record,
-and `push` stores it next to the image (`sha256-<hex>.sbom`, cosign's attach-sbom tag).
+and `push` signs it as an in-toto attestation of the digest beside the provenance
+(`provenance`, predicate type https://cyclonedx.org/bom) and stores it plain next to the
+image too (`sha256-<hex>.sbom`, cosign's attach-sbom tag).
 
 Nothing is installed into the image for this: the image is built offline from a
 hash-pinned wheelhouse, and a generator inside it (cyclonedx-py) would have to be locked
@@ -139,10 +141,18 @@ def sbom_tag(digest: str) -> str:
     return oci_artifacts.signature_tag(digest).removesuffix(".sig") + ".sbom"
 
 
+def built_sbom(record) -> dict | None:
+    """The SBOM `build` wrote for the record's image (what `push` attests), or None."""
+    path = sbom_path()
+    if described_image(path) not in (record.image.id, record.image.name):
+        return None
+    return json.loads(path.read_text())
+
+
 def push_sbom(settings, record, pushed, auth: dict | None = None) -> str | None:
     """Store this build's SBOM next to the pushed image; None when build wrote none for it."""
     path = sbom_path()
-    if described_image(path) not in (record.image.id, record.image.name):
+    if built_sbom(record) is None:
         return None
     oci_artifacts.client_for(settings, auth).put_layers(
         sbom_tag(pushed.digest),

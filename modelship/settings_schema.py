@@ -177,16 +177,26 @@ class ModelStoreSection(Section):
 
 
 class AuditSection(Section):
-    """`build` refuses a lock with known vulnerabilities (modelship/audit.py)."""
+    """`build` refuses a lock with known vulnerabilities: pip-audit audits it
+    (modelship/audit.py, docs/image.md: auditing)."""
     enabled: bool = False
     fail_on: Literal["low", "medium", "high", "critical"] = "high"
-    advisories: str = ""  # an OSV advisories file (JSON)
+    # An OSV advisories file (JSON): offline, pip-audit is answered from it; with a service,
+    # it grades what the service finds (pip-audit reports no severity).
+    advisories: str = ""
+    # pip-audit's own service, for agents that reach it; empty: the advisories file only.
+    service: Literal["", "osv", "pypi"] = ""
+    # An OSV-compatible query API (a mirror) for service osv; empty: pip-audit's default.
+    osv_url: HttpUrl = ""
 
     @model_validator(mode="after")
-    def _advisories_when_enabled(self):
-        if self.enabled and not self.advisories:
-            raise ValueError("has audit enabled without advisories: name an OSV advisories "
-                             "file (docs/image.md: auditing)")
+    def _a_source_when_enabled(self):
+        if self.enabled and not (self.advisories or self.service):
+            raise ValueError("has audit enabled without advisories or a service: name an OSV "
+                             "advisories file or set service to osv or pypi (docs/image.md: "
+                             "auditing)")
+        if self.osv_url and self.service != "osv":
+            raise ValueError(f"has audit osv_url '{self.osv_url}' without service: osv")
         return self
 
 
@@ -225,10 +235,26 @@ class ProvenanceSection(Section):
     # Key Vault); the variable wins when it is set.
     signing_key: PemPath = ""
     signing_key_env: OptionalEnvVarName = ""
-    # The key `apply` verifies with: empty means images are applied unverified.
-    public_key: PemPath = ""
+    # The key `apply` and `rollback` verify with: empty means images are applied unverified
+    # (or refused, with require_verified). A list during a rotation: the new key and the old.
+    public_key: PemPath | list[PemPath] = ""
+    # Refuse to apply or roll back without a public_key, instead of warning (staging, prod).
+    require_verified: bool = False
     # Make the pair on first use when signing_key does not exist (the local environment).
     generate_key: bool = False
+
+    @property
+    def public_keys(self) -> list[str]:
+        """public_key as a list: empty, one key, or the keys of a rotation."""
+        keys = self.public_key if isinstance(self.public_key, list) else [self.public_key]
+        return [key for key in keys if key]
+
+    @model_validator(mode="after")
+    def _one_key_to_generate(self):
+        if self.generate_key and isinstance(self.public_key, list) and len(self.public_key) > 1:
+            raise ValueError("has generate_key with several public keys: generate_key makes "
+                             "one pair")
+        return self
 
 
 class AksSection(Section):

@@ -138,6 +138,7 @@ TASK_FILES: dict[str, TaskFiles] = {
     "model.list": NOTHING,
     "model.promote": NOTHING,
     "ci.check": NOTHING,
+    "provenance.keygen": NOTHING,
 }
 
 

@@ -308,14 +308,15 @@ def push(settings: Settings, *, force: bool = False, dry: bool, echo: Echo) -> O
         return dry_run(f"[dry] would push the image ({NO_RECORD_YET}) to "
                        f"{settings.image_repository}")
     from .provenance import ensure_signed, would_sign
-    from .sbom import push_sbom
+    from .sbom import built_sbom, push_sbom
 
     record = release_record.load()
     pushed = None if force else record.push_for(settings.env)
     if pushed:
         # The image may be there from a build of the same inputs at another commit: this
         # commit's provenance is attested all the same.
-        signed = ensure_signed(settings, record, pushed, dry=dry, echo=echo)
+        signed = ensure_signed(settings, record, pushed, dry=dry, echo=echo,
+                               sbom=built_sbom(record))
         if signed and not signed.startswith("signature and provenance"):
             echo(signed)
         return up_to_date(f"up to date: {pushed.reference} is already in the registry")
@@ -324,7 +325,8 @@ def push(settings: Settings, *, force: bool = False, dry: bool, echo: Echo) -> O
         return dry_run(f"[dry] would push {record.image.name} to {settings.image_repository}")
     pushed = push_image(docker_client(), settings, record)
     release_record.save(record.with_push(settings.env, pushed))
-    echo(ensure_signed(settings, record, pushed, dry=False, echo=echo))
+    echo(ensure_signed(settings, record, pushed, dry=False, echo=echo,
+                       sbom=built_sbom(record)))
     stored = push_sbom(settings, record, pushed)
     if stored:
         echo(stored)
@@ -411,8 +413,23 @@ def apply(c, settings: Settings, *, yes: bool = False, smoke: bool = True, dry: 
     return target.apply(record, pushed, smoke=smoke, yes=yes, dry=dry, echo=echo)
 
 
+def provenance_keygen(settings: Settings, *, dry: bool) -> list[str]:
+    from .provenance_keys import keygen
+
+    return keygen(settings, dry=dry)
+
+
 def rollback(c, settings: Settings, *, dry: bool, echo: Echo) -> str:
-    return release_target(c, settings).rollback(dry=dry, echo=echo)
+    from .provenance import verify_rollback
+
+    target = release_target(c, settings)
+    previous = None if dry else target.previous_release()
+    # As before `apply`: what runs again is what this key's owner built, from the commit and
+    # model the runtime kept for that release.
+    verify_rollback(settings, previous.reference if previous else None,
+                    previous.commit if previous else None,
+                    previous.model_sha256 if previous else None, dry=dry, echo=echo)
+    return target.rollback(previous, dry=dry, echo=echo)
 
 
 def status(c, settings: Settings, *, dry: bool) -> list[str]:

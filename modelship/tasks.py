@@ -244,6 +244,13 @@ def model_check(c, env=None):
         raise Exit(code=1)
 
 
+@pipeline_task("provenance.keygen", name="keygen")
+def provenance_keygen(c, env=None):
+    """Make the environment's provenance key pair; says where each key goes (Key Vault, git)."""
+    for line in stages.provenance_keygen(_settings(c, env), dry=is_dry(c)):
+        echo(line)
+
+
 # --- the pipeline definition ----------------------------------------------------------------
 @pipeline_task("ci.check", name="check")
 def ci_check(c):
@@ -260,3 +267,4 @@ namespace.add_collection(local)
 namespace.add_collection(Collection("model", model_publish, model_list, model_promote,
                                     model_check))
 namespace.add_collection(Collection("ci", ci_check))
+namespace.add_collection(Collection("provenance", provenance_keygen))

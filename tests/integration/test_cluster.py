@@ -323,7 +323,11 @@ def test_the_published_deploy_role_is_enough_and_a_missing_verb_ends_in_one_line
     second = applying("cluster", cluster_context, scratch_namespace, tmp_path / "b",
                       monkeypatch, image=SECOND_IMAGE, max_batch=10)
     kube.apply(c, second, smoke=None, echo=print)
-    KubernetesTarget(c, second).rollback(dry=False, echo=print)
+    # What `invoke rollback` reads before it undoes (the ReplicaSets), then the undo itself.
+    target = KubernetesTarget(c, second)
+    previous = target.previous_release()
+    assert previous.reference.endswith(DIGEST), previous
+    target.rollback(previous, dry=False, echo=print)
     assert kube.status(c, second)["digest"] == DIGEST
     # Without `patch` on Deployments the next release stops with the one line that says so.
     narrowed = role.replace("verbs: [get, list, watch, create, patch, delete]",

@@ -1,4 +1,4 @@
-"""The real cosign reads what `push` stores: its signature and its SLSA attestation.
+"""The real cosign reads what `push` stores: its signature and its SLSA and SBOM attestations.
 
 cosign is built from the module tools/cosign pins (go.sum committed), once per machine into
 ~/.cache/modelship/cosign/<version>/ (`go_tools.ensure_go_tool`); the test skips only where Go
@@ -70,7 +70,7 @@ def offline_key_flags(key) -> list[str]:
 
 
 def public_key(settings):
-    return provenance._path(settings.provenance.public_key)
+    return provenance.setting_path(settings.provenance.public_key)
 
 
 def test_cosign_verifies_the_pushed_signature(cosign, cosign_env, pushed, local_stack):
@@ -82,17 +82,22 @@ def test_cosign_verifies_the_pushed_signature(cosign, cosign_env, pushed, local_
     assert verified["critical"]["type"] == "cosign container image signature"
 
 
-def test_cosign_verifies_the_slsa_provenance_attestation(cosign, cosign_env, pushed,
-                                                         local_stack):
-    result = run_cosign(cosign, cosign_env, "verify-attestation", "--type", "slsaprovenance1",
+@pytest.mark.parametrize("kind, predicate_type, predicate_holds", [
+    ("slsaprovenance1", provenance.SLSA_PROVENANCE,
+     lambda predicate: "buildDefinition" in predicate),
+    ("cyclonedx", provenance.CYCLONEDX_BOM,
+     lambda predicate: predicate["bomFormat"] == "CycloneDX"),
+])
+def test_cosign_verifies_the_provenance_and_sbom_attestations(
+        cosign, cosign_env, pushed, local_stack, kind, predicate_type, predicate_holds):
+    result = run_cosign(cosign, cosign_env, "verify-attestation", "--type", kind,
                         *offline_key_flags(public_key(local_stack)), pushed.reference)
     assert result.returncode == 0, result.stderr
     envelopes = [json.loads(line) for line in result.stdout.splitlines() if line.strip()]
     statements = [json.loads(base64.b64decode(envelope["payload"])) for envelope in envelopes]
-    assert statements and all(s["predicateType"] == provenance.SLSA_PROVENANCE
-                              for s in statements)
+    assert statements and all(s["predicateType"] == predicate_type for s in statements)
     assert any(s["subject"][0]["digest"]["sha256"] == pushed.digest.removeprefix("sha256:")
-               for s in statements)
+               and predicate_holds(s["predicate"]) for s in statements)
 
 
 def test_cosign_refuses_the_image_with_another_key(cosign, cosign_env, pushed, tmp_path):
@@ -102,7 +107,8 @@ def test_cosign_refuses_the_image_with_another_key(cosign, cosign_env, pushed, t
     other = tmp_path / "other.pub.pem"
     other.write_bytes(ec.generate_private_key(ec.SECP256R1()).public_key().public_bytes(
         serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo))
-    for command in (["verify"], ["verify-attestation", "--type", "slsaprovenance1"]):
+    for command in (["verify"], ["verify-attestation", "--type", "slsaprovenance1"],
+                    ["verify-attestation", "--type", "cyclonedx"]):
         result = run_cosign(cosign, cosign_env, *command, *offline_key_flags(other),
                             pushed.reference)
         assert result.returncode != 0, result.stdout

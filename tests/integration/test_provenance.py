@@ -114,13 +114,14 @@ def signed_attestation(settings, record, pushed, **changes) -> Layer:
 def test_push_stores_a_cosign_style_signature_and_slsa_attestation(pushed_release, registry,
                                                                    local_stack):
     record, pushed = pushed_release
-    key = provenance.public_key_for(local_stack)
+    keys = provenance.public_keys_for(local_stack)
     signatures = registry.layers(oci_artifacts.signature_tag(pushed.digest))
     assert signatures and all(layer.media_type == oci_artifacts.SIMPLE_SIGNING
                               for layer in signatures)
     payload = json.loads(signatures[-1].content)
     assert payload["critical"]["image"]["docker-manifest-digest"] == pushed.digest
-    attestations = registry.layers(oci_artifacts.attestation_tag(pushed.digest))
+    attestations = [layer for layer in registry.layers(oci_artifacts.attestation_tag(
+        pushed.digest)) if layer.annotations.get("predicateType") == provenance.SLSA_PROVENANCE]
     envelope = json.loads(attestations[-1].content)
     assert envelope["payloadType"] == "application/vnd.in-toto+json"
     statement = json.loads(base64.b64decode(envelope["payload"]))
@@ -136,7 +137,7 @@ def test_push_stores_a_cosign_style_signature_and_slsa_attestation(pushed_releas
             if dep["uri"] == "requirements/image.lock"]
     assert len(lock[0]["digest"]["sha256"]) == 64
     assert statement["predicate"]["runDetails"]["builder"]["id"].startswith("laptop:")
-    assert provenance.verification_problem(local_stack, key, pushed.digest,
+    assert provenance.verification_problem(local_stack, keys, pushed.digest,
                                            record.source.revision, record.model.sha256) is None
 
 
@@ -233,6 +234,61 @@ def test_an_environment_without_a_public_key_says_once_images_are_unverified(
     assert (result.stdout + result.stderr).count("applied unverified") == 1
 
 
+def provenance_settings(tmp_path, **section) -> "os.PathLike":
+    settings = tmp_path / "provenance.yaml"
+    settings.write_text(json.dumps({"modelship": {"environments": {"local": {
+        "provenance": section}}}}))
+    return settings
+
+
+def another_public_key(tmp_path):
+    from modelship.provenance_keys import write_key_pair
+
+    write_key_pair(tmp_path / "other.key.pem", tmp_path / "other.pub.pem")
+    return str(tmp_path / "other.pub.pem")
+
+
+def test_require_verified_without_a_public_key_refuses_and_says_to_run_keygen(
+        run_invoke, pushed_release, tmp_path, nothing_deployed):
+    settings = provenance_settings(tmp_path, public_key="", require_verified=True)
+    result = run_invoke("apply", "--env=local", config=settings)
+    assert result.returncode != 0 and len(result.error_lines) == 1, result.stderr
+    assert "require_verified is on for 'local'" in result.error_lines[0]
+    assert "invoke provenance.keygen --env=local" in result.error_lines[0]
+    dry = run_invoke("--dry", "apply", "--env=local", config=settings)
+    assert dry.returncode == 0 and "[dry] would refuse" in dry.stdout, dry.stderr
+
+
+def test_during_a_rotation_either_public_key_verifies(run_invoke, pushed_release, local_stack,
+                                                      tmp_path, nothing_deployed):
+    """The new key first, the old one still listed: the release signed with the old verifies;
+    with the old key gone from the list it is refused."""
+    _, pushed = pushed_release
+    current = str(provenance.setting_path(local_stack.provenance.public_key))
+    other = another_public_key(tmp_path)
+    both = provenance_settings(tmp_path, public_key=[other, current], generate_key=False)
+    result = run_invoke("--dry", "apply", "--env=local", config=both)
+    assert result.returncode == 0 and f"by {other} or {current}" in result.stdout, result.stderr
+    keys = provenance.public_keys_for(load_settings_with(both))
+    assert provenance.verification_problem(local_stack, keys, pushed.digest,
+                                           read_record().source.revision,
+                                           read_record().model.sha256) is None
+    only_new = provenance_settings(tmp_path, public_key=[other], generate_key=False)
+    refused = run_invoke("apply", "--env=local", config=only_new)
+    assert refused.returncode != 0 and "does not verify with" in refused.stderr, refused.stderr
+
+
+def load_settings_with(path):
+    from invoke import Config
+
+    from modelship.settings import load_settings
+
+    config = Config(project_location=str(PROJECT_ROOT), runtime_path=str(path))
+    config.load_project()
+    config.load_runtime()
+    return load_settings(config, "local")
+
+
 def test_the_good_release_verifies_and_serves(run_invoke, pushed_release, docker_client,
                                               local_stack):
     _, pushed = pushed_release
@@ -241,6 +297,145 @@ def test_the_good_release_verifies_and_serves(run_invoke, pushed_release, docker
     assert f"verified: signature and provenance of {pushed.digest[:19]}" in result.stdout
     [container] = deployment_containers(docker_client, local_stack)
     assert container.attrs["Config"]["Image"] == pushed.reference
+
+
+@pytest.fixture
+def second_release(pushed_release, docker_client, local_stack):
+    """Another signed image of the same commit and model (the built one with a label more),
+    pushed and signed with the environment's key as `push` signs: a second release."""
+    import io
+
+    from modelship.release_record import PushRecord
+
+    record, pushed = pushed_release
+    dockerfile = f"FROM {record.image.name}\nLABEL ai.modelship.test=second-release\n"
+    docker_client.images.build(fileobj=io.BytesIO(dockerfile.encode()),
+                               tag=f"{pushed.repository}:second-release", network_mode="none",
+                               rm=True)
+    stream = docker_client.api.push(pushed.repository, tag="second-release", stream=True,
+                                    decode=True, auth_config=registry_auth(local_stack))
+    digest, _ = read_push_stream(stream)
+    second = PushRecord(repository=pushed.repository, digest=digest,
+                        reference=f"{pushed.repository}@{digest}")
+    provenance.ensure_signed(local_stack, record, second, dry=False, echo=print)
+    return second
+
+
+def point_record_at(pushed):
+    def change(data):
+        data["pushed"]["local"]["digest"] = pushed.digest
+        data["pushed"]["local"]["reference"] = pushed.reference
+    return change
+
+
+def serving(client, settings) -> str:
+    [container] = deployment_containers(client, settings)
+    return container.attrs["Config"]["Image"]
+
+
+def test_rollback_verifies_the_image_it_goes_back_to(run_invoke, pushed_release,
+                                                     second_release, registry, docker_client,
+                                                     local_stack):
+    """`invoke rollback` on the docker runtime checks the previous image's signature and
+    provenance against the commit and model kept with its container before running it, and
+    refuses, changing nothing, when they do not hold or were never kept."""
+    record, first = pushed_release
+    auth = registry_auth(local_stack)
+    # A container released before rollbacks were verified: no commit or model kept with it.
+    local_runtime.remove(docker_client, local_stack)
+    local_runtime.deploy(docker_client, local_stack, first.reference, auth, None, print,
+                         check_golden_sample=False)
+    with edited_record(point_record_at(second_release)):
+        applied = run_invoke("apply", "--env=local")
+    assert applied.returncode == 0, applied.stderr + applied.stdout
+    unkept = run_invoke("rollback", "--env=local")
+    assert unkept.returncode != 0 and len(unkept.error_lines) == 1, unkept.stderr
+    assert "kept no commit and model" in unkept.error_lines[0], unkept.stderr
+    assert serving(docker_client, local_stack) == second_release.reference
+
+    # Released through apply, the first image is kept with its commit and model.
+    applied = run_invoke("apply", "--env=local")
+    assert applied.returncode == 0, applied.stderr + applied.stdout
+    assert serving(docker_client, local_stack) == first.reference
+    with replaced(registry, oci_artifacts.attestation_tag(second_release.digest), []):
+        tampered = run_invoke("rollback", "--env=local")
+    assert tampered.returncode != 0 and len(tampered.error_lines) == 1, tampered.stderr
+    assert (f"Refusing {second_release.reference}: no provenance attestation"
+            in tampered.error_lines[0]) and "Nothing was changed" in tampered.error_lines[0]
+    assert serving(docker_client, local_stack) == first.reference
+
+    rolled = run_invoke("rollback", "--env=local")
+    assert rolled.returncode == 0, rolled.stderr + rolled.stdout
+    assert f"verified: signature and provenance of {second_release.digest[:19]}" in rolled.stdout
+    assert serving(docker_client, local_stack) == second_release.reference
+    # And back again: the release rolled back to keeps what it replaced, verified too.
+    again = run_invoke("rollback", "--env=local")
+    assert again.returncode == 0 and f"verified: signature and provenance of " \
+        f"{first.digest[:19]}" in again.stdout, again.stderr + again.stdout
+    assert serving(docker_client, local_stack) == first.reference
+
+
+# Plays kubectl for the Kubernetes rollback: the ReplicaSets of two revisions (from a file),
+# and every call logged; nothing else is needed before `rollout undo`.
+STAND_IN_KUBECTL = """#!{python}
+import os, sys
+args = sys.argv[1:]
+open(os.environ["STAND_IN_LOG"], "a").write(" ".join(args) + "\\n")
+words = [a for a in args if not a.startswith("--")]
+if words[:2] == ["get", "replicasets"]:
+    print(open(os.environ["STAND_IN_REPLICASETS"]).read())
+elif words[:2] in (["rollout", "undo"], ["rollout", "status"]):
+    print("deployment.apps/digits-api rolled back")
+else:
+    sys.exit("stand-in kubectl: unexpected call " + " ".join(args))
+"""
+
+
+def replicaset(revision: int, image: str, commit: str, model_sha256: str) -> dict:
+    from modelship.names import GIT_REVISION_ANNOTATION, MODEL_SHA256_ANNOTATION
+
+    return {"metadata": {"annotations": {"deployment.kubernetes.io/revision": str(revision)}},
+            "spec": {"template": {
+                "metadata": {"annotations": {GIT_REVISION_ANNOTATION: commit,
+                                             MODEL_SHA256_ANNOTATION: model_sha256}},
+                "spec": {"containers": [{"name": "digits-api", "image": image}]}}}}
+
+
+def test_kubernetes_rollback_verifies_the_previous_replicasets_image(
+        run_invoke, pushed_release, second_release, registry, local_stack, tmp_path):
+    """`invoke rollback` on the kubernetes runtime: the previous ReplicaSet's image digest,
+    commit and model (its pod template's annotations) are verified in the real registry
+    before `rollout undo --to-revision` of exactly that revision; refused, no undo, else."""
+    record, first = pushed_release
+    kubectl = tmp_path / "bin" / "kubectl"
+    kubectl.parent.mkdir()
+    kubectl.write_text(STAND_IN_KUBECTL.format(python=sys.executable))
+    kubectl.chmod(0o755)
+    replicasets = tmp_path / "replicasets.json"
+    replicasets.write_text(json.dumps({"items": [
+        replicaset(4, first.reference, record.source.revision, record.model.sha256),
+        replicaset(5, second_release.reference, record.source.revision,
+                   record.model.sha256)]}))
+    settings = tmp_path / "dev-on-the-local-registry.yaml"
+    settings.write_text(json.dumps({"modelship": {"environments": {"dev": {
+        "registry": {"host": local_stack.registry.host},
+        "provenance": {"public_key": str(provenance.setting_path(
+            local_stack.provenance.public_key))}}}}}))
+    log = tmp_path / "kubectl.log"
+    env = {"PATH": f"{kubectl.parent}:{os.environ['PATH']}", "STAND_IN_LOG": str(log),
+           "STAND_IN_REPLICASETS": str(replicasets)}
+
+    with replaced(registry, oci_artifacts.attestation_tag(first.digest), []):
+        tampered = run_invoke("rollback", "--env=dev", env=env, config=settings)
+    assert tampered.returncode != 0 and len(tampered.error_lines) == 1, tampered.stderr
+    assert f"Refusing {first.reference}: no provenance attestation" in tampered.error_lines[0]
+    assert not any(" undo " in line for line in log.read_text().splitlines())
+
+    rolled = run_invoke("rollback", "--env=dev", env=env, config=settings)
+    assert rolled.returncode == 0, rolled.stderr + rolled.stdout
+    assert f"verified: signature and provenance of {first.digest[:19]}" in rolled.stdout
+    assert any("rollout undo deployment/digits-api" in line and "--to-revision=4" in line
+               for line in log.read_text().splitlines()), log.read_text()
 
 
 def test_the_sbom_lists_every_locked_package_and_is_stored_beside_the_image(
@@ -262,6 +457,41 @@ def test_the_sbom_lists_every_locked_package_and_is_stored_beside_the_image(
     stored = registry.layers(sbom.sbom_tag(pushed.digest))
     assert stored and stored[0].media_type == sbom.MEDIA_TYPE
     assert json.loads(stored[0].content)["components"] == document["components"]
+
+
+def test_the_sbom_is_a_signed_cyclonedx_attestation_of_the_digest(pushed_release, registry,
+                                                                   local_stack):
+    from modelship import sbom
+
+    _, pushed = pushed_release
+    [key] = provenance.public_keys_for(local_stack)
+    layers = [layer for layer in registry.layers(oci_artifacts.attestation_tag(pushed.digest))
+              if layer.annotations.get("predicateType") == "https://cyclonedx.org/bom"]
+    assert layers, "no SBOM attestation in the .att image"
+    signed = provenance._signed_payload(layers[-1], key)
+    assert signed and signed["predicateType"] == "https://cyclonedx.org/bom"
+    assert signed["subject"][0]["digest"]["sha256"] == pushed.digest.removeprefix("sha256:")
+    document = json.loads(sbom.sbom_path().read_text())
+    assert signed["predicate"]["components"] == document["components"]
+    assert signed["predicate"]["version"] == 1  # an integer still, as CycloneDX has it
+
+
+def test_an_sbom_attestation_of_another_digest_is_refused(run_invoke, pushed_release,
+                                                          registry, local_stack,
+                                                          nothing_deployed):
+    from modelship.release_record import PushRecord
+
+    record, pushed = pushed_release
+    other = PushRecord(repository=pushed.repository, digest="sha256:" + "e" * 64,
+                       reference=f"{pushed.repository}@sha256:{'e' * 64}")
+    moved = provenance.signed_attestation(
+        provenance.signer_for(local_stack),
+        provenance._statement(other, provenance.CYCLONEDX_BOM, {"bomFormat": "CycloneDX"}))
+    tag = oci_artifacts.attestation_tag(pushed.digest)
+    kept = [layer for layer in registry.layers(tag)
+            if layer.annotations.get("predicateType") != provenance.CYCLONEDX_BOM]
+    with replaced(registry, tag, kept + [moved]):
+        refused(run_invoke, f"its SBOM attestation is for sha256:{'e' * 64}, not {pushed.digest}")
 
 
 def test_a_cached_image_without_valid_provenance_is_not_reused(run_invoke, pushed_release,

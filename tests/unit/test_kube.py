@@ -670,6 +670,8 @@ def test_prod_apply_without_yes_outside_ci_is_refused_when_nobody_can_answer(
     c, calls = stand_in_kubectl
     for name in ("CI", "TF_BUILD"):
         monkeypatch.delenv(name, raising=False)
+    # prod refuses unverified releases first (require_verified): this is about the question.
+    c.config.modelship["environments"]["prod"]["provenance"] = {"require_verified": False}
     render_for(load_settings(c.config, "prod"), release_record.load())
     monkeypatch.setattr(sys, "stdin", io.StringIO())  # not a terminal: nobody to ask
     with pytest.raises(invoke.Exit, match="needs a confirmation.*--yes"):
@@ -743,3 +745,50 @@ def test_the_real_kubectl_accepts_every_command_apply_and_diff_send(dev, tmp_pat
         assert "unknown flag" not in result.stderr and "invalid argument" not in result.stderr, \
             f"{name}: {result.stderr}"
         assert "127.0.0.1:9" in result.stderr, f"{name}: {result.stderr}"
+
+
+# --- rollback: what it goes back to -----------------------------------------------------
+
+
+def revision_listing(*revisions: tuple[int, str, str | None]) -> str:
+    return json.dumps({"items": [
+        {"metadata": {"annotations": {kube.REVISION_ANNOTATION: str(number)}},
+         "spec": {"template": {
+             "metadata": {"annotations": {"modelship.ai/git-revision": commit}
+                          if commit else {}},
+             "spec": {"containers": [{"name": "sidecar", "image": "other"},
+                                     {"name": "digits-api", "image": image}]}}}}
+        for number, image, commit in revisions]})
+
+
+def test_the_previous_revision_is_the_one_before_the_newest_replicaset(dev):
+    c = cluster(dev, replicasets=ok(revision_listing(
+        (7, "repo@sha256:seven", "c7"), (3, "repo@sha256:three", None),
+        (6, "repo@sha256:six", "c6"))))
+    assert kube.previous_revision(c, dev) == {
+        "revision": "6", "image": "repo@sha256:six", "commit": "c6", "model_sha256": None}
+    alone = cluster(dev, replicasets=ok(revision_listing((1, "repo@sha256:one", "c1"))))
+    assert kube.previous_revision(alone, dev) is None
+
+
+def test_rollback_undoes_to_the_verified_revision_and_without_one_says_so(dev):
+    from modelship.release_targets import KubernetesTarget, PreviousRelease
+
+    commands = kube.apply_commands(dev)
+    to_six = commands["undo"] + " --to-revision=6"
+    c = MockContext(run={to_six: ok(), commands["undo_wait"]: ok()})
+    summary = KubernetesTarget(c, dev).rollback(
+        PreviousRelease("repo@sha256:six", "c6", "m6", "6"), dry=False, echo=lambda line: None)
+    assert ran(c) == [to_six, commands["undo_wait"]] and "revision 6" in summary
+    alone = cluster(dev, replicasets=ok(revision_listing((1, "repo@sha256:one", "c1"))))
+    with pytest.raises(PipelineError, match="no earlier revision"):
+        KubernetesTarget(alone, dev).previous_release()
+
+
+def test_prod_without_a_public_key_is_refused_before_any_kubectl_call(stand_in_kubectl):
+    c, calls = stand_in_kubectl
+    render_for(load_settings(c.config, "prod"), release_record.load())
+    with pytest.raises(invoke.Exit, match=r"require_verified is on for 'prod'.*"
+                                          r"invoke provenance.keygen --env=prod"):
+        tasks.apply(c, env="prod", yes=True)
+    assert calls() == []

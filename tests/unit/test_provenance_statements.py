@@ -117,7 +117,7 @@ def test_the_keys_come_from_a_settings_file_or_a_variable_and_generate_once(tmp_
         "        generate_key: true\n"))
     signer = provenance.signer_for(settings)
     assert key.stat().st_mode & 0o777 == 0o600
-    assert provenance.public_key_for(settings).keyid == signer.public_key.keyid
+    assert [k.keyid for k in provenance.public_keys_for(settings)] == [signer.public_key.keyid]
     assert provenance.signer_for(settings).public_key.keyid == signer.public_key.keyid
 
     from_variable = settings_from(tmp_path, "modelship: {}\n", {
