@@ -167,3 +167,14 @@ def test_the_projects_pipeline_installs_the_toolkit_instead_of_running_its_setup
     assert "scripts/setup.sh" not in steps
     assert f'"modelship[serve,test]=={__version__}"' in steps
     assert "scripts/setup.sh" in (PROJECT_ROOT / "ci/templates/setup-steps.yml").read_text()
+
+
+def test_a_projects_staging_and_prod_refuse_unverified_images_until_it_has_keys(repository):
+    import yaml
+
+    run("modelship", "init", *CONTRACT, cwd=repository)
+    environments = yaml.safe_load((repository / "invoke.yaml").read_text())[
+        "modelship"]["environments"]
+    assert environments["staging"]["provenance"]["require_verified"] is True
+    assert environments["prod"]["provenance"]["require_verified"] is True
+    assert "provenance" not in environments["dev"]
