@@ -44,6 +44,11 @@ class ReleaseTarget(Protocol):
               dry: bool, echo: Echo) -> Outcome:
         """Roll the pushed image out and check it serves; undo on failure."""
 
+    def canary(self, record: ReleaseRecord, pushed: PushRecord, *, dry: bool,
+               echo: Echo):
+        """Start the pushed image beside the stable release and run the canary loop on it
+        (`canary.run`): a `CanaryResult`, or under --dry the Outcome saying what it would do."""
+
     def rollback(self, *, dry: bool, echo: Echo) -> str:
         """Go back to the release before the current one. Returns a summary."""
 
@@ -183,11 +188,31 @@ class DockerTarget(_LocalServices):
                              check_golden_sample=smoke)
         return ran(f"serving {pushed.reference} at {url} (try: curl {url}/version)")
 
+    def canary(self, record: ReleaseRecord, pushed: PushRecord, *, dry: bool, echo: Echo):
+        from . import canary, local_canary, local_runtime
+        from .registry import registry_auth
+
+        if dry:
+            return dry_run(f"[dry] would pull {pushed.reference}, start it on the free slot "
+                           "beside the stable container and, through the edge's server "
+                           f"weights: {canary.plan(self.settings.release.canary)}")
+        client = self._client()
+        if local_runtime.already_serving(client, self.settings, pushed.reference, echo):
+            return up_to_date(f"up to date: {pushed.reference} already serves at "
+                              f"{local_runtime.base_url(self.settings)}")
+        return local_canary.deploy(client, self.settings, pushed.reference,
+                                   registry_auth(self.settings), record.model.as_metadata(),
+                                   echo)
+
     def rollback(self, *, dry: bool, echo: Echo) -> str:
         from . import local_runtime
         from .registry import registry_auth
 
         client = None if dry else self._client()
+        if client is not None and local_runtime.end_interrupted_canary(client, self.settings,
+                                                                       echo):
+            return (f"canary ended: the stable version serves every request at "
+                    f"{local_runtime.base_url(self.settings)}")
         previous = local_runtime.previous_image(client, self.settings) if client else None
         if dry:
             return ("[dry] would run the image the current container replaced (its "
@@ -313,6 +338,12 @@ class KubernetesTarget(_LocalServices):
             return dry_run(f"[dry] would roll out {pushed.reference} to {self.where} "
                            "(commands above)")
         return ran(f"rolled out {pushed.reference} to {self.where}")
+
+    def canary(self, record: ReleaseRecord, pushed: PushRecord, *, dry: bool, echo: Echo):
+        raise PipelineError(
+            f"The canary strategy is not available on runtime {self.runtime} yet "
+            f"('{self.settings.env}'): only the local Docker runtime runs it.",
+            "Use --strategy=rolling (or release.strategy: rolling) for this environment.")
 
     def rollback(self, *, dry: bool, echo: Echo) -> str:
         if not kube.roll_back(self.c, kube.apply_commands(self.settings), echo, self.settings):
