@@ -30,6 +30,10 @@ DEFAULTS = {
     "API_KEY_FILE": "",
     # Where the server's workers share their counters; empty keeps them in this process.
     "METRICS_DIR": "",
+    # The regressor's prediction buckets, pinned (comma-separated upper edges): a canary is
+    # started with the stable version's, so the two histograms compare bucket by bucket.
+    # Empty: derived from the golden samples (app.prediction_histogram).
+    "PREDICTION_BUCKETS": "",
     # A file whose existence means the server is shutting down (/readyz 503); set by
     # app.serve. Empty: never.
     "SHUTDOWN_MARKER": "",

@@ -22,10 +22,14 @@ from pathlib import Path
 
 from flask import Flask, current_app
 
+from app import metric_names, prediction_histogram
+from app.prediction_histogram import PredictionHistogram
+
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 FILE_PREFIX = "worker-"
 FILE_SUFFIX = ".metrics"
 _EXTENSION_KEY = "modelship.metrics"
+_HISTOGRAM_KEY = "modelship.prediction_histogram"
 
 # Seconds; dense below 25 ms, where a healthy tabular model answers.
 LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.0075, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5)
@@ -35,14 +39,18 @@ _BUCKET_LABELS = tuple(repr(bound) for bound in LATENCY_BUCKETS) + ("+Inf",)
 _KNOWN_METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"})
 UNMATCHED_ROUTE = "unmatched"
 
-REQUESTS = "http_requests_total"
-LATENCY = "http_request_duration_seconds"
-PREDICTIONS = "model_predictions_total"
+REQUESTS, LATENCY, PREDICTIONS = metric_names.REQUESTS, metric_names.LATENCY, \
+    metric_names.PREDICTIONS
 
 _DESCRIPTIONS = {
     REQUESTS: ("counter", "HTTP requests answered, by method, route and status."),
     LATENCY: ("histogram", "Time from reading a request to returning its response."),
     PREDICTIONS: ("counter", "Rows scored by the model."),
+    prediction_histogram.CLASS_SERIES: ("counter", "Rows scored, by the class predicted."),
+    prediction_histogram.VALUE_SERIES: ("histogram", "Rows scored, by the value predicted "
+                                                     "(fixed buckets)."),
+    prediction_histogram.NONFINITE_SERIES: ("counter", "Rows the model answered with NaN "
+                                                       "or infinity."),
     "model_info": ("gauge", "The model this process serves (always 1)."),
     "app_info": ("gauge", "The code this process runs (always 1)."),
 }
@@ -92,6 +100,24 @@ class MetricStore:
             values[sum_index] += seconds
             values[latency_count_index] += 1.0
             values[bucket_indexes[bisect_left(LATENCY_BUCKETS, seconds)]] += 1.0
+
+    def record_predictions(self, histogram: PredictionHistogram, predictions: list) -> None:
+        """Count one answer's rows, in total and by what they predicted: once per answer,
+        one locked add per distinct bucket."""
+        counts = histogram.counts(predictions)
+        with self._lock:
+            if self._pid != os.getpid():
+                self._open()
+            offsets = self._offsets
+            offset = offsets.get((PREDICTIONS, ()))
+            if offset is None:
+                offset = self._new_entry(PREDICTIONS, ())
+            self._add_at(offset, len(predictions))
+            for key, count in counts.items():
+                offset = offsets.get(key)
+                if offset is None:
+                    offset = self._new_entry(*key)
+                self._add_at(offset, count)
 
     def _request_entries(self, method: str, route: str, status: str) -> tuple:
         labels = (("route", route), ("status", status))
@@ -217,11 +243,13 @@ def _header(name: str) -> list[str]:
 def render(totals: dict, info: dict) -> str:
     """The Prometheus text exposition of `totals` plus the constant `info` gauges."""
     lines = []
-    for name in (REQUESTS, PREDICTIONS):
+    for name in (REQUESTS, PREDICTIONS, prediction_histogram.CLASS_SERIES,
+                 prediction_histogram.NONFINITE_SERIES):
         lines += _header(name)
         for (series_name, labels), value in sorted(totals.items()):
             if series_name == name:
                 lines.append(_series(name, labels, value))
+    lines += _value_histogram(totals)
 
     lines += _header(LATENCY)
     buckets = defaultdict(lambda: [0.0] * len(_BUCKET_LABELS))
@@ -243,6 +271,25 @@ def render(totals: dict, info: dict) -> str:
     return "\n".join(lines) + "\n"
 
 
+def _value_histogram(totals: dict) -> list[str]:
+    """The predicted-value buckets, cumulative as Prometheus histograms are."""
+    name = prediction_histogram.VALUE_SERIES
+    counts = {labels[0][1]: value for (series_name, labels), value in totals.items()
+              if series_name == name + "_bucket"}
+    if not counts:
+        return []
+    lines = _header(name)
+    cumulative = 0.0
+    for bound in sorted(counts, key=float):  # float("+Inf") sorts last
+        cumulative += counts[bound]
+        lines.append(_series(name + "_bucket", (("le", bound),), cumulative))
+    if prediction_histogram.INF_LABEL not in counts:
+        lines.append(_series(name + "_bucket", (("le", prediction_histogram.INF_LABEL),),
+                             cumulative))
+    lines.append(_series(name + "_count", (), cumulative))
+    return lines
+
+
 # --- wiring into the app ----------------------------------------------------------
 
 
@@ -255,6 +302,20 @@ def store_of(app: Flask) -> MetricStore:
     return app.extensions[_EXTENSION_KEY]
 
 
+def histogram_of(app: Flask, model) -> PredictionHistogram:
+    """The buckets `model`'s predictions are counted in, worked out once per model."""
+    cached = app.extensions.get(_HISTOGRAM_KEY)
+    if cached is None or cached[0] is not model:
+        # Labels (integers, text) are classes even without a probability output.
+        by_class = model.is_classifier or model.prediction_type != "number"
+        histogram = PredictionHistogram.for_model(model.metadata, by_class,
+                                                  app.config.get("PREDICTION_BUCKETS") or "")
+        cached = app.extensions[_HISTOGRAM_KEY] = (model, histogram)
+        for name, labels in histogram.declared_keys():
+            store_of(app).add(name, labels, 0.0)
+    return cached[1]
+
+
 def method_label(method: str) -> str:
     return method if method in _KNOWN_METHODS else "other"
 
@@ -262,3 +323,5 @@ def method_label(method: str) -> str:
 def init_app(app: Flask) -> None:
     # Requests are counted by app.front, around Flask; /score adds its rows itself.
     app.extensions[_EXTENSION_KEY] = MetricStore(app.config.get("METRICS_DIR") or None)
+    if app.config.get("PREDICTION_BUCKETS"):
+        prediction_histogram.parse_edges(app.config["PREDICTION_BUCKETS"])  # fail at start

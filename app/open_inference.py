@@ -28,14 +28,13 @@ from app import metrics
 from app.auth import check_api_key, expected_key_digest
 from app.errors import ApiError
 from app.instances import decode_json, json_type, read_json_body
+from app.metric_names import INFER_ROUTE, VERSIONED_INFER_ROUTE
 from app.model import InputSpec, OnnxModel, model_of, model_problem
 from app.request_log import request_id_of
 
 SERVER_NAME = "modelship"
 PLATFORM = "onnxruntime_onnx"
 MODELS_PREFIX = "/v2/models/"
-INFER_ROUTE = "/v2/models/<model_name>/infer"
-VERSIONED_INFER_ROUTE = "/v2/models/<model_name>/versions/<model_version>/infer"
 INFER_METHOD = "POST"
 
 # The protocol's tensor datatypes for the ONNX element types it names, and the array type
@@ -147,6 +146,17 @@ class InferRequest:
     output_names: tuple[str, ...] | None = None  # None: every output
 
 
+def _count_predictions(app: Flask, model, names: list, results: list, rows: int) -> None:
+    """The rows, and what they predicted when the client asked for the predictions."""
+    store = metrics.store_of(app)
+    predicted = results[names.index(model.prediction_output)] \
+        if model.prediction_output in names else None
+    if predicted is None or predicted.size != rows:  # not asked for, or several per row
+        store.add(metrics.PREDICTIONS, (), rows)
+        return
+    store.record_predictions(metrics.histogram_of(app, model), predicted.reshape(rows).tolist())
+
+
 def infer(app: Flask, environ: dict, name: str, version: str | None) -> bytes:
     """The JSON answer to one infer request, or an ApiError / HTTP error saying what is wrong."""
     check_api_key(environ, expected_key_digest(app))
@@ -161,7 +171,7 @@ def infer(app: Flask, environ: dict, name: str, version: str | None) -> bytes:
                                tensors.input_datatype, config["MAX_BATCH"], tensors.output_names)
     names = list(parsed.output_names or tensors.output_names)
     results = model.run(parsed.instances, names)
-    metrics.store_of(app).add(metrics.PREDICTIONS, (), len(parsed.instances))
+    _count_predictions(app, model, names, results, len(parsed.instances))
     answer = {
         "model_name": model.name,
         "model_version": model.version,

@@ -68,6 +68,7 @@ def prometheus_metrics():
     model = _loaded_model()
     if model:
         info["model_info"] = {"name": model.name, "version": model.version, "sha256": model.sha256}
+        metrics.histogram_of(current_app, model)  # its buckets show before the first score
     body = metrics.render(metrics.store().totals(), info)
     return Response(body, content_type=metrics.CONTENT_TYPE)
 

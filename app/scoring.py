@@ -15,9 +15,10 @@ from flask import Flask
 from app import metrics
 from app.auth import check_api_key, expected_key_digest
 from app.instances import decode_json, numeric_table, parse_instances, read_json_body
+from app.metric_names import SCORE_ROUTE
 from app.model import model_of
 
-ROUTE = "/score"
+ROUTE = SCORE_ROUTE
 METHOD = "POST"
 
 
@@ -31,7 +32,8 @@ def score(app: Flask, environ: dict) -> bytes:
     if instances is None:  # anything but a plain table: the checks that explain it
         instances = parse_instances(decode_json(body), model.input, config["MAX_BATCH"])
     result = model.predict(instances)
-    metrics.store_of(app).add(metrics.PREDICTIONS, (), len(instances))
+    metrics.store_of(app).record_predictions(metrics.histogram_of(app, model),
+                                             result["predictions"])
     result["model"] = {"name": model.name, "version": model.version}
     # orjson, not Flask's JSON provider, which sorts keys and costs twenty times as
     # much on a 1-row answer. It writes the compact form and UTF-8 as is, and would

@@ -84,11 +84,15 @@ class Edge:
         return f"http://127.0.0.1:{self.port}"
 
 
-def config_text(edge: Edge, active_port: int | None) -> str:
-    """HAProxy's configuration with `active_port`'s slot routed to (none: every slot off)."""
+def config_text(edge: Edge, active_port: int | None, weights: dict | None = None) -> str:
+    """HAProxy's configuration with `active_port`'s slot routed to (none: every slot off), or,
+    during a canary, both slots with `weights` ({port: percent})."""
     servers = []
     for name, port in zip(SLOT_NAMES, edge.slot_ports):
-        state = "" if port == active_port else " disabled"
+        if weights:
+            state = f" weight {weights[port]}"
+        else:
+            state = "" if port == active_port else " disabled"
         servers.append(f"    server {name} 127.0.0.1:{port}{state}")
     return "\n".join([
         "# Written by modelship (modelship/local_edge.py); routing changes are made live",
@@ -117,10 +121,10 @@ def config_text(edge: Edge, active_port: int | None) -> str:
     ])
 
 
-def write_config(edge: Edge, active_port: int | None) -> None:
+def write_config(edge: Edge, active_port: int | None, weights: dict | None = None) -> None:
     edge.run_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
     staged = edge.config_path.with_suffix(".cfg.new")
-    staged.write_text(config_text(edge, active_port))
+    staged.write_text(config_text(edge, active_port, weights))
     staged.replace(edge.config_path)
 
 
@@ -176,10 +180,41 @@ def routed_slot(edge: Edge) -> str | None:
     return None
 
 
+def _set_weight(edge: Edge, slot: str, weight: int) -> None:
+    answer = runtime_api(edge, f"set server {BACKEND}/{slot} weight {weight}").strip()
+    if answer:
+        raise PipelineError(f"The local edge refused weight {weight} for {slot}: {answer}",
+                            f"See HAProxy's log in {edge.run_dir}.")
+
+
+def split(edge: Edge, canary_port: int, percent: int) -> None:
+    """Both slots serve: `percent` of new requests to `canary_port`'s, the rest to the other's
+    (HAProxy's round robin by server weight, exact to 1% over every 100 requests)."""
+    canary = edge.slot_of(canary_port)
+    stable = SLOT_NAMES[1 - SLOT_NAMES.index(canary)]
+    stable_port = edge.port_of(stable)
+    # The stable slot's weight first, so no moment sends the canary more than asked.
+    _set_weight(edge, stable, 100 - percent)
+    _set_weight(edge, canary, percent)
+    _set_state(edge, canary, "ready")
+    _set_state(edge, stable, "ready")
+    write_config(edge, None, {canary_port: percent, stable_port: 100 - percent})
+
+
+def shares(edge: Edge) -> dict[str, int]:
+    """Per slot that takes new requests, its share of them in percent (by weight)."""
+    serving = {slot: int(row.get("weight") or 0) for slot, row in slot_stats(edge).items()
+               if not row.get("status", "").startswith(("MAINT", "DRAIN"))}
+    total = sum(serving.values())
+    return {slot: round(100 * weight / total) if total else 0
+            for slot, weight in serving.items()}
+
+
 def route_to(edge: Edge, port: int, echo: Echo, drain_seconds: float = 30) -> None:
     """Send new requests to `port`'s slot; let the other finish what it has, then shut it."""
     new = edge.slot_of(port)
     old = SLOT_NAMES[1 - SLOT_NAMES.index(new)]
+    _set_weight(edge, new, 100)  # a canary may have left it a small share
     _set_state(edge, new, "ready")
     _set_state(edge, old, "drain")
     write_config(edge, port)

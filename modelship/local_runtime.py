@@ -11,6 +11,8 @@ active container is always named `<app>-<env>`; one being started is `<app>-<env
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 from . import host, local_edge
 from .engine import container_logs, container_running, pull
 from .engine import find_container
@@ -23,6 +25,8 @@ from .settings import Settings
 
 # How long a replaced container may take to stop after the edge stopped sending it work.
 STOP_TIMEOUT_SECONDS = 20
+# A canary runs beside the active container under its name plus this.
+CANARY_SUFFIX = "-canary"
 
 
 def container_name(settings: Settings) -> str:
@@ -45,9 +49,18 @@ def previous_release(client, settings: Settings) -> tuple[str, str | None, str |
             labels.get(PREVIOUS_MODEL_SHA256_LABEL))
 
 
-def _slot_port(container) -> int | None:
+def slot_port_of(container) -> int | None:
+    """The slot port a deployment container listens on (its label)."""
     raw = (container.labels or {}).get(SLOT_PORT_LABEL)
     return int(raw) if raw and raw.isdigit() else None
+
+
+def serving_container(client, settings: Settings):
+    """The active container if it runs behind the edge, else None."""
+    current = find_container(client, container_name(settings))
+    if current is None or current.status != "running" or slot_port_of(current) is None:
+        return None
+    return current
 
 
 def _check_ports(settings: Settings, edge: local_edge.Edge) -> None:
@@ -59,16 +72,38 @@ def _check_ports(settings: Settings, edge: local_edge.Edge) -> None:
         )
 
 
+@dataclass(frozen=True)
+class Started:
+    """A new container ready on the free slot beside the current one (if any)."""
+    edge: local_edge.Edge
+    current: object  # the serving container, or None
+    container: object
+    port: int
+
+
 def deploy(client, settings: Settings, reference: str, auth: dict | None,
            metadata: dict | None, echo, check_golden_sample: bool = True,
            release: tuple[str, str] | None = None) -> str:
     """Run `reference` in place of the current container without a gap in service.
     `release` is the (commit, model sha256) it was released from, kept on the container
     with those of the one it replaces, for `rollback` to verify."""
+    started = start_beside(client, settings, reference, auth, metadata, echo,
+                           check_golden_sample, release=release)
+    echo(f"  {reference} is ready on slot {started.edge.slot_of(started.port)}; routing to it")
+    return switch_to(settings, started, echo)
+
+
+def start_beside(client, settings: Settings, reference: str, auth: dict | None,
+                 metadata: dict | None, echo, check_golden_sample: bool = True,
+                 name_suffix: str = "-next", environment: dict | None = None,
+                 release: tuple[str, str] | None = None) -> Started:
+    """Pull `reference` and start it on the free slot; ready and golden-checked, no traffic.
+    `release` as for `deploy`."""
     edge = local_edge.Edge.of(settings)
     _check_ports(settings, edge)
     pull(client, reference, auth)
     name = container_name(settings)
+    end_interrupted_canary(client, settings, echo)
     for leftover in (f"{name}-next", f"{name}-previous"):  # from a deploy that was killed
         found = find_container(client, leftover)
         if found is not None:
@@ -77,12 +112,12 @@ def deploy(client, settings: Settings, reference: str, auth: dict | None,
     current = find_container(client, name)
     previous_reference = current.attrs["Config"]["Image"] if current is not None else None
     earlier = (current.labels or {}) if current is not None else {}
-    if current is not None and _slot_port(current) not in edge.slot_ports:
+    if current is not None and slot_port_of(current) not in edge.slot_ports:
         # Made before the edge existed: it holds the edge's port itself.
         echo("  replacing a container that served without the local edge: one short gap")
         current.remove(force=True)
         current = None
-    active_port = _slot_port(current) if current is not None else None
+    active_port = slot_port_of(current) if current is not None else None
     if current is not None and current.status != "running":
         active_port = None
     echo("  " + local_edge.ensure_edge(edge, active_port, echo))
@@ -106,9 +141,10 @@ def deploy(client, settings: Settings, reference: str, auth: dict | None,
             if earlier.get(label):
                 labels[kept] = earlier[label]
     container = client.containers.run(
-        reference, name=f"{name}-next", detach=True, network_mode="host",
+        reference, name=f"{name}{name_suffix}", detach=True, network_mode="host",
         # The edge stops sending it work before it is stopped: no drain needed on SIGTERM.
-        environment={"HOST": "127.0.0.1", "PORT": str(port), "SHUTDOWN_DRAIN_SECONDS": "0"},
+        environment={"HOST": "127.0.0.1", "PORT": str(port), "SHUTDOWN_DRAIN_SECONDS": "0",
+                     **(environment or {})},
         labels=labels, restart_policy={"Name": "unless-stopped"},
     )
     slot_url = f"http://127.0.0.1:{port}"
@@ -124,15 +160,41 @@ def deploy(client, settings: Settings, reference: str, auth: dict | None,
             failure.fix += " The previous deployment kept serving throughout."
         echo(f"  new container's last log lines: {logs}")
         raise
-    echo(f"  {reference} is ready on slot {edge.slot_of(port)}; routing to it")
-    local_edge.route_to(edge, port, echo)
-    if current is not None:
-        current.stop(timeout=STOP_TIMEOUT_SECONDS)
-        current.remove(force=True)
-    container.rename(name)
-    wait_ready(edge.url(), 10, lambda: container_running(container),
+    return Started(edge, current, container, port)
+
+
+def switch_to(settings: Settings, started: Started, echo) -> str:
+    """Route every request to the started container, retire the old one, take its name."""
+    local_edge.route_to(started.edge, started.port, echo)
+    if started.current is not None:
+        started.current.stop(timeout=STOP_TIMEOUT_SECONDS)
+        started.current.remove(force=True)
+    container = started.container
+    container.rename(container_name(settings))
+    wait_ready(started.edge.url(), 10, lambda: container_running(container),
                lambda: container_logs(container), settings.contract.probed_readiness_path)
-    return edge.url()
+    return started.edge.url()
+
+
+def canary_name(settings: Settings) -> str:
+    return f"{container_name(settings)}{CANARY_SUFFIX}"
+
+
+def end_interrupted_canary(client, settings: Settings, echo) -> bool:
+    """A canary left running (its deploy was killed): every request back to the stable
+    container, then the canary removed. True if there was one."""
+    canary = find_container(client, canary_name(settings))
+    if canary is None:
+        return False
+    stable = find_container(client, container_name(settings))
+    edge = local_edge.Edge.of(settings)
+    if stable is not None and stable.status == "running" and slot_port_of(stable):
+        local_edge.ensure_edge(edge, slot_port_of(stable), echo)
+        local_edge.route_to(edge, slot_port_of(stable), echo)
+    canary.remove(force=True)
+    echo(f"  ended an interrupted canary ({canary.attrs['Config']['Image']}): every request "
+         "goes to the stable version again")
+    return True
 
 
 def already_serving(client, settings: Settings, reference: str, echo) -> bool:
@@ -140,9 +202,9 @@ def already_serving(client, settings: Settings, reference: str, echo) -> bool:
     then a release has nothing to do."""
     current = find_container(client, container_name(settings))
     if current is None or current.status != "running" or \
-            current.attrs["Config"]["Image"] != reference or _slot_port(current) is None:
+            current.attrs["Config"]["Image"] != reference or slot_port_of(current) is None:
         return False
-    local_edge.ensure_edge(local_edge.Edge.of(settings), _slot_port(current),
+    local_edge.ensure_edge(local_edge.Edge.of(settings), slot_port_of(current),
                                lambda line: None)
     return container_ready(settings)
 
@@ -150,16 +212,16 @@ def already_serving(client, settings: Settings, reference: str, echo) -> bool:
 def ensure_edge_for_running(client, settings: Settings, echo) -> str | None:
     """After an engine restart: the edge again, routing to the container that runs."""
     current = find_container(client, container_name(settings))
-    if current is None or current.status != "running" or _slot_port(current) is None:
+    if current is None or current.status != "running" or slot_port_of(current) is None:
         return None
-    return local_edge.ensure_edge(local_edge.Edge.of(settings), _slot_port(current), echo)
+    return local_edge.ensure_edge(local_edge.Edge.of(settings), slot_port_of(current), echo)
 
 
 def remove(client, settings: Settings) -> bool:
     """Remove the deployment's containers and stop its edge (if this machine runs it)."""
     removed = False
     name = container_name(settings)
-    for candidate in (name, f"{name}-next", f"{name}-previous"):
+    for candidate in (name, f"{name}-next", f"{name}-previous", f"{name}{CANARY_SUFFIX}"):
         container = find_container(client, candidate)
         if container is not None:
             container.remove(force=True)
@@ -186,11 +248,34 @@ def status(client, settings: Settings) -> dict | None:
         "replicas": 1,
         "address": base_url(settings),
         "slot": _describe_slot(settings, container),
+        **_canary_status(client, settings),
+    }
+
+
+def _canary_status(client, settings: Settings) -> dict:
+    """A canary beside the stable container, and each one's share of new requests."""
+    canary = find_container(client, canary_name(settings))
+    if canary is None:
+        return {}
+    edge = local_edge.Edge.of(settings)
+    try:
+        shares = local_edge.shares(edge)
+    except PipelineError:
+        shares = {}
+    port = slot_port_of(canary)
+    slot = edge.slot_of(port) if port in edge.slot_ports else None
+    other = next((name for name in local_edge.SLOT_NAMES if name != slot), None)
+    labels = canary.image.labels or {}
+    return {
+        "canary": f"{canary.attrs['Config']['Image']} (model "
+                  f"{labels.get(MODEL_VERSION_LABEL, 'unknown')}) on slot {slot}",
+        "shares": f"canary {shares.get(slot, 0)}%, stable {shares.get(other, 0)}% "
+                  "(an unfinished canary: `invoke rollback` ends it)",
     }
 
 
 def _describe_slot(settings: Settings, container) -> str:
-    port = _slot_port(container)
+    port = slot_port_of(container)
     edge = local_edge.Edge.of(settings)
     if port not in edge.slot_ports:
         return "none (made before the local edge; the next deploy moves it behind the edge)"

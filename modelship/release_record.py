@@ -134,6 +134,15 @@ class ContractTestRecord(_Frozen):
     image: str
 
 
+class CanaryRecord(_Frozen):
+    """The last canary of this build in one environment: what it decided, window by window
+    (`canary_analysis.Decision.as_record`)."""
+    reference: str
+    outcome: str  # promoted, rolled back
+    reason: str
+    decisions: list[dict[str, Any]] = []
+
+
 class ReleaseRecord(_Frozen):
     schema_version: int = SCHEMA_VERSION
     image: ImageRecord
@@ -141,6 +150,10 @@ class ReleaseRecord(_Frozen):
     source: SourceRecord
     pushed: dict[str, PushRecord] = {}
     contract_test: ContractTestRecord | None = None
+    canary: dict[str, CanaryRecord] = {}
+
+    def with_canary(self, env: str, canary: CanaryRecord) -> ReleaseRecord:
+        return self.model_copy(update={"canary": {**self.canary, env: canary}})
 
     def push_for(self, env: str) -> PushRecord | None:
         """The push of this very build for `env`, or None if it has not been pushed there."""

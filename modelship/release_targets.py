@@ -59,6 +59,15 @@ class ReleaseTarget(Protocol):
     def previous_release(self) -> PreviousRelease:
         """The release before the current one (read only); raises when there is none."""
 
+    def canary(self, record: ReleaseRecord, pushed: PushRecord, *, dry: bool,
+               echo: Echo):
+        """Start the pushed image beside the stable release and run the canary loop on it
+        (`canary.run`): a `CanaryResult`, or under --dry the Outcome saying what it would do."""
+
+    def end_interrupted_canary(self, *, dry: bool, echo: Echo) -> str | None:
+        """Send every request back to the stable release and remove a canary that a killed
+        deploy left running; a summary, or None when there was none (or under --dry)."""
+
     def rollback(self, previous: PreviousRelease | None, *, dry: bool, echo: Echo) -> str:
         """Go back to `previous` (None under --dry: nothing was read). Returns a summary."""
 
@@ -199,6 +208,30 @@ class DockerTarget(_LocalServices):
                              release=(record.source.revision, record.model.sha256))
         return ran(f"serving {pushed.reference} at {url} (try: curl {url}/version)")
 
+    def canary(self, record: ReleaseRecord, pushed: PushRecord, *, dry: bool, echo: Echo):
+        from . import canary, local_canary, local_runtime
+        from .registry import registry_auth
+
+        if dry:
+            return dry_run(f"[dry] would pull {pushed.reference}, start it on the free slot "
+                           "beside the stable container and, through the edge's server "
+                           f"weights: {canary.plan(self.settings.release.canary)}")
+        client = self._client()
+        if local_runtime.already_serving(client, self.settings, pushed.reference, echo):
+            return up_to_date(f"up to date: {pushed.reference} already serves at "
+                              f"{local_runtime.base_url(self.settings)}")
+        return local_canary.deploy(client, self.settings, pushed.reference,
+                                   registry_auth(self.settings), record.model.as_metadata(),
+                                   echo, release=(record.source.revision, record.model.sha256))
+
+    def end_interrupted_canary(self, *, dry: bool, echo: Echo) -> str | None:
+        from . import local_runtime
+
+        if dry or not local_runtime.end_interrupted_canary(self._client(), self.settings, echo):
+            return None
+        return (f"canary ended: the stable version serves every request at "
+                f"{local_runtime.base_url(self.settings)}")
+
     def previous_release(self) -> PreviousRelease:
         from . import local_runtime
 
@@ -337,6 +370,15 @@ class KubernetesTarget(_LocalServices):
             return dry_run(f"[dry] would roll out {pushed.reference} to {self.where} "
                            "(commands above)")
         return ran(f"rolled out {pushed.reference} to {self.where}")
+
+    def canary(self, record: ReleaseRecord, pushed: PushRecord, *, dry: bool, echo: Echo):
+        raise PipelineError(
+            f"The canary strategy is not available on runtime {self.runtime} yet "
+            f"('{self.settings.env}'): only the local Docker runtime runs it.",
+            "Use --strategy=rolling (or release.strategy: rolling) for this environment.")
+
+    def end_interrupted_canary(self, *, dry: bool, echo: Echo) -> str | None:
+        return None  # no canary runs on this runtime yet
 
     def previous_release(self) -> PreviousRelease:
         found = kube.previous_revision(self.c, self.settings)

@@ -370,6 +370,48 @@ class AppSection(Section):
     predictions_key: JsonKey = "predictions"
 
 
+Share = Annotated[float, Field(ge=0, le=1)]
+NonNegative = Annotated[float, Field(ge=0)]
+
+
+def duration_seconds(text: str) -> float:
+    """Seconds in a duration the `Duration` format accepts: 300s, 5m, 1h30m, 500ms."""
+    units = {"ns": 1e-9, "us": 1e-6, "ms": 1e-3, "s": 1.0, "m": 60.0, "h": 3600.0}
+    return sum(float(number) * units[unit]
+               for number, unit in re.findall(r"(\d+(?:\.\d+)?)(ns|us|ms|s|m|h)", text))
+
+
+class CanarySection(Section):
+    """How `deploy` judges a canary (docs/operations.md: canary releases)."""
+
+    # Shares of traffic in percent, in order; the last must be 100: reaching it promotes.
+    steps: list[Annotated[int, Field(ge=1, le=100)]] = [10, 25, 50, 100]
+    interval: Duration = "60s"          # each window, after the share is set
+    min_requests: Positive = 100        # per version and window, or the window is inconclusive
+    max_inconclusive: Count = 2         # inconclusive windows held at one step before rollback
+    max_error_rate_increase: Share = 0.01
+    max_p99_ratio: Annotated[float, Field(ge=1)] = 1.5
+    p99_slack_ms: NonNegative = 5.0     # added to the allowed p99: buckets are coarse
+    max_drift: NonNegative = 0.1        # Jensen-Shannon distance (0-1), or PSI
+    drift_measure: Literal["js", "psi"] = "js"
+
+    @model_validator(mode="after")
+    def _steps_rise_to_100(self):
+        if len(self.steps) < 2 or self.steps[-1] != 100 or \
+                any(later <= earlier for earlier, later in zip(self.steps, self.steps[1:])):
+            raise ValueError(f"has steps {self.steps}: shares must rise step by step and end "
+                             "with 100 (the promotion), after at least one judged step")
+        if duration_seconds(self.interval) < 1:
+            raise ValueError(f"has interval {self.interval}: a window needs at least 1s")
+        return self
+
+
+class ReleaseSection(Section):
+    # rolling: the new version replaces the old at once (no analysis); canary: step by step.
+    strategy: Literal["rolling", "canary"] = "rolling"
+    canary: CanarySection = Field(default_factory=CanarySection)
+
+
 class EnvironmentSection(Section):
     """`modelship.defaults` merged with `modelship.environments.<env>`."""
 
@@ -383,6 +425,7 @@ class EnvironmentSection(Section):
     deployment: DeploymentSection = Field(default_factory=DeploymentSection)
     local_services: LocalServicesSection = Field(default_factory=LocalServicesSection)
     provenance: ProvenanceSection = Field(default_factory=ProvenanceSection)
+    release: ReleaseSection = Field(default_factory=ReleaseSection)
 
 
 EnvironmentName = _text(_LABEL_1123, "an RFC 1123 label (lower-case letters, digits and '-')",

@@ -118,7 +118,8 @@ TASK_FILES: dict[str, TaskFiles] = {
     # one for this image; without it the push goes on, so it is not a declared input.
     "push": TaskFiles(reads=(RECORD_FILE,), writes=(RECORD_FILE,)),
     "render": TaskFiles(reads=(RECORD_FILE,), writes=(RENDER_DIR,)),
-    "apply": TaskFiles(reads=(RECORD_FILE, RENDER_DIR)),
+    # A canary's decisions are written into the record (canary.<env>).
+    "apply": TaskFiles(reads=(RECORD_FILE, RENDER_DIR), writes=(RECORD_FILE,)),
     "diff": TaskFiles(reads=(RENDER_DIR,)),
     # deploy runs fetch-model through render itself, so it needs nothing handed over.
     "deploy": TaskFiles(writes=(MODEL_DIR, RECORD_FILE, SBOM_FILE, RENDER_DIR)),

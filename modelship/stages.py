@@ -395,8 +395,8 @@ def render(settings: Settings, *, image: str | None = None, check: bool = False,
 # --- apply, rollback, status, diff -----------------------------------------------------------
 
 
-def apply(c, settings: Settings, *, yes: bool = False, smoke: bool = True, dry: bool,
-          echo: Echo) -> Outcome:
+def apply(c, settings: Settings, *, yes: bool = False, smoke: bool = True,
+          strategy: str | None = None, dry: bool, echo: Echo) -> Outcome:
     from .provenance import verify_release
 
     target = release_target(c, settings)
@@ -410,6 +410,8 @@ def apply(c, settings: Settings, *, yes: bool = False, smoke: bool = True, dry: 
     pushed = record.require_push(settings.env)
     # Before the target changes anything: what is applied is what this key's owner built.
     verify_release(settings, record, pushed, dry=dry, echo=echo)
+    if _strategy(settings, strategy) == "canary":
+        return _canary(target, settings, record, pushed, dry=dry, echo=echo)
     return target.apply(record, pushed, smoke=smoke, yes=yes, dry=dry, echo=echo)
 
 
@@ -419,10 +421,60 @@ def provenance_keygen(settings: Settings, *, dry: bool) -> list[str]:
     return keygen(settings, dry=dry)
 
 
+STRATEGIES = ("rolling", "canary")
+
+
+def _strategy(settings: Settings, strategy: str | None) -> str:
+    chosen = strategy or settings.release.strategy
+    if chosen not in STRATEGIES:
+        raise PipelineError(f"Unknown release strategy '{chosen}'.",
+                            f"Use one of: {', '.join(STRATEGIES)}.")
+    return chosen
+
+
+def _canary(target, settings: Settings, record, pushed, *, dry: bool, echo: Echo) -> Outcome:
+    """The canary through the target; its decisions go into the release record either way."""
+    try:
+        result = target.canary(record, pushed, dry=dry, echo=echo)
+    except BaseException as stopped:
+        interrupted = getattr(stopped, "canary_result", None)
+        if interrupted is not None:
+            _record_canary(settings, pushed, interrupted)
+            if isinstance(stopped, KeyboardInterrupt):
+                raise PipelineError(
+                    f"The canary of {pushed.reference} was interrupted and rolled back: the "
+                    "stable version serves every request.",
+                    f"Run `invoke deploy --env={settings.env} --strategy=canary` again.") \
+                    from None
+        raise
+    if isinstance(result, Outcome):
+        return result
+    _record_canary(settings, pushed, result)
+    if not result.promoted:
+        raise PipelineError(
+            f"canary rolled back, the stable version serves every request: {result.reason}",
+            f"The decisions are in {RECORD_FILE} (canary.{settings.env}); fix the release, "
+            "or change release.canary's thresholds if they are wrong.")
+    return ran(f"canary promoted: {pushed.reference} serves every request "
+               f"({result.reason})")
+
+
+def _record_canary(settings: Settings, pushed, result) -> None:
+    record = release_record.load()
+    release_record.save(record.with_canary(settings.env, release_record.CanaryRecord(
+        reference=pushed.reference, outcome=result.outcome, reason=result.reason,
+        decisions=[decision.as_record() for decision in result.decisions])))
+
+
 def rollback(c, settings: Settings, *, dry: bool, echo: Echo) -> str:
     from .provenance import verify_rollback
 
     target = release_target(c, settings)
+    # A canary a killed deploy left running: ending it is the rollback (the stable release
+    # never stopped serving, nothing new starts).
+    ended = target.end_interrupted_canary(dry=dry, echo=echo)
+    if ended:
+        return ended
     previous = None if dry else target.previous_release()
     # As before `apply`: what runs again is what this key's owner built, from the commit and
     # model the runtime kept for that release.
@@ -462,7 +514,8 @@ class Stage:
     run: Callable[[], Outcome]
 
 
-def deploy(c, settings: Settings, *, dry: bool, echo: Echo) -> Outcome:
+def deploy(c, settings: Settings, *, strategy: str | None = None, dry: bool,
+           echo: Echo) -> Outcome:
     """Every stage in order with its defaults; the first failure stops the rest. Ends with a
     table: each stage, whether it ran or was up to date, and its seconds."""
     import time
@@ -484,7 +537,7 @@ def deploy(c, settings: Settings, *, dry: bool, echo: Echo) -> Outcome:
         Stage("test", lambda: test(c, settings, dry=dry, echo=echo)),
         Stage("push", lambda: push(settings, dry=dry, echo=echo)),
         Stage("render", render_if_read),
-        Stage("apply", lambda: apply(c, settings, dry=dry, echo=echo)),
+        Stage("apply", lambda: apply(c, settings, strategy=strategy, dry=dry, echo=echo)),
     )
     rows: list[StageRow] = []
     for stage in stages:

@@ -21,6 +21,8 @@ from .errors import PipelineError
 from .settings import Settings, load_settings
 
 ENV_HELP = "Environment from invoke.yaml: local, cluster, dev, staging or prod (default: local)."
+STRATEGY_HELP = ("rolling (replace at once) or canary (step by step, judged on each "
+                 "version's metrics); default: release.strategy.")
 VERBOSE_HELP = "Show the details: the Docker build's output, kubectl's, the libraries' logs."
 
 # Invoke reads -f files and INVOKE_* variables after loading this file: mistakes there end
@@ -126,10 +128,12 @@ def render(c, env=None, image=None, check=False, against=None, require_checkov=F
     "yes": "Do not ask for confirmation where the environment asks for it (prod).",
     "smoke": "After the rollout, check /readyz and one golden sample through /score and v2 "
              "infer through the Service.",
+    "strategy": STRATEGY_HELP,
 })
-def apply(c, env=None, yes=False, smoke=True, verbose=False):
+def apply(c, env=None, yes=False, smoke=True, strategy=None, verbose=False):
     """Roll out the pushed image: kubectl apply + rollout status, or run it on the local engine."""
-    echo(stages.apply(c, _settings(c, env), yes=yes, smoke=smoke, dry=is_dry(c), echo=echo))
+    echo(stages.apply(c, _settings(c, env), yes=yes, smoke=smoke, strategy=strategy,
+                      dry=is_dry(c), echo=echo))
 
 
 @pipeline_task("rollback")
@@ -157,10 +161,10 @@ def aks_credentials(c, env=None):
     echo(stages.aks_credentials(c, _settings(c, env), dry=is_dry(c), echo=echo))
 
 
-@pipeline_task("deploy")
-def deploy(c, env=None, verbose=False):
+@pipeline_task("deploy", help={"strategy": STRATEGY_HELP})
+def deploy(c, env=None, strategy=None, verbose=False):
     """Run fetch-model, build, test, push, render and apply in order; stop at the first failure."""
-    echo(stages.deploy(c, _settings(c, env), dry=is_dry(c), echo=echo))
+    echo(stages.deploy(c, _settings(c, env), strategy=strategy, dry=is_dry(c), echo=echo))
 
 
 # --- the local environment ----------------------------------------------------------------

@@ -138,6 +138,11 @@ class OnnxModel:
         return self._probability_output is not None
 
     @property
+    def prediction_output(self) -> str:
+        """The name of the output that holds the predictions (labels or values)."""
+        return self._prediction_output
+
+    @property
     def name(self) -> str:
         return self.metadata["name"]
 

@@ -9,91 +9,31 @@ each release has two minutes, the clients stop when the releases are done.
 
 from __future__ import annotations
 
-import io
-import threading
 import time
-from collections import Counter
 
 import pytest
-import requests
 
 from modelship import local_edge, local_runtime
 from modelship.registry import login, read_push_stream
 from modelship.release_record import load as read_record
+from tests.support.images import derived_image
+from tests.support.load import Load
 
 pytestmark = pytest.mark.integration
 
-CLIENTS_KEEP_ALIVE = 3
-CLIENTS_NEW_CONNECTION = 2
 RELEASES = 3
 
 
 def changed_image(client, settings, base_reference: str, generation: int, auth) -> str:
     """A pushed image that differs from `base_reference` by one label; its digest reference."""
-    dockerfile = (f"FROM {base_reference}\n"
-                  f"LABEL ai.modelship.test.generation=\"{generation}\"\n").encode()
-    tag = f"{settings.image_repository}:zero-downtime-{generation}"
-    client.images.build(fileobj=io.BytesIO(dockerfile), tag=tag, network_mode="none", rm=True)
-    digest, _ = read_push_stream(client.api.push(tag, stream=True, decode=True,
-                                                 auth_config=auth))
-    return f"{settings.image_repository}@{digest}"
+    return derived_image(client, settings.image_repository, base_reference,
+                         f"zero-downtime-{generation}",
+                         [f'LABEL ai.modelship.test.generation="{generation}"'], auth=auth)
 
 
-class Clients:
-    """Threads that score one golden row again and again until told to stop."""
-
-    def __init__(self, url: str, golden: dict):
-        self.url = url
-        self.body = {"instances": [golden["instance"]]}
-        self.expected = [golden["label"]]
-        self.outcomes: Counter = Counter()
-        self.failures: list[str] = []
-        self.stop = threading.Event()
-        self.lock = threading.Lock()
-        self.threads = [threading.Thread(target=self._keep_alive, daemon=True)
-                        for _ in range(CLIENTS_KEEP_ALIVE)]
-        self.threads += [threading.Thread(target=self._new_connections, daemon=True)
-                         for _ in range(CLIENTS_NEW_CONNECTION)]
-
-    def _record(self, outcome: str, detail: str = "") -> None:
-        with self.lock:
-            self.outcomes[outcome] += 1
-            if outcome != "ok" and len(self.failures) < 20:
-                self.failures.append(detail)
-
-    def _score(self, session: requests.Session, headers: dict) -> None:
-        try:
-            answer = session.post(f"{self.url}/score", json=self.body, headers=headers,
-                                  timeout=10)
-        except requests.RequestException as error:
-            self._record("error", f"{type(error).__name__}: {error}")
-            return
-        if answer.status_code != 200:
-            self._record("status", f"{answer.status_code}: {answer.text[:200]}")
-        elif answer.json().get("predictions") != self.expected:
-            self._record("wrong", answer.text[:200])
-        else:
-            self._record("ok")
-
-    def _keep_alive(self) -> None:
-        with requests.Session() as session:
-            while not self.stop.is_set():
-                self._score(session, {})
-
-    def _new_connections(self) -> None:
-        while not self.stop.is_set():
-            with requests.Session() as session:
-                self._score(session, {"Connection": "close"})
-
-    def __enter__(self):
-        for thread in self.threads:
-            thread.start()
-        return self
-
-    def __exit__(self, *exc):
-        self.stop.set()
-        for thread in self.threads:
-            thread.join(timeout=30)
+def clients(url: str, golden: dict) -> Load:
+    """Scoring one golden row again and again, until the releases are done."""
+    return Load(url, [golden["instance"]], [golden["label"]])
 
 
 def test_three_releases_under_load_fail_no_request(run_invoke, published_model, docker_client,
@@ -108,10 +48,10 @@ def test_three_releases_under_load_fail_no_request(run_invoke, published_model, 
     edge = local_edge.Edge.of(local_settings)
     served_slots = []
 
-    with Clients(edge.url(), metadata["golden"][0]) as clients:
+    with clients(edge.url(), metadata["golden"][0]) as load:
         time.sleep(1)  # the clients are scoring before the first release starts
         for reference in releases:
-            before = sum(clients.outcomes.values())
+            before = sum(load.outcomes.values())
             started = time.monotonic()
             local_runtime.deploy(docker_client, local_settings, reference, auth, metadata,
                                  print)
@@ -121,10 +61,10 @@ def test_three_releases_under_load_fail_no_request(run_invoke, published_model, 
             served_slots.append(local_edge.routed_slot(edge))
             time.sleep(0.5)
             # The clients kept going during the release, not only around it.
-            assert sum(clients.outcomes.values()) > before
+            assert sum(load.outcomes.values()) > before
 
-    assert clients.outcomes["ok"] > 100, clients.outcomes
-    assert set(clients.outcomes) == {"ok"}, (clients.outcomes, clients.failures)
+    assert load.outcomes["ok"] > 100, load.outcomes
+    assert set(load.outcomes) == {"ok"}, (load.outcomes, load.failures)
     # Each release moved to the other slot, and only one container is left.
     assert served_slots[0] != served_slots[1] != served_slots[2]
     names = [c.name for c in docker_client.containers.list(
@@ -146,13 +86,13 @@ def test_a_release_that_never_gets_ready_never_interrupts_the_service(
     serving = docker_client.containers.get(local_runtime.container_name(local_settings))
     edge = local_edge.Edge.of(local_settings)
 
-    with Clients(edge.url(), metadata["golden"][0]) as clients:
+    with clients(edge.url(), metadata["golden"][0]) as load:
         with pytest.raises(Exception, match="kept serving throughout"):
             local_runtime.deploy(docker_client, local_settings,
                                  f"{local_settings.image_repository}@{digest}", auth, metadata,
                                  print)
         time.sleep(0.5)
 
-    assert set(clients.outcomes) == {"ok"}, (clients.outcomes, clients.failures)
+    assert set(load.outcomes) == {"ok"}, (load.outcomes, load.failures)
     still = docker_client.containers.get(local_runtime.container_name(local_settings))
     assert still.id == serving.id and still.status == "running"

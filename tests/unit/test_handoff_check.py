@@ -60,7 +60,7 @@ def test_every_task_declares_its_files_and_every_declaration_is_a_task(namespace
 
 def test_declared_paths_take_the_calls_environment():
     assert files_for("apply", "staging") == TaskFiles(
-        reads=("build/record.json", "build/k8s/staging/"), writes=())
+        reads=("build/record.json", "build/k8s/staging/"), writes=("build/record.json",))
     assert files_for("render", "dev").writes == ("build/k8s/dev/",)
 
 
