@@ -24,7 +24,7 @@ import numpy as np
 import pytest
 import yaml
 
-from modelship import canary, local_canary, local_edge, local_runtime
+from modelship import canary, local_canary, local_edge, local_runtime, names
 from modelship.registry import login
 from modelship.release_record import load as read_record
 from modelship.settings import PROJECT_ROOT, load_settings
@@ -196,6 +196,13 @@ def test_cli_canary_of_an_agreeing_release_is_promoted_through_every_step(
     assert [d["share"] for d in recorded.decisions] == [20, 50]
     assert all(d["verdict"] == "pass" and d["canary"]["requests"] >= 20
                for d in recorded.decisions)
+    # The promoted canary keeps what was verified, as a rolling release does, so a later
+    # `invoke rollback` past it can verify the image it returns to.
+    labels = docker_client.containers.get(local_runtime.container_name(settings)).labels
+    record = read_record()
+    assert labels[names.RELEASE_COMMIT_LABEL] == record.source.revision
+    assert labels[names.RELEASE_MODEL_SHA256_LABEL] == record.model.sha256
+    assert labels[names.PREVIOUS_IMAGE_LABEL] == images["same"]
 
 
 def test_shifted_predictions_are_rolled_back_on_drift(release, docker_client, tmp_path):
