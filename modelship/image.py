@@ -22,8 +22,8 @@ from .release_record import ImageRecord, ModelRecord, PushRecord, ReleaseRecord,
 from .engine import docker_client  # noqa: F401  (callers that still name image.docker_client)
 from .errors import PipelineError
 from .gitinfo import SourceState
-from .names import (INPUTS_LABEL, MODEL_NAME_LABEL, MODEL_SHA256_LABEL, MODEL_VERSION_LABEL,
-                    REVISION_LABEL)
+from .names import (CACHE_TAG, INPUTS_LABEL, MODEL_NAME_LABEL, MODEL_SHA256_LABEL,
+                    MODEL_VERSION_LABEL, REVISION_LABEL, inputs_tag)
 from .settings import Settings
 from .stage_files import (BUILD_DIR, CONTEXT_DIR, PROJECT_ROOT, WHEELHOUSE_DIR,
                           in_toolkit_checkout, on_disk)
@@ -47,9 +47,6 @@ PROJECT_CODE_DIR = "service"
 NOT_PROJECT_CODE = ("build/", ".local/", "ci/", "templates/", "requirements/", "tests/",
                     ".venv/", "venv/")
 NOT_PROJECT_FILES = ("Dockerfile", ".dockerignore", "invoke.yaml", "tasks.py", ".gitignore")
-CACHE_TAG = "latest"
-
-
 def read_model_metadata(model_dir: Path = MODEL_DIR) -> dict:
     metadata = model_dir / "metadata.json"
     if not (metadata.exists() and (model_dir / "model.onnx").exists()):
@@ -70,10 +67,6 @@ def read_model_metadata(model_dir: Path = MODEL_DIR) -> dict:
 def content_tag(source: SourceState, model_sha256: str) -> str:
     tag = f"{source.short}-{model_sha256[:8]}"
     return f"{tag}-dirty" if source.dirty else tag
-
-
-def inputs_tag(inputs_digest: str) -> str:
-    return f"inputs-{inputs_digest[:20]}"
 
 
 def _tree_files(tree: Path) -> list[Path]:

@@ -67,3 +67,12 @@ def running_in_ci(environ: Mapping[str, str] = os.environ) -> bool:
     false or no, in any case). Azure Pipelines sets TF_BUILD; most other CI systems set CI.
     In CI nobody answers a prompt, output is plain text, and the unit tests run whole."""
     return running_in_azure_pipelines(environ) or _truthy(environ.get("CI"))
+
+
+# The tags `push` adds beside the commit's own: the newest build's (what the next build
+# reuses layers from) and one naming the build's inputs (what lets a build skip the work).
+CACHE_TAG = "latest"
+
+
+def inputs_tag(inputs_digest: str) -> str:
+    return f"inputs-{inputs_digest[:20]}"

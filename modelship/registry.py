@@ -13,7 +13,7 @@ import shutil
 import subprocess
 
 from .errors import PipelineError
-from .image import CACHE_TAG, inputs_tag
+from .names import CACHE_TAG, inputs_tag
 from .registry_login import read_registry_login
 from .release_record import PushRecord, ReleaseRecord
 from .settings import Settings

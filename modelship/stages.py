@@ -18,7 +18,7 @@ from typing import Callable
 from . import release_record
 from .console import current, human_size
 from .errors import PipelineError
-from .names import Echo
+from .names import Echo, inputs_tag
 from .outcome import FAILED, NOT_NEEDED, UP_TO_DATE, Outcome, dry_run, not_needed, ran, up_to_date
 from .release_targets import release_target
 from .settings import Settings
@@ -158,7 +158,7 @@ def build(settings: Settings, *, force: bool = False, no_cache: bool = False, dr
         except PipelineError as error:
             echo(f"warning: cannot check the registry for an up-to-date image ({error})")
         else:
-            reference = f"{settings.image_repository}:{image.inputs_tag(plan.inputs)}"
+            reference = f"{settings.image_repository}:{inputs_tag(plan.inputs)}"
             digest = None if force or no_cache else image.registry_digest(client, reference, auth)
             cached = f"{settings.image_repository}@{digest}" if digest else None
             problem = cached and image.cached_image_problem(client, cached, plan, auth,
