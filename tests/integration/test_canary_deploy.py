@@ -14,6 +14,7 @@ come from the `-f` runtime file, as a user would set them.
 from __future__ import annotations
 
 import json
+import re
 import signal
 import subprocess
 import sys
@@ -192,7 +193,9 @@ def test_cli_canary_of_an_agreeing_release_is_promoted_through_every_step(
     planned, _ = invoke(runtime_file, "--dry", "apply", "--env=local",
                         "--strategy=canary").communicate(timeout=120)
     assert "shares 20%, 50% for 3s each" in planned and "weights" in planned
-    assert "canary 20%, stable 80%" in status and "on slot" in status
+    # Read at the first share; on a busy machine status may land in the next step.
+    assert re.search(r"canary (20%, stable 80%|50%, stable 50%)", status) and "on slot" in status, \
+        status
     assert canary.HEADER in output and "canary promoted" in output
     assert set(load.outcomes) == {"ok"}, (load.outcomes, load.failures)
     assert load.total > 200
