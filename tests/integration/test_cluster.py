@@ -345,6 +345,44 @@ def test_the_published_deploy_role_is_enough_and_a_missing_verb_ends_in_one_line
     assert "modelship-deployer may not patch deployments.apps" in line, line
 
 
+def test_the_published_deploy_role_is_enough_for_a_canary(cluster_context, scratch_namespace,
+                                                          tmp_path, monkeypatch):
+    """The canary's own calls (create, scale, the pod proxy, delete) as the deploy identity
+    bound to exactly docs/deploy-role.yaml."""
+    from modelship import kube_canary, local_cluster
+
+    role = (PROJECT_ROOT / "docs" / "deploy-role.yaml").read_text()
+    for manifest in (role, yaml_binding(scratch_namespace)):
+        made = subprocess.run([str(cluster_kubectl()), f"--kubeconfig={cluster_kubeconfig()}",
+                               f"--context={cluster_context}",
+                               f"--namespace={scratch_namespace}", "apply", "--filename=-"],
+                              input=manifest, capture_output=True, text=True, timeout=60)
+        assert made.returncode == 0, made.stderr
+    deployer = local_cluster.client_kubeconfig("deployer", "modelship-deployer",
+                                               cluster_context)
+    monkeypatch.setattr(kube, "cluster_kubeconfig", lambda: deployer)
+    c = quiet_context()
+    first = applying("cluster", cluster_context, scratch_namespace, tmp_path / "a",
+                     monkeypatch, image=GOOD_IMAGE)
+    kube.apply(c, first, smoke=None, echo=print)
+    second = applying("cluster", cluster_context, scratch_namespace, tmp_path / "b",
+                      monkeypatch, image=SECOND_IMAGE)
+    runtime = kube_canary.KubeCanary(c, second, 2, print)
+    runtime.start(25)
+    runtime.set_share(50)
+    pods = kube_canary.pod_names(c, second, kube_canary.canary_selector(second))
+    assert len(pods) == 2, pods
+    proxied = c.run(kube.kubectl(second, "--request-timeout=5s", "get", "--raw",
+                                 f"/api/v1/namespaces/{scratch_namespace}/pods/{pods[0]}:"
+                                 f"{second.deployment.container_port}/proxy/metrics"),
+                    warn=True, hide=True)
+    # kwok's pod serves nothing: the read fails, but on the connection, not on RBAC.
+    assert "forbidden" not in (proxied.stderr or "").lower(), proxied.stderr
+    runtime.roll_back()
+    assert kube_canary.running(c, second) is None
+    assert image_of(deployment(cluster_context, scratch_namespace)) == GOOD_IMAGE
+
+
 def yaml_binding(namespace: str) -> str:
     return f"""apiVersion: rbac.authorization.k8s.io/v1
 kind: RoleBinding
