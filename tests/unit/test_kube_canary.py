@@ -218,3 +218,34 @@ def test_status_shows_both_versions_and_their_shares(settings, capsys, weight, s
     out = capsys.readouterr().out
     assert "canary           registry.example/digits-api@sha256:ccc" in out, out
     assert f"shares           {shares}" in out, out
+
+
+class ServingPods(SilentPods):
+    """Pods that answer /metrics, each reading 100 more /score requests than the last."""
+
+    def __init__(self, events):
+        super().__init__()
+        self.events, self.reads = events, 0
+
+    def run(self, command, **kwargs):
+        if "--raw" in command:
+            self.commands.append(command)
+            self.reads += 1
+            return Result(stdout=f'http_requests_total{{route="/score",status="200"}} '
+                                 f'{100 * self.reads}\n')
+        if " delete " in command:
+            self.events.append("canary deleted")
+        return super().run(command, **kwargs)
+
+
+def test_with_evidence_the_stable_deployment_takes_the_release_before_the_canary_goes(settings):
+    events = []
+    context = ServingPods(events)
+    runtime = kube_canary.KubeCanary(context, settings, 2, lambda line: None,
+                                     promote_stable=lambda: events.append("stable applied"))
+    section = settings.release.canary.model_copy(update={"steps": [50, 100],
+                                                         "min_requests": 50})
+    result = canary.run(runtime, section, lambda line: None, sleep=lambda seconds: None)
+    assert result.outcome == canary.PROMOTED, result.reason
+    assert events == ["stable applied", "canary deleted"]
+    assert any("pods/pod-1:8080/proxy/metrics" in command for command in context.commands)
