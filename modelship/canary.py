@@ -88,36 +88,58 @@ def table_row(decision: analysis.Decision) -> str:
             f"{decision.verdict}: {decision.reason}")
 
 
-@contextmanager
-def _terminate_as_interrupt():
-    """A cancelled pipeline sends SIGTERM: treat it like Ctrl-C, so the canary rolls back."""
-    def interrupt(signum, frame):
+class _Stop:
+    """Ctrl-C and SIGTERM (a cancelled pipeline) as KeyboardInterrupt, remembered: Invoke's
+    `c.run` swallows a KeyboardInterrupt that arrives while its command runs (it passes it
+    on to the command), so the loop asks `check()` after every runtime call as well."""
+
+    requested = False
+
+    def interrupt(self, signum, frame):
+        self.requested = True
         raise KeyboardInterrupt
+
+    def check(self) -> None:
+        if self.requested:
+            raise KeyboardInterrupt
+
+
+@contextmanager
+def _stop_on_signals():
+    stop = _Stop()
     try:
-        previous = signal.signal(signal.SIGTERM, interrupt)
+        previous = {number: signal.signal(number, stop.interrupt)
+                    for number in (signal.SIGINT, signal.SIGTERM)}
     except ValueError:  # not the main thread: nothing to install
-        yield
+        yield stop
         return
     try:
-        yield
+        yield stop
     finally:
-        signal.signal(signal.SIGTERM, previous)
+        for number, handler in previous.items():
+            signal.signal(number, handler)
 
 
 def run(runtime: CanaryRuntime, section: CanarySection, echo: Echo,
-        sleep: Callable[[float], None] = time.sleep) -> CanaryResult:
-    """Step the canary through `section.steps`; promote or roll back (see the docstring)."""
+        sleep: Callable[[float], None] = time.sleep,
+        start: Callable[[], None] | None = None) -> CanaryResult:
+    """Step the canary through `section.steps`; promote or roll back (see the docstring).
+    `start`, when given, starts the canary first: whatever stops it rolls back too."""
     thresholds = thresholds_of(section)
     interval = duration_seconds(section.interval)
     decisions: list[analysis.Decision] = []
-    echo("  " + HEADER)
     failed = None
-    with _terminate_as_interrupt():
+    with _stop_on_signals() as stop:
         try:
+            if start is not None:
+                start()
+                stop.check()
+            echo("  " + HEADER)
             for step, share in enumerate(section.steps, start=1):
                 if share < 100:
                     failed = _judge_step(runtime, step, share, thresholds, interval,
-                                         section.max_inconclusive, decisions, echo, sleep)
+                                         section.max_inconclusive, decisions, echo, sleep,
+                                         stop.check)
                 if failed is not None:
                     break
             if failed is None:
@@ -134,13 +156,16 @@ def run(runtime: CanaryRuntime, section: CanarySection, echo: Echo,
 
 
 def _judge_step(runtime, step, share, thresholds, interval, max_inconclusive, decisions,
-                echo, sleep) -> str | None:
+                echo, sleep, check) -> str | None:
     """None when the step passed; otherwise why the canary must roll back."""
     runtime.set_share(share)
+    check()
     for attempt in range(max_inconclusive + 1):
         canary_before, stable_before = runtime.scrape()
+        check()
         sleep(interval)
         canary_after, stable_after = runtime.scrape()
+        check()
         decision = analysis.analyse(step, share, canary_before, canary_after, stable_before,
                                     stable_after, thresholds)
         decisions.append(decision)

@@ -286,3 +286,22 @@ def analyse(step: int, share: int, canary_before: str, canary_after: str,
     canary = figures(window(parse(canary_before), parse(canary_after)))
     stable = figures(window(parse(stable_before), parse(stable_after)))
     return judge(step, share, canary, stable, thresholds)
+
+
+def _escaped(value: str) -> str:
+    return value.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n")
+
+
+def merged(texts: list[str]) -> str:
+    """One exposition whose every series is the sum of that series over `texts`: what a
+    version served over all its pods (on Kubernetes each pod has its own /metrics). Counters
+    and cumulative buckets add up; the window's figures then belong to the version."""
+    total: Series = defaultdict(float)
+    for text in texts:
+        for key, value in parse(text).items():
+            total[key] += value
+    lines = []
+    for (name, labels), value in sorted(total.items()):
+        inner = ",".join(f'{key}="{_escaped(text)}"' for key, text in labels)
+        lines.append(f"{name}{{{inner}}} {value!r}" if inner else f"{name} {value!r}")
+    return "\n".join(lines) + ("\n" if lines else "")

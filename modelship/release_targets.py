@@ -356,29 +356,57 @@ class KubernetesTarget(_LocalServices):
         kube.require_current_render(self.settings, pushed.reference)
         if kube.needs_confirmation(self.settings, yes) and not dry:
             kube.confirm(self.settings, pushed.reference)
-        smoke_test = None
-        if smoke and self.settings.kubernetes.local_cluster:
-            # kwok's pods run no process: a port-forward would reach nothing. The container
-            # contract test (`invoke test`) scored this image already (docs/operations.md).
-            echo("smoke test not run: the local control plane's pods are kwok's and serve "
-                 "nothing; `invoke test` scored this image on the local engine")
-        elif smoke:
-            smoke_test = kube.smoke_step(self.c, self.settings,
-                                         None if dry else record.model.as_metadata(), echo)
-        kube.apply(self.c, self.settings, smoke_test, echo)
+        kube.apply(self.c, self.settings, self._smoke_test(record, smoke, dry, echo), echo)
         if dry:
             return dry_run(f"[dry] would roll out {pushed.reference} to {self.where} "
                            "(commands above)")
         return ran(f"rolled out {pushed.reference} to {self.where}")
 
+    def _smoke_test(self, record: ReleaseRecord, smoke: bool, dry: bool, echo: Echo):
+        if smoke and self.settings.kubernetes.local_cluster:
+            # kwok's pods run no process: a port-forward would reach nothing. The container
+            # contract test (`invoke test`) scored this image already (docs/operations.md).
+            echo("smoke test not run: the local control plane's pods are kwok's and serve "
+                 "nothing; `invoke test` scored this image on the local engine")
+            return None
+        if smoke:
+            return kube.smoke_step(self.c, self.settings,
+                                   None if dry else record.model.as_metadata(), echo)
+        return None
+
     def canary(self, record: ReleaseRecord, pushed: PushRecord, *, dry: bool, echo: Echo):
-        raise PipelineError(
-            f"The canary strategy is not available on runtime {self.runtime} yet "
-            f"('{self.settings.env}'): only the local Docker runtime runs it.",
-            "Use --strategy=rolling (or release.strategy: rolling) for this environment.")
+        from . import canary, kube_canary
+
+        kube.require_current_render(self.settings, pushed.reference)
+        live = kube_canary.stable_deployment(self.c, self.settings)
+        stable = kube_canary.replicas_of(live)
+        if dry:
+            return dry_run(f"[dry] {kube_canary.plan(self.settings, stable or 1)}" + (
+                "" if stable else f" (deployment/{self.settings.app_name} does not exist "
+                "yet: the first release is rolling)"))
+        if not stable:
+            raise PipelineError(
+                f"Nothing serves in {self.where} to compare a canary with "
+                f"(deployment/{self.settings.app_name} is missing or scaled to 0).",
+                f"Deploy the first release with `invoke deploy --env={self.settings.env} "
+                "--strategy=rolling`.")
+        if kube_canary.serves_already(self.settings, live):
+            return up_to_date(f"up to date: {pushed.reference} already serves in {self.where}")
+        kube_canary.end_interrupted(self.c, self.settings, echo)
+        runtime = kube_canary.KubeCanary(
+            self.c, self.settings, stable, echo,
+            promote_stable=lambda: kube.apply(
+                self.c, self.settings, self._smoke_test(record, True, False, echo), echo))
+        section = self.settings.release.canary
+        return canary.run(runtime, section, echo,
+                          start=lambda: runtime.start(section.steps[0]))
 
     def end_interrupted_canary(self, *, dry: bool, echo: Echo) -> str | None:
-        return None  # no canary runs on this runtime yet
+        from . import kube_canary
+
+        if dry:
+            return None
+        return kube_canary.end_interrupted(self.c, self.settings, echo)
 
     def previous_release(self) -> PreviousRelease:
         found = kube.previous_revision(self.c, self.settings)
@@ -405,7 +433,12 @@ class KubernetesTarget(_LocalServices):
                 f"({previous.reference}) in {self.where}")
 
     def status(self, *, dry: bool) -> dict | None:
-        return kube.status(self.c, self.settings)
+        from . import kube_canary
+
+        state = kube.status(self.c, self.settings)
+        if state is None:
+            return None
+        return {**state, **kube_canary.status(self.c, self.settings, state["replicas"])}
 
     def diff(self, *, dry: bool) -> str:
         from .stage_files import shown

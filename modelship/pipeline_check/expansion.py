@@ -115,15 +115,32 @@ def _is_macro(value) -> bool:
     return isinstance(value, str) and ("$(" in value or "$[" in value)
 
 
+def _conditional_body(key, body):
+    """The body of a `${{ if }}` / `${{ elseif }}` / `${{ else }}` key, else None."""
+    match = TEMPLATE_EXPRESSION.fullmatch(key.strip()) if isinstance(key, str) else None
+    return body if match and not EACH.match(match.group(1)) else None
+
+
 def plain_variables(variables) -> dict:
-    """Pipeline variables with a literal value; groups and templates are unknown at check time."""
-    if isinstance(variables, dict):
-        return {name: value for name, value in variables.items()
-                if _as_text(value) is not None}
+    """Pipeline variables with a literal value, those under every branch of a `${{ if }}`
+    included (as the other checks keep every branch); groups and templates are unknown at
+    check time."""
     plain = {}
+    if isinstance(variables, dict):
+        for name, value in variables.items():
+            body = _conditional_body(name, value)
+            if body is not None:
+                plain.update(plain_variables(body))
+            elif _as_text(value) is not None:
+                plain[name] = value
+        return plain
     for item in variables or ():
         if isinstance(item, dict) and "name" in item and _as_text(item.get("value")) is not None:
             plain[item["name"]] = item["value"]
+        elif isinstance(item, dict) and len(item) == 1:
+            key, body = next(iter(item.items()))
+            if _conditional_body(key, body) is not None:
+                plain.update(plain_variables(body))
     return plain
 
 

@@ -300,22 +300,30 @@ def test_the_api_server_refuses_a_tampered_manifest_before_anything_changes(
     assert not any("digits-api" in name for name in left), left
 
 
-def test_the_published_deploy_role_is_enough_and_a_missing_verb_ends_in_one_line(
-        cluster_context, scratch_namespace, tmp_path, monkeypatch):
+def as_deployer(cluster_context, namespace, monkeypatch) -> str:
+    """docs/deploy-role.yaml bound in `namespace` to a user whose kubeconfig every kubectl
+    call of `kube` then uses; returns the role's text."""
     from modelship import local_cluster
-    from modelship.release_targets import KubernetesTarget
 
     role = (PROJECT_ROOT / "docs" / "deploy-role.yaml").read_text()
-    for manifest in (role, yaml_binding(scratch_namespace)):
+    for manifest in (role, yaml_binding(namespace)):
         made = subprocess.run([str(cluster_kubectl()), f"--kubeconfig={cluster_kubeconfig()}",
-                               f"--context={cluster_context}",
-                               f"--namespace={scratch_namespace}", "apply", "--filename=-"],
+                               f"--context={cluster_context}", f"--namespace={namespace}",
+                               "apply", "--filename=-"],
                               input=manifest, capture_output=True, text=True, timeout=60)
         assert made.returncode == 0, made.stderr
     deployer = local_cluster.client_kubeconfig("deployer", "modelship-deployer",
                                                cluster_context)
-    # From here on every kubectl call of the release is made as the deploy identity.
     monkeypatch.setattr(kube, "cluster_kubeconfig", lambda: deployer)
+    return role
+
+
+def test_the_published_deploy_role_is_enough_and_a_missing_verb_ends_in_one_line(
+        cluster_context, scratch_namespace, tmp_path, monkeypatch):
+    from modelship.release_targets import KubernetesTarget
+
+    # From here on every kubectl call of the release is made as the deploy identity.
+    role = as_deployer(cluster_context, scratch_namespace, monkeypatch)
     c = quiet_context()
     first = applying("cluster", cluster_context, scratch_namespace, tmp_path / "a",
                      monkeypatch, image=GOOD_IMAGE)
@@ -343,6 +351,35 @@ def test_the_published_deploy_role_is_enough_and_a_missing_verb_ends_in_one_line
     line = str(failure.value)
     assert "\n" not in line, line
     assert "modelship-deployer may not patch deployments.apps" in line, line
+
+
+def test_the_published_deploy_role_is_enough_for_a_canary(cluster_context, scratch_namespace,
+                                                          tmp_path, monkeypatch):
+    """The canary's own calls (create, scale, the pod proxy, delete) as the deploy identity
+    bound to exactly docs/deploy-role.yaml."""
+    from modelship import kube_canary
+
+    as_deployer(cluster_context, scratch_namespace, monkeypatch)
+    c = quiet_context()
+    first = applying("cluster", cluster_context, scratch_namespace, tmp_path / "a",
+                     monkeypatch, image=GOOD_IMAGE)
+    kube.apply(c, first, smoke=None, echo=print)
+    second = applying("cluster", cluster_context, scratch_namespace, tmp_path / "b",
+                      monkeypatch, image=SECOND_IMAGE)
+    runtime = kube_canary.KubeCanary(c, second, 2, print)
+    runtime.start(25)
+    runtime.set_share(50)
+    pods = kube_canary.pod_names(c, second, kube_canary.canary_selector(second))
+    assert len(pods) == 2, pods
+    proxied = c.run(kube.kubectl(second, "--request-timeout=5s", "get", "--raw",
+                                 f"/api/v1/namespaces/{scratch_namespace}/pods/{pods[0]}:"
+                                 f"{second.deployment.container_port}/proxy/metrics"),
+                    warn=True, hide=True)
+    # kwok's pod serves nothing: the read fails, but on the connection, not on RBAC.
+    assert "forbidden" not in (proxied.stderr or "").lower(), proxied.stderr
+    runtime.roll_back()
+    assert kube_canary.running(c, second) is None
+    assert image_of(deployment(cluster_context, scratch_namespace)) == GOOD_IMAGE
 
 
 def yaml_binding(namespace: str) -> str:

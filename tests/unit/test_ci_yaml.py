@@ -213,3 +213,19 @@ def test_model_check_compares_the_environment_the_build_fetches_for(pipeline):
     assert variables["modelEnv"] == "prod"
     assert pipeline["stages"][1]["jobs"][0]["parameters"]["modelEnv"] == \
         "${{ variables.modelEnv }}"
+
+
+def test_a_scheduled_model_redeploy_goes_out_as_a_canary_every_other_run_rolls(pipeline,
+                                                                               deploy_stage):
+    conditional = {key: value for item in pipeline["variables"] if "name" not in item
+                   and "group" not in item for key, value in item.items()}
+    assert conditional == {
+        "${{ if eq(variables['Build.Reason'], 'Schedule') }}": [
+            {"name": "releaseStrategy", "value": "canary"}],
+        "${{ else }}": [{"name": "releaseStrategy", "value": "rolling"}]}
+    apply = [step for job in deploy_stage["jobs"]
+             for step in job["strategy"]["runOnce"]["deploy"]["steps"]
+             if step.get("task") == "AzureCLI@2"]
+    assert len(apply) == 1
+    assert re.search(r"apply --env=\$\{\{ parameters\.env \}\} --strategy=\$\(releaseStrategy\)",
+                     apply[0]["inputs"]["inlineScript"])

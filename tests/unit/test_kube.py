@@ -341,9 +341,13 @@ def test_status_shows_digest_revision_model_and_ready_replicas(dev, capsys, monk
     image = f"crmodelshipdev.azurecr.io/digits-api@{DIGEST}"
     command = kube.kubectl(dev, "get", "deployment/digits-api", "service/digits-api",
                            "--output=json")
-    c = MockContext(config=project_config(), run={command: ok(deployed_listing(image))})
+    no_canary = kube.kubectl(dev, "get", "deployment/digits-api-canary",
+                             "ingress/digits-api-canary", "--ignore-not-found", "--output=json")
+    c = MockContext(config=project_config(), run={command: ok(deployed_listing(image)),
+                                                  no_canary: ok("")})
     tasks.status(c, env="dev")
     out = capsys.readouterr().out
+    assert "canary" not in out
     assert f"digest           {DIGEST}" in out
     assert "git revision     3f2a9c1e" in out
     assert "model version    20260101" in out
