@@ -59,7 +59,7 @@ class ReleaseTarget(Protocol):
     def previous_release(self) -> PreviousRelease:
         """The release before the current one (read only); raises when there is none."""
 
-    def canary(self, record: ReleaseRecord, pushed: PushRecord, *, dry: bool,
+    def canary(self, record: ReleaseRecord, pushed: PushRecord, *, yes: bool, dry: bool,
                echo: Echo):
         """Start the pushed image beside the stable release and run the canary loop on it
         (`canary.run`): a `CanaryResult`, or under --dry the Outcome saying what it would do."""
@@ -208,7 +208,8 @@ class DockerTarget(_LocalServices):
                              release=(record.source.revision, record.model.sha256))
         return ran(f"serving {pushed.reference} at {url} (try: curl {url}/version)")
 
-    def canary(self, record: ReleaseRecord, pushed: PushRecord, *, dry: bool, echo: Echo):
+    def canary(self, record: ReleaseRecord, pushed: PushRecord, *, yes: bool, dry: bool,
+               echo: Echo):
         from . import canary, local_canary, local_runtime
         from .registry import registry_auth
 
@@ -374,10 +375,14 @@ class KubernetesTarget(_LocalServices):
                                    None if dry else record.model.as_metadata(), echo)
         return None
 
-    def canary(self, record: ReleaseRecord, pushed: PushRecord, *, dry: bool, echo: Echo):
+    def canary(self, record: ReleaseRecord, pushed: PushRecord, *, yes: bool, dry: bool,
+               echo: Echo):
         from . import canary, kube_canary
 
         kube.require_current_render(self.settings, pushed.reference)
+        # A canary changes the environment as a rolling apply does: the same question first.
+        if kube.needs_confirmation(self.settings, yes) and not dry:
+            kube.confirm(self.settings, pushed.reference)
         live = kube_canary.stable_deployment(self.c, self.settings)
         stable = kube_canary.replicas_of(live)
         if dry:

@@ -411,7 +411,7 @@ def apply(c, settings: Settings, *, yes: bool = False, smoke: bool = True,
     # Before the target changes anything: what is applied is what this key's owner built.
     verify_release(settings, record, pushed, dry=dry, echo=echo)
     if _strategy(settings, strategy) == "canary":
-        return _canary(target, settings, record, pushed, dry=dry, echo=echo)
+        return _canary(target, settings, record, pushed, yes=yes, dry=dry, echo=echo)
     return target.apply(record, pushed, smoke=smoke, yes=yes, dry=dry, echo=echo)
 
 
@@ -432,10 +432,11 @@ def _strategy(settings: Settings, strategy: str | None) -> str:
     return chosen
 
 
-def _canary(target, settings: Settings, record, pushed, *, dry: bool, echo: Echo) -> Outcome:
+def _canary(target, settings: Settings, record, pushed, *, yes: bool, dry: bool,
+            echo: Echo) -> Outcome:
     """The canary through the target; its decisions go into the release record either way."""
     try:
-        result = target.canary(record, pushed, dry=dry, echo=echo)
+        result = target.canary(record, pushed, yes=yes, dry=dry, echo=echo)
     except BaseException as stopped:
         interrupted = getattr(stopped, "canary_result", None)
         if interrupted is not None:

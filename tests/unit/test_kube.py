@@ -681,6 +681,9 @@ def test_prod_apply_without_yes_outside_ci_is_refused_when_nobody_can_answer(
     with pytest.raises(invoke.Exit, match="needs a confirmation.*--yes"):
         tasks.apply(c, env="prod")
     assert calls() == []
+    with pytest.raises(invoke.Exit, match="needs a confirmation.*--yes"):
+        tasks.apply(c, env="prod", strategy="canary")
+    assert calls() == []
 
 
 def test_smoke_key_from_the_environment_skips_reading_the_secret(stand_in_kubectl, monkeypatch):
