@@ -205,14 +205,20 @@ def test_a_failed_first_deploy_deletes_exactly_what_it_created(
     assert left == before, left
 
 
-def test_a_second_release_rolls_out_and_status_reads_it(cluster_context, scratch_namespace,
-                                                        tmp_path, monkeypatch):
+def first_applied_then_second(cluster_context, scratch_namespace, tmp_path, monkeypatch):
+    """A context, with a first release applied, and the settings of a second one."""
     c = quiet_context()
     first = applying("cluster", cluster_context, scratch_namespace, tmp_path / "a",
                      monkeypatch, image=GOOD_IMAGE)
     kube.apply(c, first, smoke=None, echo=print)
-    second = applying("cluster", cluster_context, scratch_namespace, tmp_path / "b",
-                      monkeypatch, image=SECOND_IMAGE)
+    return c, applying("cluster", cluster_context, scratch_namespace, tmp_path / "b",
+                       monkeypatch, image=SECOND_IMAGE)
+
+
+def test_a_second_release_rolls_out_and_status_reads_it(cluster_context, scratch_namespace,
+                                                        tmp_path, monkeypatch):
+    c, second = first_applied_then_second(cluster_context, scratch_namespace, tmp_path,
+                                          monkeypatch)
     kube.apply(c, second, smoke=None, echo=print)
     live = deployment(cluster_context, scratch_namespace)
     assert image_of(live) == SECOND_IMAGE
@@ -360,12 +366,8 @@ def test_the_published_deploy_role_is_enough_for_a_canary(cluster_context, scrat
     from modelship import kube_canary
 
     as_deployer(cluster_context, scratch_namespace, monkeypatch)
-    c = quiet_context()
-    first = applying("cluster", cluster_context, scratch_namespace, tmp_path / "a",
-                     monkeypatch, image=GOOD_IMAGE)
-    kube.apply(c, first, smoke=None, echo=print)
-    second = applying("cluster", cluster_context, scratch_namespace, tmp_path / "b",
-                      monkeypatch, image=SECOND_IMAGE)
+    c, second = first_applied_then_second(cluster_context, scratch_namespace, tmp_path,
+                                          monkeypatch)
     runtime = kube_canary.KubeCanary(c, second, 2, print)
     runtime.start(25)
     runtime.set_share(50)

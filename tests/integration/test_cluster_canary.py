@@ -177,9 +177,10 @@ def test_ingress_canary_gets_the_exact_weight_and_rollback_removes_it(stable, tm
     assert live(settings, "ingress/digits-api")["ingress/digits-api"]["spec"] == stable_ingress
 
 
-def test_a_killed_canary_shows_in_status_and_rollback_ends_it(stable, tmp_path):
-    settings = stable
-    runtime = runtime_file(tmp_path, "killed", steps=[50, 100], interval="120s",
+def canary_with_two_ready_pods(settings, tmp_path, name):
+    """(runtime file, the stable state before, `invoke apply --strategy=canary` running) once
+    its canary Deployment has 2 ready pods; its steps last long enough to act on it."""
+    runtime = runtime_file(tmp_path, name, steps=[50, 100], interval="120s",
                            max_inconclusive=3)
     render(runtime)
     before = stable_state(settings)
@@ -187,6 +188,12 @@ def test_a_killed_canary_shows_in_status_and_rollback_ends_it(stable, tmp_path):
     wait_for(settings, [f"deployment/{CANARY}"],
              lambda found: found.get(f"deployment/{CANARY}", {}).get("status", {})
              .get("readyReplicas") == 2, applying)
+    return runtime, before, applying
+
+
+def test_a_killed_canary_shows_in_status_and_rollback_ends_it(stable, tmp_path):
+    settings = stable
+    runtime, before, applying = canary_with_two_ready_pods(settings, tmp_path, "killed")
     applying.kill()  # no cleanup at all: the deploy is simply gone
     applying.communicate(timeout=60)
     shown = invoke(runtime, "status", "--env=cluster", timeout=120)
@@ -203,14 +210,7 @@ def test_a_killed_canary_shows_in_status_and_rollback_ends_it(stable, tmp_path):
 
 def test_ctrl_c_rolls_the_canary_back(stable, tmp_path):
     settings = stable
-    runtime = runtime_file(tmp_path, "interrupted", steps=[50, 100], interval="120s",
-                           max_inconclusive=3)
-    render(runtime)
-    before = stable_state(settings)
-    applying = start(runtime, "apply", "--env=cluster", "--strategy=canary")
-    wait_for(settings, [f"deployment/{CANARY}"],
-             lambda found: found.get(f"deployment/{CANARY}", {}).get("status", {})
-             .get("readyReplicas") == 2, applying)
+    runtime, before, applying = canary_with_two_ready_pods(settings, tmp_path, "interrupted")
     time.sleep(2)
     applying.send_signal(signal.SIGINT)
     output, _ = applying.communicate(timeout=120)
