@@ -131,7 +131,7 @@ class SilentPods:
             return Result(stdout=json.dumps({"items": [
                 {"metadata": {"name": "pod-1"}, "status": {"phase": "Running"}}]}))
         if "--raw" in command:
-            return Result(stderr="error: dial tcp 10.0.0.1:8080: connect: timeout", exited=1)
+            return Result(stderr="error: dial tcp 127.0.0.1:8080: connect: timeout", exited=1)
         return Result()
 
 
